@@ -1,0 +1,668 @@
+"""Write config/experiments.yaml (the paper study) from the paper's two CSVs.
+
+Inputs, all in the shared paper folder (default ../shared/paper, next to the repository):
+  paper_results.csv       one row per experiment cell the paper reports (99 rows); `source_lines`
+                          are the paper.md line numbers of the table headers the row appears in
+  checkpoint_sources.csv  for each of those rows (same order): family, official checkpoint
+                          source, feature tap, evidence
+  paper.md                read only for the row order of each table (the CSV groups rows by
+                          experiment, the paper's tables order them differently)
+
+The output is deterministic, hand-style YAML: the same inputs give the same bytes. Run it after
+changing this script and commit the result; `--check` exits 1 if the committed file is stale.
+
+    .venv/bin/python scripts/make_experiments_yaml.py [PAPER_DIR] [--out FILE] [--check]
+
+No result numbers are copied into the config except each checkpoint's `in1k_acc` (the paper's
+IN1K column), which the tables print as a property of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PAPER_DIR = REPO_ROOT.parent / "shared" / "paper"
+DEFAULT_OUT = REPO_ROOT / "config" / "experiments.yaml"
+
+# ------------------------------------------------------------------------------------------------
+# Vocabulary: the ids the config uses, and how the CSVs' words map onto them.
+
+# paper "Pretrained Dataset" text -> (objective id, kind). One objective per distinct text.
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "IN1K": ("in1k", "classification"),
+    "IN21K": ("in21k", "classification"),
+    "IN21K IN1K": ("in21k-in1k", "classification"),
+    "IN1K COCO": ("coco-det", "detection"),
+    "IN1K ADE20K": ("ade20k-seg", "segmentation"),
+    "Multi-Modal ADE20K": ("multimodal-ade20k-seg", "segmentation"),
+    "IN22K ADE20K": ("in22k-ade20k-seg", "segmentation"),
+    "IN22K+COCO ADE20K": ("in22k-coco-ade20k-seg", "segmentation"),
+    "CLIP WIT-400M": ("clip", "contrastive"),
+    "SigLIP WebLI": ("siglip", "contrastive"),
+    "DINOv2 LVD-142M": ("dinov2", "self-supervised"),
+    "contrastive+SSL (fused)": ("fused", "fused"),
+}
+
+# checkpoint_sources.csv `family` -> the backbone family the registry implements. CLIP, SigLIP and
+# DINOv2 are timm VisionTransformers (Prismatic loads them that way); the DeiT/AugReg/Uni-Perceiver
+# segmentors are all ViT-Adapter (czczup/ViT-Adapter); BEiT-Adapter is ViT-Adapter around a BEiT
+# (relative position bias, layer scale), a different backbone module.
+FAMILIES: dict[str, str] = {
+    "vit": "vit",
+    "clip": "vit",
+    "siglip": "vit",
+    "dinov2": "vit",
+    "maxvit": "maxvit",
+    "mambavision": "mambavision",
+    "vmamba": "vmamba",
+    "vim": "vim",
+    "vitdet": "vitdet",
+    "vit-adapter": "vit-adapter",
+    "augreg-adapter": "vit-adapter",
+    "uniperceiver-adapter": "vit-adapter",
+    "beit-adapter": "beit-adapter",
+    "fused": "fused",
+}
+OBJECTIVE_ORDER = [oid for oid, _ in OBJECTIVES.values()]
+FAMILY_ORDER = ["vit", "maxvit", "mambavision", "vmamba", "vim", "vitdet", "vit-adapter", "beit-adapter", "fused"]
+
+# checkpoint_sources.csv `feature_tap` text -> tap name (first matching rule wins).
+TAPS: list[tuple[str, str, str]] = [
+    ("block[-2]", "block-2",
+     "output of the second-to-last transformer block, patch tokens only (CLS/register tokens "
+     "dropped, no final norm); Prismatic's default for timm ViTs (fused: each tower, channel-concatenated)"),
+    ("outnorm2", "stage3-outnorm",
+     "VMamba detection/segmentation checkpoints: stage-3 output (stride 16, before downsample) "
+     "through the mmdet/mmseg Backbone_VSSM's outnorm2 LayerNorm"),
+    ("layers[2].blocks output", "stage3",
+     "hierarchical backbones: stage-3 output at stride 16, before the downsample "
+     "(VMamba layers[2], MaxViT stages.2, MambaVision levels[2])"),
+    ("stages.2 output", "stage3", ""),
+    ("levels[2] output", "stage3", ""),
+    ("last_feat", "last-block", "ViTDet: output of the last block (stride 16), no final norm, as SimpleFeaturePyramid sees it"),
+    ("adapter level stride32", "adapter-stride32",
+     "ViT-Adapter / BEiT-Adapter segmentors: the adapter's stride-32 output f4 (after norm4). "
+     "The adapter's injectors add into the ViT token stream, so this is the adapter output, "
+     "not a ViT block"),
+    ("norm_f output", "final-norm",
+     "Vim: output of the final norm (norm_f), middle class token dropped; the grid follows the "
+     "checkpoint's patch stride (16, or 8 for the -ft checkpoints)"),
+]
+
+CONNECTORS = {"2mlp": "mlp2", "3mlp": "mlp3"}
+
+# Paper tables: (id, paper number, header line in paper.md, columns, title). Line numbers are the
+# ones paper_results.csv's `source_lines` refers to; each is checked to be a table header.
+TABLES: list[tuple[str, str, int, str, str]] = [
+    ("table-1", "Table 1", 32, "vqa", "Table 1: Matched IN1K/224 backbone swaps, VQA"),
+    ("table-2", "Table 2", 49, "loc", "Table 2: Matched IN1K/224 backbone swaps, localization"),
+    ("table-3", "Table 3", 71, "vqa", "Table 3: Dense-objective (detection / segmentation) backbones, VQA"),
+    ("table-4", "Table 4", 71, "loc",
+     "Table 4: Dense-objective (detection / segmentation) backbones, localization "
+     "(not in paper.md; same rows as Table 3)"),
+    ("table-5", "Table 5", 108, "vqa", "Table 5: Stabilization (connector capacity, square geometry), VQA"),
+    ("table-6", "Table 6", 124, "loc", "Table 6: Stabilization (connector capacity, square geometry), localization"),
+    ("table-19", "Table 19", 170, "vqa",
+     "Table 19: Additional dense-objective backbones (App. F.1), VQA (table number inferred)"),
+    ("table-20", "Table 20", 189, "loc",
+     "Table 20: Additional dense-objective backbones (App. F.1), localization (table number inferred)"),
+    ("table-21", "Table 21", 208, "vqa", "Table 21: Contrastive / self-supervised and fused backbones (App. F.2), VQA"),
+    ("table-22", "Table 22", 225, "loc",
+     "Table 22: Contrastive / self-supervised and fused backbones (App. F.2), localization"),
+    ("table-23", "Table 23", 259, "vqa", "Table 23: Exhaustive results, VMamba, VQA"),
+    ("table-24", "Table 24", 282, "loc", "Table 24: Exhaustive results, VMamba, localization"),
+    ("table-25", "Table 25", 305, "vqa", "Table 25: Exhaustive results, ViT, VQA"),
+    ("table-26", "Table 26", 317, "loc", "Table 26: Exhaustive results, ViT, localization"),
+    ("table-27", "Table 27", 329, "vqa", "Table 27: Exhaustive results, MaxViT, VQA"),
+    ("table-28", "Table 28", 352, "loc", "Table 28: Exhaustive results, MaxViT, localization"),
+    ("table-29", "Table 29", 375, "vqa", "Table 29: Exhaustive results, MambaVision, VQA"),
+    ("table-30", "Table 30", 388, "loc", "Table 30: Exhaustive results, MambaVision, localization"),
+    ("table-31", "Table 31", 401, "vqa", "Table 31: Exhaustive results, Vim, VQA"),
+    ("table-32", "Table 32", 408, "loc", "Table 32: Exhaustive results, Vim, localization"),
+    ("table-33", "Table 33", 415, "vqa", "Table 33: Exhaustive results, ViTDet, VQA"),
+    ("table-34", "Table 34", 423, "loc", "Table 34: Exhaustive results, ViTDet, localization"),
+    ("table-35", "Table 35", 431, "vqa", "Table 35: Exhaustive results, ViT-Adapter, VQA"),
+    ("table-36", "Table 36", 443, "loc", "Table 36: Exhaustive results, ViT-Adapter, localization"),
+]
+
+# The paper prints one encoder size that contradicts its own other rows for the same checkpoint
+# family: VMamba-B is "80M" in the IN1K rows and "89M" in the COCO/ADE20K rows. The IN1K weights
+# (83.9 top-1) are the s2l15 model, 88.6M (checkpoint_sources.csv notes), so the config says 89M.
+PAPER_SIZE_TYPOS: dict[tuple[str, str], str] = {("VMamba-B", "80M"): "89M"}
+
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One experiment as the two CSVs describe it."""
+
+    index: int
+    result: dict[str, str]
+    source: dict[str, str]
+
+    @property
+    def pretrain(self) -> str:
+        return self.result["pretrain"]
+
+    @property
+    def encoder(self) -> str:
+        return self.result["encoder"]
+
+    @property
+    def lines(self) -> list[int]:
+        return [int(x) for x in self.result["source_lines"].split()]
+
+
+@dataclass
+class BackboneSpec:
+    id: str
+    family: str
+    arch: str | None
+    display: str
+    params: str
+    checkpoints: dict[str, dict] = field(default_factory=dict)
+    comments: dict[str, str] = field(default_factory=dict)  # objective -> comment line
+    members: list[str] = field(default_factory=list)
+    first_row: int = 0
+    size: int = 224  # the square size the checkpoints were trained at (only orders the file)
+
+
+def read_rows(paper_dir: Path) -> list[Row]:
+    with open(paper_dir / "paper_results.csv", newline="") as f:
+        results = list(csv.DictReader(f))
+    with open(paper_dir / "checkpoint_sources.csv", newline="") as f:
+        sources = list(csv.DictReader(f))
+    if len(results) != len(sources):
+        sys.exit(f"{paper_dir}: {len(results)} result rows but {len(sources)} checkpoint rows")
+    rows = []
+    for i, (r, s) in enumerate(zip(results, sources)):
+        key = "|".join((r["pretrain"], r["encoder"], r["connector"], r["image_size"]))
+        if key != s["row_key"]:
+            sys.exit(f"row {i + 2}: paper_results.csv says {key!r}, checkpoint_sources.csv {s['row_key']!r}")
+        rows.append(Row(i, r, s))
+    return rows
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.+-]+", "-", text.lower()).strip("-")
+
+
+def checkpoint_source(src: dict[str, str]) -> dict:
+    """A checkpoint_sources.csv row's source as a config source mapping."""
+    kind, value = src["source_kind"], src["source"]
+    if kind == "timm":
+        return {"timm": value}
+    if kind == "url":
+        return {"url": value}
+    if kind == "hf":
+        repo, _, file = value.partition(":")
+        return {"hub": repo, "file": file} if file else {"hub": repo}
+    raise ValueError(f"unknown source_kind {kind!r} for {src['row_key']}")
+
+
+def checkpoint_size(src: dict[str, str]) -> int:
+    """The square size the checkpoint was trained at (first number of input_size_of_checkpoint)."""
+    return int(re.match(r"\d+", src["input_size_of_checkpoint"]).group())
+
+
+def tap_of(feature_tap: str) -> str:
+    for needle, tap, _ in TAPS:
+        if needle in feature_tap:
+            return tap
+    raise ValueError(f"no tap rule matches feature_tap {feature_tap!r}")
+
+
+def timm_backbone(tag: str, display: str) -> tuple[str, str]:
+    """(backbone id, arch) for a timm tag: the arch is the model name; a resolution-specific arch
+    other than 224 (maxvit_tiny_tf_384, vit_large_patch14_clip_336, ...) is its own backbone."""
+    arch = tag.split(".")[0]
+    m = re.search(r"_(\d+)$", arch)
+    bid = slug(display)
+    if m and m.group(1) != "224":
+        bid += f"-{m.group(1)}"
+    return bid, arch
+
+
+def backbone_of(row: Row) -> BackboneSpec:
+    """The backbone (one architecture, one encoder size) a non-fused row runs."""
+    src, display = row.source, row.encoder
+    family = FAMILIES[src["family"]]
+    params = PAPER_SIZE_TYPOS.get((display, row.result["encoder_size"]), row.result["encoder_size"])
+    size = checkpoint_size(src)
+    if src["source_kind"] == "timm":
+        bid, arch = timm_backbone(src["source"], display)
+    elif family == "mambavision":  # factory names of mambavision/models/mamba_vision.py
+        suffix = display.split("-", 1)[1]
+        bid, arch = slug(display), f"mamba_vision_{suffix}"
+        if size != 224:
+            bid, arch = f"{bid}-{size}", f"{arch}_{size}_21k"
+    elif family == "vmamba":
+        bid = arch = slug(display)
+    elif family == "vim":  # Vim-T-ft = the stride-8 patch-embedding fine-tune of Vim-T
+        base = slug(display.removesuffix("-ft"))
+        bid, arch = slug(display), base + ("-stride8" if display.endswith("-ft") else "")
+    elif family == "vitdet":
+        bid = arch = slug(display)
+    elif family == "vit-adapter":
+        if display == "Perceiver":  # ViT-Adapter-L initialised from Uni-Perceiver-L
+            bid, arch = "uniperceiver-l-adapter", "uniperceiver-adapter-l"
+        else:  # DeiT-S, AugReg-B, ...: the adapter size is the ViT size
+            bid, arch = f"{slug(display)}-adapter", f"vit-adapter-{slug(display.split('-')[-1])}"
+    elif family == "beit-adapter":
+        # Same BEiT-L, different segmentors: the decode head (UperNet / Mask2Former) changes the
+        # checkpoint and the paper's encoder size (whole segmentor), the crop size the rel-pos tables.
+        head = Path(src["source"]).name.split("_")[0]
+        model = slug(display.split("-")[0])  # beit / beitv2
+        bid = f"{slug(display)}-adapter-{head}-{size}"
+        arch = f"{model}-adapter-{slug(display.split('-')[-1])}-{size}"
+    else:
+        raise ValueError(f"row {row.index}: no backbone rule for family {family!r}")
+    return BackboneSpec(bid, family, arch, display, params, first_row=row.index, size=size)
+
+
+def geometry_of(image_size: str) -> str:
+    w, h = image_size.split("/")[0].split("x")
+    return w if w == h else f"{w}x{h}"
+
+
+@dataclass
+class PaperStudy:
+    objectives: dict[str, tuple[str, str]]  # id -> (display, kind)
+    backbones: dict[str, BackboneSpec]
+    cells: list[dict]
+    cell_of_row: list[str]
+    tables: list[tuple[str, str, str, str, list[str]]]  # id, title, paper, columns, cells
+
+
+def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
+    backbones: dict[str, BackboneSpec] = {}
+    objectives: dict[str, tuple[str, str]] = {}
+
+    def add_checkpoint(spec: BackboneSpec, objective: str, source: dict, comment: str, row: Row) -> None:
+        if spec.id not in backbones:
+            backbones[spec.id] = spec
+        have = backbones[spec.id]
+        for attr in ("family", "arch", "display", "params", "members"):
+            if getattr(have, attr) != getattr(spec, attr):
+                raise ValueError(f"row {row.index}: backbone {spec.id!r} {attr} {getattr(spec, attr)!r} "
+                                 f"!= {getattr(have, attr)!r} from row {have.first_row}; give it another id")
+        if objective in have.checkpoints:
+            old = {k: v for k, v in have.checkpoints[objective].items() if k != "in1k_acc"}
+            new = {k: v for k, v in source.items() if k != "in1k_acc"}
+            if old != new:  # two checkpoints for one (backbone, objective): never merge silently
+                raise ValueError(f"row {row.index}: {spec.id}/{objective} would be {new} and {old}")
+            if "in1k_acc" in source:
+                if have.checkpoints[objective].get("in1k_acc", source["in1k_acc"]) != source["in1k_acc"]:
+                    raise ValueError(f"row {row.index}: {spec.id}/{objective} has two in1k_acc values")
+                have.checkpoints[objective]["in1k_acc"] = source["in1k_acc"]
+        else:
+            have.checkpoints[objective] = dict(source)
+            have.comments[objective] = comment
+
+    def comment_for(src: dict[str, str]) -> str:
+        text = src["variant"]
+        if src["confidence"] != "high":
+            text += f" [{src['confidence']} confidence: see checkpoint_sources.csv notes]"
+        return text
+
+    cells, cell_of_row = [], []
+    fused_rows = []
+    for row in rows:
+        if row.pretrain not in OBJECTIVES:
+            raise ValueError(f"row {row.index}: no objective id for pretrain {row.pretrain!r}")
+        objective, kind = OBJECTIVES[row.pretrain]
+        objectives[objective] = (row.pretrain, kind)
+        if FAMILIES[row.source["family"]] == "fused":
+            fused_rows.append(row)
+            continue
+        source = checkpoint_source(row.source)
+        if row.result["in1k_acc"]:
+            source["in1k_acc"] = float(row.result["in1k_acc"])
+        add_checkpoint(backbone_of(row), objective, source, comment_for(row.source), row)
+
+    # Fused pairs: the members are backbones of their own (each tower's checkpoint and arch).
+    fused_ids = {}
+    for row in fused_rows:
+        tags = [t.strip() for t in row.source["source"].split("+")]
+        names = row.encoder.split("/")
+        if len(tags) != len(names) or row.source["source_kind"] != "timm":
+            raise ValueError(f"row {row.index}: cannot split fused source {row.source['source']!r}")
+        members = []
+        for tag, name in zip(tags, names):
+            bid, _ = timm_backbone(tag, name)
+            if bid not in backbones or tag not in [c.get("timm") for c in backbones[bid].checkpoints.values()]:
+                raise ValueError(f"row {row.index}: fused member {bid!r} ({tag}) is not a backbone of the study")
+            members.append(bid)
+        spec = BackboneSpec("+".join(members), "fused", None, row.encoder, row.result["encoder_size"],
+                            members=members, first_row=row.index, size=checkpoint_size(row.source))
+        add_checkpoint(spec, OBJECTIVES[row.pretrain][0], {"members": True}, comment_for(row.source), row)
+        fused_ids[row.index] = spec.id
+
+    for row in rows:
+        if row.index in fused_ids:
+            bid = fused_ids[row.index]
+        else:
+            bid = backbone_of(row).id
+        cell = {
+            "backbone": bid,
+            "objective": OBJECTIVES[row.pretrain][0],
+            "geometry": geometry_of(row.result["image_size"]),
+            "tap": tap_of(row.source["feature_tap"]),
+            "connector": CONNECTORS[row.result["connector"]],
+        }
+        cid = "@".join(cell[k] for k in ("backbone", "objective", "geometry", "tap", "connector"))
+        if cid in cell_of_row:
+            raise ValueError(f"row {row.index}: cell {cid} repeats row {cell_of_row.index(cid)}")
+        cells.append(cell)
+        cell_of_row.append(cid)
+
+    tables = []
+    for tid, paper, line, columns, title in TABLES:
+        order = paper_row_order(paper_md, line, rows)
+        tables.append((tid, title, paper, columns, [cell_of_row[i] for i in order]))
+    unused = {ln for r in rows for ln in r.lines} - {t[2] for t in TABLES}
+    if unused:
+        raise ValueError(f"source_lines {sorted(unused)} belong to no table in TABLES")
+    return PaperStudy(objectives, backbones, cells, cell_of_row, tables)
+
+
+# ------------------------------------------------------------------------------------------------
+# Row order of a paper.md table
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def paper_row_order(paper_md: list[str], header_line: int, rows: list[Row]) -> list[int]:
+    """CSV row indices of the table whose header is paper.md line `header_line`, in the paper's order.
+
+    Each paper row is matched to the one CSV row carrying that line with the same encoder,
+    connector ("(f)" = 3-layer), encoder size and, where the table has those columns, pretrain
+    dataset and image size. The leading "black" words are colour markup left by the conversion.
+    """
+    header = _cells(paper_md[header_line - 1])
+    if header[0] not in ("Visual", "Pretrained"):
+        raise ValueError(f"paper.md line {header_line} is not a table header: {paper_md[header_line - 1][:60]!r}")
+    candidates = [r for r in rows if header_line in r.lines]
+    order = []
+    j = header_line + 1  # skip the second header line
+    while j < len(paper_md) and paper_md[j].startswith("|") and _cells(paper_md[j])[0] not in ("Visual", "Pretrained"):
+        cells = _cells(paper_md[j])
+        cells[0] = re.sub(r"^(black )+", "", cells[0])
+        if header[0] == "Pretrained":
+            pretrain, encoder, size, image = cells[0], cells[1], cells[2], cells[3]
+        else:
+            pretrain, encoder, size = None, cells[0], cells[1]
+            image = cells[2] if header[2] == "Image" else None
+        connector = "3mlp" if encoder.endswith("(f)") else "2mlp"
+        encoder = encoder.removesuffix("(f)")
+        match = [r.index for r in candidates
+                 if r.encoder == encoder and r.result["connector"] == connector
+                 and r.result["encoder_size"] == size
+                 and (pretrain is None or r.pretrain.lower() == pretrain.lower())  # paper: "IN21k IN1K"
+                 and (image is None or r.result["image_size"] == image)]
+        if len(match) != 1:
+            raise ValueError(f"paper.md line {j + 1}: {len(match)} CSV rows match {cells[:5]}")
+        order.append(match[0])
+        j += 1
+    if sorted(order) != [r.index for r in candidates]:
+        raise ValueError(f"paper.md table at line {header_line}: rows {order} != CSV rows "
+                         f"{[r.index for r in candidates]}")
+    return order
+
+
+# ------------------------------------------------------------------------------------------------
+# YAML text
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+%:@()-]*")
+
+
+def q(value) -> str:
+    """A scalar as YAML: plain where that reads back as the same string, else double-quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    if _PLAIN.fullmatch(text) and ": " not in text and yaml.safe_load(text) == text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def flow(mapping: dict) -> str:
+    return "{" + ", ".join(f"{k}: {q(v)}" for k, v in mapping.items()) + "}"
+
+
+FIXED_BLOCKS = """\
+study: paper                       # outputs under results/paper/, downloads under resources/paper/
+seed: 7
+
+llm:
+  id: vicuna-7b-v1.5
+  source: {hub: lmsys/vicuna-7b-v1.5}
+
+instruct:
+  id: llava-v15-665k
+  source: {hub: liuhaotian/LLaVA-Instruct-150K, file: llava_v1_5_mix665k.json}
+
+# Prismatic one-stage finetune recipe (../shared/reference/prismatic_spec.md 1.2; paper App. A).
+recipe:
+  epochs: 1
+  global_batch: 128
+  per_device_batch: 16
+  lr: 2.0e-5
+  weight_decay: 0.1
+  max_grad_norm: 1.0
+  warmup_ratio: 0.03
+  max_length: 2048
+  precision: bf16
+  grad_checkpointing: true
+  seed: 7
+  checkpoint_every: 500
+
+train_resources: {nodes: 1, gpus_per_node: 4, cpus_per_gpu: 8, mem_mb_per_gpu: 64000, runtime_min: 1440}
+eval_resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
+"""
+
+BENCHMARKS = """\
+benchmarks:
+  vqa-v2: {subset: full}
+  gqa: {subset: full}
+  vizwiz: {subset: full}
+  textvqa: {subset: full}          # one run fills two columns: textvqa-ocr and textvqa-pure
+  pope: {subset: full}
+  tallyqa: {subset: full}
+  refcoco: {subset: full}
+  refcoco+: {subset: full}
+  refcocog: {subset: full}
+  ocid-ref: {subset: full}
+"""
+
+
+def header_comment(study: PaperStudy) -> str:
+    taps_used = list(dict.fromkeys(c["tap"] for c in study.cells))  # in order of first use
+    families = [f for f in FAMILY_ORDER if any(b.family == f for b in study.backbones.values())]
+    lines = [
+        "# The paper study: every experiment cell of ../shared/paper/paper.md, its checkpoints and tables.",
+        "#",
+        "# GENERATED by scripts/make_experiments_yaml.py from ../shared/paper/paper_results.csv and",
+        "# checkpoint_sources.csv (table row order from paper.md). Edit the script, then rerun it:",
+        "#     .venv/bin/python scripts/make_experiments_yaml.py",
+        "# Loaded and validated by vlmswap.study (schema: workflow/schemas/experiments.schema.yaml).",
+        "#",
+        "# A cell is one trained VLM: {backbone}@{objective}@{geometry}@{tap}@{connector}.",
+        "#   backbone   one architecture with one encoder size; its checkpoints are keyed by objective.",
+        "#              Resolution-specific architectures (MaxViT 384/512, CLIP-L 336, SigLIP 256/384,",
+        "#              MambaVision 512/256 21K) are their own backbones, suffixed with the size.",
+        "#   objective  what the checkpoint was trained for; display = the paper's \"Pretrained Dataset\".",
+        "#   geometry   input size: \"224\" for square, WIDTHxHEIGHT otherwise; fused pairs: the shared size.",
+        "#   connector  mlp2 = 2-layer GELU MLP (Prismatic gelu-mlp); mlp3 = 3-layer, the paper's \"(f)\".",
+        "#",
+        f"# Families: {', '.join(families)}.",
+        "#   (checkpoint_sources.csv's clip/siglip/dinov2 are timm ViTs -> vit; its augreg-adapter,",
+        "#   uniperceiver-adapter and vit-adapter (DeiT) are ViT-Adapter segmentors -> vit-adapter.)",
+        "#",
+        "# Feature taps (which tokens the connector sees):",
+    ]
+    for tap in taps_used:
+        meaning = next(m for _, t, m in TAPS if t == tap and m)
+        words = meaning.split()
+        text, out = f"#   {tap}: ", []
+        for w in words:
+            if len(text) + len(w) + 1 > 100:
+                out.append(text.rstrip())
+                text = "#       "
+            text += w + " "
+        out.append(text.rstrip())
+        lines += out
+    lines += [
+        "#",
+        "# Known disagreements between the paper and the official checkpoints (details in",
+        "# checkpoint_sources.csv `notes`):",
+        "#   - VMamba-B: the paper prints 80M in its IN1K rows and 89M elsewhere; the IN1K weights are",
+        "#     the 88.6M s2l15 model, so params says 89M for all rows.",
+        "#   - MambaVision \"IN21K\" rows: the only released 21K weights are IN21K-pretrained, then",
+        "#     IN1K-finetuned; objective in21k keeps the paper's label.",
+        "#   - VMamba COCO at 1333x800: the official stride-2 convs give 84x50 = 4200 tokens; the paper",
+        "#     prints 4150 (floor(1333/16) x 50). The geometry follows the paper's image size.",
+        "#   - BEiT-L IN22K ADE20K appears twice (UperNet 640 and Mask2Former 640, different checkpoints",
+        "#     and encoder sizes): two backbones, beit-l-adapter-upernet-640 and -mask2former-640.",
+        "#   - Table 4 (localization of Table 3) is not in paper.md; table-4 lists Table 3's rows.",
+        "#     Tables 19/20 (App. F.1) are numbered by inference from the surrounding tables.",
+        "#   - Within a table, cells follow paper.md's row order (the CSV groups rows differently).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _model_name(display: str) -> str:
+    return re.match(r"[A-Za-z0-9]+", display).group()  # ViT, CLIP, MaxViT, Vim, BeiTv2, ...
+
+
+def backbone_order(b: BackboneSpec, study: PaperStudy) -> tuple:
+    """Family, then model (in order of first appearance), then encoder size, then resolution."""
+    first = min(o.first_row for o in study.backbones.values()
+                if o.family == b.family and _model_name(o.display) == _model_name(b.display))
+    params = sum(float(p.rstrip("M")) for p in b.params.split("/"))
+    return FAMILY_ORDER.index(b.family), first, params, b.size, b.first_row
+
+
+def render(study: PaperStudy) -> str:
+    out = [header_comment(study), FIXED_BLOCKS]
+
+    out.append("# Objective id -> the paper's \"Pretrained Dataset\" text and what the checkpoint was trained for.")
+    out.append("objectives:")
+    for oid, (display, kind) in sorted(study.objectives.items(), key=lambda o: OBJECTIVE_ORDER.index(o[0])):
+        out.append(f"  {oid}: {flow({'display': display, 'kind': kind})}")
+    out.append("")
+
+    out.append("# Backbone id -> family, architecture (timm model name where timm has it), the paper's")
+    out.append("# \"Visual Encoder\" and \"Encoder Size\" texts, and one official checkpoint per objective.")
+    out.append("backbones:")
+    ordered = sorted(study.backbones.values(), key=lambda b: backbone_order(b, study))
+    family = None
+    for b in ordered:
+        if b.family != family:
+            family = b.family
+            out.append(f"  # --- {family}")
+        out.append(f"  {b.id}:")
+        out.append(f"    family: {q(b.family)}")
+        if b.members:
+            out.append(f"    members: [{', '.join(b.members)}]")
+        if b.arch:
+            out.append(f"    arch: {q(b.arch)}")
+        out.append(f"    display: {q(b.display)}")
+        out.append(f"    params: {q(b.params)}")
+        out.append("    checkpoints:")
+        for objective, source in sorted(b.checkpoints.items(), key=lambda c: OBJECTIVE_ORDER.index(c[0])):
+            comment = b.comments.get(objective)
+            if b.members:
+                out.append(f"      {objective}: {flow(source)}  # {comment}")
+                continue
+            out.append(f"      {objective}:  # {comment}" if comment else f"      {objective}:")
+            for k, v in source.items():
+                out.append(f"        {k}: {q(v)}")
+    out.append("")
+
+    out.append(BENCHMARKS)
+
+    out.append("# One entry per experiment (paper_results.csv row order).")
+    out.append("cells:")
+    for cell in study.cells:
+        out.append(f"  - {flow(cell)}")
+    out.append("")
+
+    out.append("# Every paper table; cells in the paper's row order. columns: vqa -> the VQA columns +")
+    out.append("# vqa-weighted; loc -> the localization columns + loc-weighted + overall-weighted.")
+    out.append("tables:")
+    for tid, title, paper, columns, cells in study.tables:
+        out.append(f"  {tid}:")
+        out.append(f"    title: {q(title)}")
+        out.append(f"    paper: {q(paper)}")
+        out.append(f"    columns: {columns}")
+        out.append("    cells:")
+        out += [f"      - {c}" for c in cells]
+    return "\n".join(out) + "\n"
+
+
+def as_data(study: PaperStudy) -> dict:
+    """What `render` must read back as (checked after rendering)."""
+    return {
+        "objectives": {k: {"display": d, "kind": kind} for k, (d, kind) in study.objectives.items()},
+        "backbones": {
+            b.id: {**{"family": b.family}, **({"members": b.members} if b.members else {}),
+                   **({"arch": b.arch} if b.arch else {}), "display": b.display, "params": b.params,
+                   "checkpoints": b.checkpoints}
+            for b in study.backbones.values()
+        },
+        "cells": study.cells,
+        "tables": {tid: {"title": t, "paper": p, "columns": c, "cells": cells}
+                   for tid, t, p, c, cells in study.tables},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paper_dir", nargs="?", type=Path, default=DEFAULT_PAPER_DIR,
+                        help=f"folder with the paper CSVs and paper.md (default {DEFAULT_PAPER_DIR})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write (default %(default)s)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out is not up to date")
+    args = parser.parse_args(argv)
+
+    rows = read_rows(args.paper_dir)
+    paper_md = (args.paper_dir / "paper.md").read_text().split("\n")
+    study = build(rows, paper_md)
+    text = render(study)
+
+    loaded = yaml.safe_load(text)
+    expected = as_data(study)
+    for key, value in expected.items():
+        if loaded[key] != value:
+            raise AssertionError(f"rendered YAML does not read back as built: {key}")
+
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date; run scripts/make_experiments_yaml.py", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}: {len(study.cells)} cells, {len(study.backbones)} backbones, "
+          f"{len(study.objectives)} objectives, {len(study.tables)} tables")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Analysis: paper-style tables with sample-weighted averages, and benchmark correlation matrices."""

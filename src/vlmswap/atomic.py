@@ -1,0 +1,85 @@
+"""The project's one atomic writer: a file is either the old version or the complete new one.
+
+Snakemake treats an output that exists as done, so a half-written JSON, CSV or checkpoint left by
+a killed job would poison every later run. Every writer therefore writes to a temporary file in
+the destination's own directory (same filesystem, so `os.replace` is atomic) and renames it onto
+the destination only after the content is complete and flushed to disk.
+
+    write_json(path, obj)                 # indent 2, sorted keys, trailing newline
+    write_text(path, text) / write_bytes(path, data)
+    with atomic_path(path) as tmp:        # for writers that want a path: savefig, to_csv, torch.save
+        fig.savefig(tmp)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["atomic_path", "write_bytes", "write_json", "write_text"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; finished files get the mode an ordinary open() would have given.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    The temporary name keeps the destination's suffix (`.x.png.tmp-ab12.png`), so writers that
+    pick a format from the extension (matplotlib, pandas compression) behave as for `path`.
+    Parent directories are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)
+        with open(tmp, "rb") as f:  # the writer closed it; make the bytes durable before the rename
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"object of type {type(value).__name__} is not JSON serializable: {value!r}")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write `obj` as JSON (indent 2, sorted keys, trailing newline) to `path` atomically.
+
+    Paths inside `obj` are written as strings. The text is built before the file is touched, so
+    an unserializable object leaves any existing file as it was.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=_json_default) + "\n"
+    write_text(path, text)

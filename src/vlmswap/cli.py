@@ -1,0 +1,260 @@
+"""The `vlmswap` command: one verb per workflow stage, usable by hand without Snakemake.
+
+    vlmswap cells --config config/experiments.yaml        # list the grid
+    vlmswap validate --config config/mini.yaml
+    vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
+    vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
+    vlmswap train --config C --cell ID ...
+    vlmswap evaluate --config C --cell ID --benchmark B ...
+    vlmswap table | correlation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from vlmswap.study import ConfigError, load_study
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _study(args):
+    return load_study(args.config)
+
+
+# ---------------------------------------------------------------------------------------- verbs
+
+
+def cmd_validate(args) -> None:
+    study = _study(args)
+    print(f"{args.config}: study {study.name!r} is valid: {len(study.cells)} cells, {len(study.backbones)} backbones, "
+          f"{len(study.benchmarks)} benchmarks, {len(study.tables)} tables")
+
+
+def cmd_cells(args) -> None:
+    for cell_id in _study(args).cell_ids:
+        print(cell_id)
+
+
+def cmd_mini_world(args) -> None:
+    from vlmswap.data.mini_world import generate
+
+    study = _study(args)
+    mini = study.raw.get("mini")
+    if mini is None:
+        raise ConfigError(args.config, "mini", "this study has no mini world; use config/mini.yaml")
+    keys = ("seed", "n_train", "n_eval", "n_classify", "image_size")
+    generate(Path(args.out), **{k: mini[k] for k in keys if k in mini}, log=log)
+
+
+def cmd_pretrain_mini(args) -> None:
+    """Pretrain a tiny backbone on the mini world for its objective; saved in the official layout."""
+    import torch
+    from PIL import Image
+
+    from vlmswap.image import Geometry, preprocess
+    from vlmswap.vision.pretrain import pretrain_classifier
+    from vlmswap.vision.registry import build_backbone
+
+    study = _study(args)
+    spec = study.backbones[args.backbone]
+    source = spec.checkpoints[args.objective]
+    if "mini" not in source:
+        raise ConfigError(args.config, f"backbones.{args.backbone}.checkpoints.{args.objective}",
+                          "pretrain-mini needs a `mini:` source")
+    kind = study.raw["objectives"][args.objective]["kind"]
+    if kind != "classification":
+        raise ConfigError(args.config, f"objectives.{args.objective}.kind",
+                          f"the mini world pretrains classification backbones only so far, not {kind!r}",
+                          ["classification"])
+    world = Path(args.world) / "classify"
+    classes = json.loads((world / "classes.json").read_text())
+    rows = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
+    size = int(source["mini"].get("image_size", study.raw["mini"].get("image_size", 64)))
+    probe = build_backbone(spec.family, spec.arch, "stage3" if spec.family == "vmamba" else "block-2",
+                           Geometry(size, size))
+    images = torch.stack([preprocess(Image.open(world / r["image"]), Geometry(size, size), probe.mean, probe.std)
+                          for r in rows])
+    labels = torch.tensor([r["label"] for r in rows])
+    log(f"pretrain {args.backbone}@{args.objective}: {len(rows)} images at {size}px, {len(classes)} classes")
+    summary = pretrain_classifier(spec.family, spec.arch, images, labels, len(classes), Path(args.out),
+                                  epochs=int(source["mini"].get("epochs", study.raw["mini"].get("pretrain_epochs", 3))),
+                                  seed=int(study.raw.get("seed", 0)), log=log)
+    log(f"pretrained: {summary}")
+
+
+def cmd_build_mini_llm(args) -> None:
+    from vlmswap.language import build_mini_llm
+
+    study = _study(args)
+    source = study.raw["llm"]["source"]
+    if "mini" not in source:
+        raise ConfigError(args.config, "llm.source", "build-mini-llm needs a `mini:` source")
+    summary = build_mini_llm(Path(args.world) / "text_corpus.txt", Path(args.out), source["mini"],
+                             seed=int(study.raw.get("seed", 0)))
+    log(f"mini LLM: {summary}")
+
+
+def _source_with_input(source: dict, local_input: str | None) -> dict:
+    """Workflow-built sources (`mini:`) arrive as a local file produced upstream."""
+    if "mini" in source or "members" in source:
+        if not local_input:
+            raise SystemExit("this source is built by the workflow: pass --input with the built file")
+        return {"path": local_input}
+    return source
+
+
+def cmd_fetch_backbone(args) -> None:
+    from vlmswap.hub import fetch
+
+    study = _study(args)
+    source = _source_with_input(dict(study.checkpoint_source(args.backbone, args.objective)), args.input)
+    source.pop("in1k_acc", None)
+    record = fetch(source, Path(args.out), mirror=study.raw.get("mirror"), log=log)
+    log(f"fetched {args.backbone}@{args.objective}: {record.bytes / 2**20:.1f} MiB sha256 {record.sha256[:12]} "
+        f"from {record.origin}")
+
+
+def cmd_fetch_llm(args) -> None:
+    from vlmswap.hub import fetch
+
+    study = _study(args)
+    source = _source_with_input(dict(study.raw["llm"]["source"]), args.input)
+    record = fetch(source, Path(args.out), mirror=study.raw.get("mirror"), log=log)
+    log(f"fetched LLM {study.raw['llm']['id']} from {record.origin}")
+
+
+def cmd_fetch_instruct(args) -> None:
+    from vlmswap.hub import fetch
+
+    study = _study(args)
+    record = fetch(study.raw["instruct"]["source"], Path(args.out), mirror=study.raw.get("mirror"), log=log)
+    log(f"fetched {study.raw['instruct']['id']} from {record.origin}; image folders go beside it "
+        f"({Path(args.out).parent}/coco, gqa, ocr_vqa, textvqa, vg)")
+
+
+def cmd_prepare_instruct(args) -> None:
+    from vlmswap.atomic import write_json
+    from vlmswap.data.instruct import check_instruct
+
+    json_path, image_root = Path(args.json), Path(args.image_root)
+    log(f"checking {json_path} and the images under {image_root}")
+    check = check_instruct(json_path, image_root, log=log)
+    report = {"json": str(json_path), "image_root": str(image_root), "n_records": check.n_records,
+              "n_multimodal": check.n_multimodal, "missing": check.missing, "unreadable": check.unreadable,
+              "malformed": check.malformed}
+    problems = len(check.missing) + len(check.unreadable) + len(check.malformed)
+    if problems:
+        bad = Path(args.out).with_suffix(".problems.json")
+        write_json(bad, report)
+        for kind in ("missing", "unreadable", "malformed"):
+            for item in getattr(check, kind)[:10]:
+                log(f"  {kind}: {item}")
+        raise SystemExit(f"{problems} problems in the instruction set (full list in {bad}); fix them before training")
+    write_json(Path(args.out), report)
+    log(f"instruction set OK: {check.n_records} records, {check.n_multimodal} with images")
+
+
+def cmd_prepare_benchmark(args) -> None:
+    from vlmswap.evaluate.runner import prepare
+
+    study = _study(args)
+    subset = study.raw["benchmarks"][args.benchmark].get("subset", "full")
+    prepare(args.benchmark, Path(args.root), subset, Path(args.out), log=log)
+
+
+def cmd_train(args) -> None:
+    from vlmswap.train.loop import TrainPaths, train_cell
+
+    study = _study(args)
+    cell = study.cell(args.cell)
+    paths = TrainPaths([Path(p) for p in args.checkpoint], Path(args.llm), Path(args.instruct_json), Path(args.image_root),
+                       Path(args.out), Path(args.ckpt_dir))
+    train_cell(study, cell, paths, log=log)
+
+
+def cmd_evaluate(args) -> None:
+    import torch
+
+    from vlmswap.evaluate.runner import evaluate_cell
+    from vlmswap.vlm import load_trained
+
+    study = _study(args)
+    cell = study.cell(args.cell)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
+    settings = study.raw.get("eval", {})
+    evaluate_cell(cell.id, vlm, cell.geometry, Path(args.index), Path(args.out),
+                  batch_size=int(settings.get("batch_size", 16)),
+                  max_new_tokens=int(settings.get("max_new_tokens", 128)), log=log)
+
+
+def cmd_table(args) -> None:
+    from vlmswap.analysis.report import write_study_table
+
+    write_study_table(_study(args), args.table, Path(args.results), Path(args.out_csv), Path(args.out_md), log=log)
+
+
+def cmd_correlation(args) -> None:
+    from vlmswap.analysis.report import write_study_correlation
+
+    write_study_correlation(_study(args), Path(args.results), Path(args.out_csv), Path(args.out_png), log=log)
+
+
+# ---------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmswap", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    def verb(name, func, help, *args):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", required=True, help="study config (config/mini.yaml, config/experiments.yaml)")
+        for a in args:
+            # a fused backbone arrives as several checkpoint files, one per member
+            p.add_argument(f"--{a}", required=True, **({"nargs": "+"} if a == "checkpoint" else {}))
+        p.set_defaults(func=func)
+        return p
+
+    verb("validate", cmd_validate, "check a study config")
+    verb("cells", cmd_cells, "list the cell ids of a study")
+    verb("mini-world", cmd_mini_world, "generate the mini world", "out")
+    verb("pretrain-mini", cmd_pretrain_mini, "pretrain a tiny backbone on the mini world",
+         "backbone", "objective", "world", "out")
+    verb("build-mini-llm", cmd_build_mini_llm, "build the mini LLM + tokenizer", "world", "out")
+    p = verb("fetch-backbone", cmd_fetch_backbone, "fetch a backbone checkpoint", "backbone", "objective", "out")
+    p.add_argument("--input", help="the workflow-built file for `mini:` sources")
+    p = verb("fetch-llm", cmd_fetch_llm, "fetch the LLM", "out")
+    p.add_argument("--input", help="the workflow-built folder for `mini:` sources")
+    verb("fetch-instruct", cmd_fetch_instruct, "fetch the instruction-set json", "out")
+    verb("prepare-instruct", cmd_prepare_instruct, "check the instruction set", "json", "image-root", "out")
+    verb("prepare-benchmark", cmd_prepare_benchmark, "index a benchmark's official files", "benchmark", "root", "out")
+    verb("train", cmd_train, "train one cell", "cell", "checkpoint", "llm", "instruct-json", "image-root", "out",
+         "ckpt-dir")
+    verb("evaluate", cmd_evaluate, "evaluate one cell on one benchmark", "cell", "checkpoint", "llm", "model",
+         "index", "out")
+    verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
+    verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as e:
+        print(f"vlmswap: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

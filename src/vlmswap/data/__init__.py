@@ -1,0 +1,1 @@
+"""Instruction data, the mini world generator and dataset loaders."""

@@ -1,0 +1,107 @@
+"""Prepare a benchmark index, then evaluate one trained cell on it and write the result contract.
+
+`prepare` reads a benchmark's official files once (through its registry entry) and writes a
+self-contained index (examples + skipped records). `evaluate_cell` runs batched greedy generation
+over the index, appending per-example predictions to a jsonl as it goes, so an interrupted run
+resumes where it stopped, then scores and writes `{benchmark}.json`:
+`{cell, benchmark, subset, columns (percent), metrics, n_samples, n_skipped, skipped, predictions}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from vlmswap.atomic import write_json
+from vlmswap.evaluate.registry import Example, Skipped, get_benchmark
+from vlmswap.image import preprocess
+from vlmswap.language import eval_prompt
+
+
+def prepare(name: str, root: Path, subset: str, out: Path, log: Callable[[str], None] = print) -> dict:
+    benchmark = get_benchmark(name)
+    examples, skipped = benchmark.load(Path(root), subset)
+    for s in skipped[:20]:
+        log(f"  skipped {s.id}: {s.reason} ({s.path})")
+    if len(skipped) > 20:
+        log(f"  ... and {len(skipped) - 20} more skipped")
+    index = {
+        "benchmark": name, "subset": subset, "root": str(root),
+        "examples": [{**asdict(e), "image": str(e.image)} for e in examples],
+        "skipped": [asdict(s) for s in skipped],
+    }
+    write_json(out, index)
+    log(f"{name} ({subset}): {len(examples)} examples, {len(skipped)} skipped -> {out}")
+    return {"n_examples": len(examples), "n_skipped": len(skipped)}
+
+
+def read_index(path: Path) -> tuple[str, str, list[Example], list[Skipped]]:
+    data = json.loads(Path(path).read_text())
+    examples = [Example(**{**e, "image": Path(e["image"])}) for e in data["examples"]]
+    return data["benchmark"], data["subset"], examples, [Skipped(**s) for s in data["skipped"]]
+
+
+def _read_predictions(path: Path) -> dict[str, str]:
+    done: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[str(row["id"])] = row["prediction"]
+            except (json.JSONDecodeError, KeyError):
+                break  # a line cut by the interruption: everything after it is redone
+    return done
+
+
+def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path, batch_size: int = 16,
+                  max_new_tokens: int = 128, log: Callable[[str], None] = print) -> dict:
+    name, subset, examples, skipped = read_index(index_path)
+    benchmark = get_benchmark(name)
+    pred_path = out_json.with_name(out_json.stem + ".predictions.jsonl")
+    done = _read_predictions(pred_path)
+    # rewrite the valid prefix so that a torn last line never stays in the file
+    pred_path.parent.mkdir(parents=True, exist_ok=True)
+    pred_path.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in done.items()))
+    todo = [e for e in examples if e.id not in done]
+    if done:
+        log(f"{name}: resuming, {len(done)} predictions on disk, {len(todo)} to go")
+    device = next(vlm.head.parameters()).device
+    mean, std = vlm.vision.mean, vlm.vision.std
+    t0, last = time.time(), time.time()
+    with open(pred_path, "a") as sink:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            pixels = []
+            for e in chunk:
+                with Image.open(e.image) as im:
+                    pixels.append(preprocess(im, geometry, mean, std))
+            prompts = [eval_prompt(e.prompt) for e in chunk]
+            outputs = vlm.generate(torch.stack(pixels).to(device), prompts, max_new_tokens=max_new_tokens)
+            for e, text in zip(chunk, outputs):
+                done[e.id] = text
+                sink.write(json.dumps({"id": e.id, "prediction": text}) + "\n")
+            sink.flush()
+            if time.time() - last > 10 or start + batch_size >= len(todo):
+                log(f"  {name}: {min(start + batch_size, len(todo))}/{len(todo)} "
+                    f"({(time.time() - t0) / max(1, start + len(chunk)):.3f}s per example)")
+                last = time.time()
+    score = benchmark.score(examples, done)
+    scored_path = out_json.with_name(out_json.stem + ".scored.jsonl")
+    scored_path.write_text("".join(json.dumps({"id": k, **v}, default=str) + "\n" for k, v in score.per_example.items()))
+    result = {
+        "cell": cell_id, "benchmark": name, "subset": subset,
+        "columns": {k: round(v, 4) for k, v in score.columns.items()},
+        "metrics": score.metrics, "n_samples": score.n_samples,
+        "n_skipped": len(skipped), "skipped": [asdict(s) for s in skipped],
+        "predictions": pred_path.name, "scored": scored_path.name,
+        "seconds": round(time.time() - t0, 2),
+    }
+    write_json(out_json, result)
+    log(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in score.columns.items()) + f" over {score.n_samples}")
+    return result

@@ -1,0 +1,138 @@
+"""The LLM side: tokenizer, Vicuna v1.5 prompt, label masking, and the mini world's tiny Llama.
+
+Facts follow Prismatic (../shared/reference/prismatic_spec.md 1.4-1.5):
+- system prompt, `USER: {msg} ASSISTANT: ` human turns, `{msg}</s>` assistant turns;
+- each turn is tokenized separately and right-stripped; only turn 0 gets BOS;
+- human turns (and BOS) are masked with IGNORE_INDEX, assistant turns keep their ids incl. `</s>`;
+- text is truncated to `max_length` tokens before the visual tokens are inserted after BOS;
+- a `<PAD>` token is added and embeddings are resized with `pad_to_multiple_of=64`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+IMAGE_TAG = "<image>"
+PAD_TOKEN = "<PAD>"
+SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+def human_turn(message: str, first: bool) -> str:
+    message = message.replace(IMAGE_TAG, "").strip()
+    prefix = f"{SYSTEM_PROMPT.strip()} " if first else ""
+    return f"{prefix}USER: {message} ASSISTANT: "
+
+
+def assistant_turn(message: str) -> str:
+    return f"{message if message != '' else ' '}</s>"
+
+
+def eval_prompt(message: str) -> str:
+    """The single-turn prompt used at evaluation (Prismatic's `get_prompt()`: no trailing space)."""
+    return human_turn(message, first=True).rstrip()
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_conversation(tokenizer, conversation: Sequence[Mapping[str, str]], max_length: int) -> Encoded:
+    """Tokenize a LLaVA conversation turn by turn with Prismatic's label masking."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for idx, turn in enumerate(conversation):
+        expected = "human" if idx % 2 == 0 else "gpt"
+        if turn.get("from") != expected:
+            raise ValueError(f"turn {idx} is from {turn.get('from')!r}, expected {expected!r} (turns must alternate)")
+        text = human_turn(turn["value"], first=idx == 0) if expected == "human" else assistant_turn(turn["value"])
+        ids = tokenizer(text.rstrip(), add_special_tokens=idx == 0).input_ids
+        input_ids.extend(ids)
+        labels.extend([IGNORE_INDEX] * len(ids) if expected == "human" else ids)
+    # BOS never carries a label (Prismatic sets it to IGNORE in the dataset); truncate text only
+    return Encoded(input_ids[:max_length], labels[:max_length])
+
+
+def load_tokenizer(llm_dir: str | Path):
+    """Load the LLM's tokenizer and add `<PAD>` as Prismatic does."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32):
+    """Load the causal LM and resize its embeddings to the tokenizer (pad to a multiple of 64)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=dtype)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# The mini world's LLM: a Llama-architecture model with a tokenizer trained on the world's text
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int):
+    """A byte-level-free BPE with SentencePiece-style `▁` word boundaries, like Llama's tokenizer:
+    every separately tokenized turn starts with `▁`, BOS is added when `add_special_tokens=True`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], min_frequency=2,
+                                  show_progress=False)
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   clean_up_tokenization_spaces=False)
+
+
+def build_mini_llm(corpus_file: Path, out_dir: Path, arch: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Write an HF model folder (config, tokenizer, randomly initialised weights) for the mini study,
+    laid out like a hub snapshot of Vicuna so that the fetch step treats both the same way."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    lines = [line for line in corpus_file.read_text().splitlines() if line.strip()]
+    tokenizer = train_tokenizer(lines, int(arch.get("vocab_size", 1024)))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(arch.get("hidden_size", 128)),
+        intermediate_size=int(arch.get("intermediate_size", 344)),
+        num_hidden_layers=int(arch.get("num_hidden_layers", 2)),
+        num_attention_heads=int(arch.get("num_attention_heads", 4)),
+        num_key_value_heads=int(arch.get("num_attention_heads", 4)),
+        max_position_embeddings=int(arch.get("max_position_embeddings", 512)),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    summary = {"vocab_size": len(tokenizer), "params": sum(p.numel() for p in model.parameters()),
+               "corpus_lines": len(lines), **{k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers")}}
+    (out_dir / "vlmswap_mini_llm.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,324 @@
+"""The study: config model, validation with clear messages, grid expansion, cell ids, tables.
+
+A study config (config/experiments.yaml for the paper, config/mini.yaml for the mini world) is
+checked twice on load: against the JSON schema in workflow/schemas/ (keys, types, allowed values),
+then for the cross references a schema cannot express (a cell's backbone must exist and carry a
+checkpoint for the cell's objective, a table may list only cells of the study, ...). Every error
+names the file, the key path and what would be accepted.
+
+This module is the only place that makes or parses a cell id:
+`{backbone}@{objective}@{geometry}@{tap}@{connector}`, e.g. `vmamba-t@coco-det@1333x800@stage3-outnorm@mlp3`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from vlmswap.image import Geometry
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "experiments.schema.yaml"
+
+CONNECTORS = ("mlp2", "mlp3")
+
+# Benchmark id -> the table columns its result fills (TextVQA is generated once and scored twice,
+# with and without OCR tokens, as vlm-evaluation does: ../shared/reference/prismatic_spec.md 3.2).
+BENCHMARK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "vqa-v2": ("vqa-v2",),
+    "gqa": ("gqa",),
+    "vizwiz": ("vizwiz",),
+    "textvqa": ("textvqa-ocr", "textvqa-pure"),
+    "pope": ("pope",),
+    "tallyqa": ("tallyqa",),
+    "refcoco": ("refcoco",),
+    "refcoco+": ("refcoco+",),
+    "refcocog": ("refcocog",),
+    "ocid-ref": ("ocid-ref",),
+}
+VQA_COLUMNS = ("vqa-v2", "gqa", "vizwiz", "textvqa-ocr", "textvqa-pure", "pope", "tallyqa")
+LOC_COLUMNS = ("refcoco", "refcoco+", "refcocog", "ocid-ref")
+
+
+class ConfigError(ValueError):
+    """A study config that cannot be used; the message names file, key path and the fix."""
+
+    def __init__(self, file: str | Path, key_path: str, problem: str, allowed: Any = None):
+        self.file, self.key_path, self.problem, self.allowed = str(file), key_path, problem, allowed
+        message = f"{file}: {key_path or '<top level>'}: {problem}"
+        if allowed is not None:
+            if isinstance(allowed, (list, tuple, set, frozenset)):
+                allowed = ", ".join(sorted(str(a) for a in allowed))
+            message += f" (allowed: {allowed})"
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment: a backbone checkpoint seen through one interface (geometry, tap, connector)."""
+
+    backbone: str
+    objective: str
+    geometry: Geometry
+    tap: str
+    connector: str
+    recipe: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        return "@".join((self.backbone, self.objective, str(self.geometry), self.tap, self.connector))
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def parse_cell_id(cell_id: str) -> tuple[str, str, Geometry, str, str]:
+    """Split a cell id into (backbone, objective, geometry, tap, connector)."""
+    parts = cell_id.split("@")
+    if len(parts) != 5:
+        raise ValueError(
+            f"cell id {cell_id!r} must have 5 '@'-separated parts: backbone@objective@geometry@tap@connector"
+        )
+    backbone, objective, geometry, tap, connector = parts
+    if connector not in CONNECTORS:
+        raise ValueError(f"cell id {cell_id!r}: connector {connector!r} is not one of {', '.join(CONNECTORS)}")
+    return backbone, objective, Geometry.parse(geometry), tap, connector
+
+
+@dataclass(frozen=True)
+class Backbone:
+    id: str
+    family: str
+    arch: str | Mapping[str, Any] | None
+    display: str
+    params: str
+    checkpoints: Mapping[str, Mapping[str, Any]]
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Table:
+    id: str
+    title: str
+    columns: str  # "vqa" | "loc" | "all"
+    cells: tuple[str, ...]
+    paper: str = ""
+
+
+@dataclass
+class Study:
+    """A validated study config. `raw` keeps the config as loaded (after defaults)."""
+
+    name: str
+    path: Path
+    raw: dict[str, Any]
+    backbones: dict[str, Backbone]
+    cells: list[Cell]
+    tables: dict[str, Table]
+
+    @property
+    def results_dir(self) -> Path:
+        return Path("results") / self.name
+
+    @property
+    def resources_dir(self) -> Path:
+        return Path("resources") / self.name
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return list(self.raw["benchmarks"])
+
+    @property
+    def columns(self) -> list[str]:
+        """The table columns this study fills, in the paper's order."""
+        wanted = {c for b in self.benchmarks for c in BENCHMARK_COLUMNS[b]}
+        return [c for c in VQA_COLUMNS + LOC_COLUMNS if c in wanted]
+
+    def cell(self, cell_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        raise KeyError(f"{self.path}: no cell {cell_id!r} in study {self.name!r}{_suggest(cell_id, self.cell_ids)}")
+
+    @property
+    def cell_ids(self) -> list[str]:
+        return [c.id for c in self.cells]
+
+    def recipe(self, cell: Cell) -> dict[str, Any]:
+        """The study recipe with the cell's overrides applied."""
+        merged = dict(self.raw["recipe"])
+        merged.update(cell.recipe)
+        return merged
+
+    def checkpoint_source(self, backbone: str, objective: str) -> Mapping[str, Any]:
+        return self.backbones[backbone].checkpoints[objective]
+
+    def fetch_targets(self) -> list[tuple[str, str]]:
+        """Every (backbone, objective) checkpoint some cell needs, fused members expanded."""
+        seen: dict[tuple[str, str], None] = {}
+        for cell in self.cells:
+            backbone = self.backbones[cell.backbone]
+            if backbone.members:
+                for member in backbone.members:
+                    for objective in self.backbones[member].checkpoints:
+                        seen[(member, objective)] = None
+            else:
+                seen[(cell.backbone, cell.objective)] = None
+        return list(seen)
+
+    def cells_of_table(self, table_id: str) -> list[Cell]:
+        return [self.cell(c) for c in self.tables[table_id].cells]
+
+    def table_columns(self, table_id: str) -> list[str]:
+        group = self.tables[table_id].columns
+        cols = self.columns
+        if group == "vqa":
+            return [c for c in cols if c in VQA_COLUMNS]
+        if group == "loc":
+            return [c for c in cols if c in LOC_COLUMNS]
+        return cols
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _key_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _schema_error(path: Path, error) -> ConfigError:
+    """Turn a jsonschema error into a ConfigError naming the key path and the allowed values."""
+    key = _key_path(error.absolute_path)
+    validator, spec = error.validator, error.validator_value
+    if validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in error.schema.get("properties", {})]
+        wrong = extra[0] if extra else "?"
+        return ConfigError(path, _key_path([*error.absolute_path, wrong]),
+                           f"unknown key {wrong!r}{_suggest(wrong, allowed)}", allowed or None)
+    if validator == "enum":
+        return ConfigError(path, key, f"{error.instance!r} is not allowed", spec)
+    if validator == "required":
+        return ConfigError(path, key, error.message.replace("'", "") + "; add it")
+    if validator == "oneOf" and isinstance(error.instance, dict):
+        kinds = ["url", "hub", "timm", "path", "mini", "members"]
+        given = [k for k in kinds if k in error.instance]
+        return ConfigError(path, key, f"a source needs exactly one of its kinds, got {given or 'none'}", kinds)
+    if validator == "pattern":
+        return ConfigError(path, key, f"{error.instance!r} does not match the pattern {spec!r}")
+    return ConfigError(path, key, error.message)
+
+
+def load_study(path: str | Path) -> Study:
+    """Load, validate and expand a study config file."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found; pass config/mini.yaml or config/experiments.yaml") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "", f"not valid YAML: {e}") from None
+    return study_from_dict(data, path)
+
+
+def study_from_dict(data: Any, path: str | Path = "<config>") -> Study:
+    import jsonschema
+
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", "the config must be a mapping of keys (study, llm, backbones, cells, ...)")
+    data = copy.deepcopy(data)
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        # the deepest error of the first failing branch tells the user most
+        first = max(errors[:1] + [e for e in errors if list(e.absolute_path)[:1] == list(errors[0].absolute_path)[:1]],
+                    key=lambda e: len(e.absolute_path))
+        raise _schema_error(path, first)
+    return _build(data, path)
+
+
+def _build(data: dict[str, Any], path: Path) -> Study:
+    from vlmswap.vision.registry import FAMILIES  # the registry is the only list of families
+
+    objectives = data["objectives"]
+    backbones: dict[str, Backbone] = {}
+    for bid, spec in data["backbones"].items():
+        key = f"backbones.{bid}"
+        if spec["family"] not in FAMILIES:
+            raise ConfigError(path, f"{key}.family", f"unknown family {spec['family']!r}", sorted(FAMILIES))
+        for objective in spec["checkpoints"]:
+            if objective not in objectives:
+                raise ConfigError(path, f"{key}.checkpoints.{objective}",
+                                  f"objective {objective!r} is not declared under `objectives`", sorted(objectives))
+        members = tuple(spec.get("members", ()))
+        for m in members:
+            if m not in data["backbones"]:
+                raise ConfigError(path, f"{key}.members", f"member {m!r} is not a backbone of this study",
+                                  sorted(data["backbones"]))
+        if spec["family"] == "fused" and not members:
+            raise ConfigError(path, f"{key}.members", "a fused backbone needs at least two members")
+        backbones[bid] = Backbone(bid, spec["family"], spec.get("arch"), spec.get("display", bid),
+                                  str(spec.get("params", "")), spec["checkpoints"], members)
+
+    for name in data["benchmarks"]:
+        if name not in BENCHMARK_COLUMNS:
+            raise ConfigError(path, f"benchmarks.{name}", f"unknown benchmark{_suggest(name, BENCHMARK_COLUMNS)}",
+                              sorted(BENCHMARK_COLUMNS))
+
+    cells: list[Cell] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(data["cells"]):
+        key = f"cells[{i}]"
+        bid, objective = spec["backbone"], spec["objective"]
+        if bid not in backbones:
+            raise ConfigError(path, f"{key}.backbone", f"unknown backbone {bid!r}{_suggest(bid, backbones)}",
+                              sorted(backbones))
+        if objective not in backbones[bid].checkpoints:
+            raise ConfigError(path, f"{key}.objective",
+                              f"backbone {bid!r} has no checkpoint for objective {objective!r}; "
+                              f"add one under backbones.{bid}.checkpoints", sorted(backbones[bid].checkpoints))
+        family = FAMILIES[backbones[bid].family]
+        if family.taps and spec["tap"] not in family.taps:
+            raise ConfigError(path, f"{key}.tap", f"family {family.name!r} has no tap {spec['tap']!r}",
+                              sorted(family.taps))
+        try:
+            geometry = Geometry.parse(spec["geometry"])
+        except ValueError as e:
+            raise ConfigError(path, f"{key}.geometry", str(e), "224 or WIDTHxHEIGHT such as 1333x800") from None
+        cell = Cell(bid, objective, geometry, spec["tap"], spec["connector"], spec.get("recipe", {}))
+        if cell.id in seen:
+            raise ConfigError(path, key, f"duplicate cell {cell.id!r} (also cells[{seen[cell.id]}])")
+        seen[cell.id] = i
+        cells.append(cell)
+
+    tables: dict[str, Table] = {}
+    for tid, spec in data["tables"].items():
+        for j, cid in enumerate(spec["cells"]):
+            if cid not in seen:
+                raise ConfigError(path, f"tables.{tid}.cells[{j}]",
+                                  f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
+        tables[tid] = Table(tid, spec["title"], spec["columns"], tuple(spec["cells"]), spec.get("paper", ""))
+    return Study(data["study"], path, data, backbones, cells, tables)

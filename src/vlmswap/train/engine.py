@@ -1,0 +1,89 @@
+"""DeepSpeed ZeRO-3: the generated engine config and the process-group setup.
+
+The same engine runs on a GPU cluster (NCCL, bf16) and on a laptop CPU (DeepSpeed's CPU
+accelerator with gloo; ../shared/reference/cpu_feasibility.md section 2). On the CPU we avoid the
+two first-use C++ builds that would cost minutes: the optimizer is torch's AdamW
+(`torch_adam: true`, which is also what Prismatic uses) and the shared-memory allreduce op is not
+built (it only speeds up CPU inference collectives).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from typing import Any, Mapping
+
+import torch
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank). A plain `python` launch becomes a world of one: DeepSpeed
+    would otherwise try MPI discovery when RANK/WORLD_SIZE/... are missing."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def init_deepspeed() -> Any:
+    """Import DeepSpeed for this machine and initialise the process group."""
+    if not on_gpu():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if not on_gpu():
+        comm_torch = importlib.import_module("deepspeed.comm.torch")
+        comm_torch.build_shm_op = lambda: None  # skip the 1-2 min JIT build of an inference-only op
+    rank, world, local_rank = distributed_env()
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
+    if on_gpu():
+        torch.cuda.set_device(local_rank)
+    return deepspeed
+
+
+def deepspeed_config(recipe: Mapping[str, Any], world_size: int, accumulation: int) -> dict[str, Any]:
+    """The ZeRO-3 engine config generated from a cell's recipe."""
+    bf16 = recipe.get("precision", "bf16") == "bf16"
+    return {
+        "train_micro_batch_size_per_gpu": int(recipe["per_device_batch"]),
+        "gradient_accumulation_steps": int(accumulation),
+        "train_batch_size": int(recipe["per_device_batch"]) * accumulation * world_size,
+        "gradient_clipping": float(recipe["max_grad_norm"]),
+        "bf16": {"enabled": bf16},
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": on_gpu(),
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 5e7,
+            "stage3_prefetch_bucket_size": 5e7,
+            "stage3_param_persistence_threshold": 1e5,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": float(recipe["lr"]), "betas": [0.9, 0.999], "eps": 1e-8,
+                       "weight_decay": float(recipe["weight_decay"]), "torch_adam": True, "adam_w_mode": True},
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Prismatic's two groups: no decay for biases and 1-D parameters, `weight_decay` otherwise."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitioned params report shape (0,)
+        (no_decay if ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,57 @@
+"""How a training job starts: the launcher prefix and the SLURM resources of the train rule.
+
+- no GPU (the mini study, CI): one process; DeepSpeed runs on its CPU accelerator with gloo;
+- one node x N GPUs: `torchrun --standalone --nproc-per-node N`;
+- several nodes: the job asks SLURM for `nodes` x `gpus_per_node` with one task per node
+  (`mpi` resource: the jobstep then runs our shell on the batch host without wrapping it), and the
+  shell starts `srun` with one torchrun per node, rendezvous on the first host
+  (../shared/reference/snakemake.md sections 4.2-4.4; plugin >= 2.7.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+RDZV_PORT = 29500
+
+
+def train_resources(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Snakemake resources for the train rule, mapped by the SLURM plugin to sbatch flags."""
+    nodes = int(spec.get("nodes", 1))
+    gpus = int(spec.get("gpus_per_node", 0))
+    cpus = int(spec.get("cpus_per_gpu", 8)) * max(gpus, 1)
+    resources: dict[str, Any] = {
+        "runtime": int(spec.get("runtime_min", 60)),
+        "mem_mb": int(spec.get("mem_mb_per_gpu", 8000)) * max(gpus, 1),
+        "cpus_per_task": cpus,
+        "nodes": nodes,
+    }
+    if spec.get("partition"):
+        resources["slurm_partition"] = spec["partition"]
+    if nodes > 1:
+        # one task per node; per-node GPUs through gres (--gpus would be a per-job total that
+        # SLURM may split unevenly); tasks_per_gpu=0 stops the plugin adding --ntasks-per-gpu
+        resources.update(mpi="srun", tasks=nodes, tasks_per_gpu=0, gres=f"gpu:{gpus}", train_gpus=nodes * gpus)
+    elif gpus:
+        resources.update(gpu=gpus, train_gpus=gpus)
+    else:
+        resources["train_gpus"] = 0
+    return resources
+
+
+def launcher(spec: Mapping[str, Any]) -> str:
+    """The command prefix that starts `python -m vlmswap.cli` on every rank."""
+    nodes = int(spec.get("nodes", 1))
+    gpus = int(spec.get("gpus_per_node", 0))
+    if gpus == 0 and nodes == 1:
+        return "python -m vlmswap.cli"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} -m vlmswap.cli"
+    # the jobstep runs an `mpi` job's shell on the allocation's first node, with SLURM_* mostly
+    # stripped (snakemake.md 4.3): that host is the rendezvous, named before srun fans out
+    first_host = "$(hostname)"
+    return (
+        f"srun --nodes {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
+        f"torchrun --nnodes {nodes} --nproc-per-node {gpus} --rdzv-backend c10d "
+        f"--rdzv-endpoint {first_host}:{RDZV_PORT} --rdzv-id \"$SLURM_JOB_ID\" -m vlmswap.cli"
+    )

@@ -1,0 +1,188 @@
+"""Train one cell: frozen backbone -> connector + LLM, one stage, DeepSpeed ZeRO-3, resumable.
+
+Read top to bottom: set up the process group, materialize the models, fix the batch order,
+build the engine, resume if a checkpoint exists, loop, save. Intermediate checkpoints go to a
+folder that Snakemake does not own (it deletes declared outputs before a retry), so a killed or
+requeued job continues from its last checkpoint with the same batch order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from vlmswap.atomic import atomic_path, write_json, write_text
+from vlmswap.data.instruct import InstructDataset, collate, micro_batches, split_modality_batches
+from vlmswap.language import load_llm, load_tokenizer
+from vlmswap.study import Cell, Study
+from vlmswap.train.engine import deepspeed_config, distributed_env, init_deepspeed, on_gpu, parameter_groups
+from vlmswap.train.schedule import accumulation_steps, schedule_for
+from vlmswap.vlm import VLMHead, materialize_backbone
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainPaths:
+    checkpoint_files: list[Path]  # the fetched backbone checkpoint(s); several for a fused backbone
+    llm_dir: Path           # the fetched LLM folder
+    instruct_json: Path
+    image_root: Path
+    out_dir: Path           # declared outputs: model.safetensors, train.json, loss.jsonl
+    ckpt_dir: Path          # undeclared: resume checkpoints
+
+
+def git_hash() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def batch_plan(dataset: InstructDataset, global_batch: int, seed: int, steps: int) -> list[list[int]]:
+    """The global batches of every optimizer step; epoch e uses seed + e."""
+    plan: list[list[int]] = []
+    lengths, multimodal = dataset.lengths(), dataset.multimodal()
+    epoch = 0
+    while len(plan) < steps:
+        plan.extend(split_modality_batches(lengths, multimodal, global_batch, seed + epoch))
+        epoch += 1
+    return plan[:steps]
+
+
+def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print) -> dict:
+    deepspeed = init_deepspeed()
+    rank, world, local_rank = distributed_env()
+    say = log if rank == 0 else (lambda _msg: None)
+    recipe = study.recipe(cell)
+    device = torch.device("cuda", local_rank) if on_gpu() else torch.device("cpu")
+    torch.manual_seed(int(recipe["seed"]))
+
+    # models: the frozen tower stays outside the engine; connector + LLM are what ZeRO-3 shards
+    vision = materialize_backbone(study, cell, paths.checkpoint_files).to(device)
+    if on_gpu():
+        vision = vision.to(torch.bfloat16)
+    tokenizer = load_tokenizer(paths.llm_dir)
+    llm = load_llm(paths.llm_dir, tokenizer)
+    llm.config.use_cache = False
+    if recipe.get("grad_checkpointing", True):
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    head = VLMHead(cell.connector, vision.embed_dim, llm)
+    n_visual = vision.num_tokens(cell.geometry.width, cell.geometry.height)
+
+    dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.mean,
+                              vision.std, int(recipe["max_length"]), n_visual)
+    gb, pdb = int(recipe["global_batch"]), int(recipe["per_device_batch"])
+    schedule = schedule_for(len(dataset), gb, float(recipe["epochs"]), float(recipe["warmup_ratio"]),
+                            recipe.get("max_steps"))
+    accumulation = accumulation_steps(gb, pdb, world)
+    plan = batch_plan(dataset, gb, int(recipe["seed"]), schedule.steps)
+    say(f"cell {cell.id}: {len(dataset)} examples, {schedule.steps} steps ({schedule.warmup} warmup), "
+        f"global batch {gb} = {pdb} per device x {accumulation} accumulation x {world} ranks, {n_visual} visual tokens")
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=head,
+        model_parameters=parameter_groups(head, float(recipe["weight_decay"])),
+        config=deepspeed_config(recipe, world, accumulation),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
+    )
+
+    history: list[dict] = []
+    start = 0
+    if (paths.ckpt_dir / "latest").is_file():
+        loaded, client = engine.load_checkpoint(str(paths.ckpt_dir))
+        if loaded is None:
+            raise RuntimeError(f"{paths.ckpt_dir}: a resume checkpoint is named in 'latest' but could not be "
+                               f"loaded; delete the folder to restart cell {cell.id} from scratch")
+        start, history = int(client["step"]), list(client["history"])
+        say(f"resumed from {loaded} at step {start}/{schedule.steps}")
+
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=[mb for step in plan[start:] for mb in micro_batches(step, world, rank, pdb)],
+        collate_fn=lambda items: collate(items, tokenizer.pad_token_id),
+        num_workers=2 if on_gpu() else 0,
+    )
+    batches = iter(loader)
+    every = int(recipe.get("checkpoint_every", 500))
+    t0, tokens = time.time(), 0
+    for step in range(start, schedule.steps):
+        t_step, losses = time.time(), []
+        for _ in range(accumulation):
+            batch = next(batches)
+            features = None
+            if "pixels" in batch:
+                with torch.no_grad():
+                    features = vision(batch["pixels"].to(device, next(vision.parameters()).dtype))
+            try:
+                out = engine(features, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                             batch["labels"].to(device), batch["multimodal"].to(device))
+            except torch.cuda.OutOfMemoryError as e:
+                raise RuntimeError(f"cell {cell.id}: out of memory at step {step} with per-device batch {pdb} "
+                                   f"({n_visual} visual tokens); lower recipe.per_device_batch for this cell "
+                                   "(the global batch stays, accumulation grows)") from e
+            loss = out.loss
+            bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+            torch.distributed.all_reduce(bad)
+            if bad.item():
+                last = (paths.ckpt_dir / "latest").read_text().strip() if (paths.ckpt_dir / "latest").exists() else None
+                raise TrainingDiverged(f"cell {cell.id}: loss is {loss.item()} at step {step}; stopped. "
+                                       f"Last good checkpoint: {paths.ckpt_dir / last if last else 'none'}")
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum()) + (n_visual * int(batch["multimodal"].sum()))
+        record = {"step": step + 1, "loss": sum(losses) / len(losses), "lr": engine.get_lr()[0],
+                  "seconds": round(time.time() - t_step, 4)}
+        history.append(record)
+        if (step + 1) % max(1, schedule.steps // 20) == 0 or step == start:
+            say(f"step {step + 1}/{schedule.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                f"({record['seconds']:.2f}s)")
+        if (step + 1) % every == 0 and step + 1 < schedule.steps:
+            _save_checkpoint(engine, paths.ckpt_dir, step + 1, history)
+    wall = time.time() - t0
+
+    state = engine._zero3_consolidated_16bit_state_dict()
+    if rank == 0:
+        from safetensors.torch import save_file
+
+        paths.out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(paths.out_dir / "model.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        write_text(paths.out_dir / "loss.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        losses = [h["loss"] for h in history]
+        summary = {
+            "cell": cell.id, "study": study.name, "recipe": recipe, "git": git_hash(),
+            "world_size": world, "device": str(device), "steps": schedule.steps, "warmup_steps": schedule.warmup,
+            "resumed_from_step": start, "examples": len(dataset), "visual_tokens": n_visual,
+            "loss_first": losses[0] if losses else None, "loss_final": losses[-1] if losses else None,
+            "loss_min": min(losses) if losses else None,
+            "loss_last10_mean": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+            "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
+        }
+        write_json(paths.out_dir / "train.json", summary)
+        say(f"saved {paths.out_dir / 'model.safetensors'} (final loss {summary['loss_final']:.4f}, {wall:.0f}s)")
+        shutil.rmtree(paths.ckpt_dir, ignore_errors=True)  # the final model supersedes resume state
+        return summary
+    return {}
+
+
+def _save_checkpoint(engine, ckpt_dir: Path, step: int, history: list[dict]) -> None:
+    """Save resume state, then drop older tags (DeepSpeed writes `latest` after the tag)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"step-{step:07d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "history": history})
+    if engine.global_rank == 0:
+        for old in ckpt_dir.glob("step-*"):
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)

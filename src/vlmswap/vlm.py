@@ -1,0 +1,168 @@
+"""The VLM: frozen vision backbone -> connector -> causal LLM.
+
+Sequence layout as Prismatic (`prismatic/models/vlms/prismatic.py`; prismatic_spec.md 1.4):
+`[BOS] [v_1 .. v_K] [text tokens after BOS]`; visual positions get attention 1 and label IGNORE.
+Text-only rows in a batch get K zero embeddings appended at the end with attention 0.
+
+The trainable part (connector + LLM) is its own module, `VLMHead`, so that DeepSpeed shards
+only it; the frozen vision tower runs outside the engine under no_grad (DESIGN.md, performance).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from vlmswap.connector import build_connector
+from vlmswap.language import IGNORE_INDEX
+
+
+class VLMHead(nn.Module):
+    """Connector + LLM: everything that trains."""
+
+    def __init__(self, connector_kind: str, vision_dim: int, llm: nn.Module):
+        super().__init__()
+        self.projector = build_connector(connector_kind, vision_dim, llm.config.hidden_size)
+        self.llm = llm
+
+    def embed(self, features: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              labels: torch.Tensor | None, multimodal: torch.Tensor | None):
+        """Splice projected visual tokens after BOS. Returns embeds, attention mask, labels."""
+        text = self.llm.get_input_embeddings()(input_ids)
+        if features is None:
+            return text, attention_mask, labels
+        visual = self.projector(features.to(text.dtype))
+        b, k = visual.shape[:2]
+        if multimodal is None:
+            multimodal = torch.ones(b, dtype=torch.bool, device=text.device)
+        # multimodal rows: [BOS, visual, rest]; text-only rows: [text, zeros] with attention 0
+        mm_embeds = torch.cat([text[:, :1], visual, text[:, 1:]], dim=1)
+        to_embeds = torch.cat([text, torch.zeros_like(visual)], dim=1)
+        sel = multimodal.view(b, 1, 1)
+        embeds = torch.where(sel, mm_embeds, to_embeds)
+        ones = attention_mask.new_ones(b, k)
+        mm_mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+        to_mask = torch.cat([attention_mask, torch.zeros_like(ones)], dim=1)
+        mask = torch.where(multimodal.view(b, 1), mm_mask, to_mask)
+        if labels is not None:
+            ignore = labels.new_full((b, k), IGNORE_INDEX)
+            mm_labels = torch.cat([labels[:, :1], ignore, labels[:, 1:]], dim=1)
+            to_labels = torch.cat([labels, ignore], dim=1)
+            labels = torch.where(multimodal.view(b, 1), mm_labels, to_labels)
+        return embeds, mask, labels
+
+    def forward(self, features, input_ids, attention_mask, labels=None, multimodal=None):
+        embeds, mask, labels = self.embed(features, input_ids, attention_mask, labels, multimodal)
+        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
+
+
+class VLM(nn.Module):
+    """Inference wrapper: frozen backbone + head, batched greedy generation and choice scoring."""
+
+    def __init__(self, vision: nn.Module, head: VLMHead, tokenizer):
+        super().__init__()
+        self.vision = vision.eval().requires_grad_(False)
+        self.head = head
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.head.parameters()).dtype
+        return self.vision(pixels.to(next(self.vision.parameters()).dtype)).to(dtype)
+
+    def _left_padded(self, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [self.tokenizer(p, add_special_tokens=True).input_ids for p in prompts]
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, width - len(x):] = torch.tensor(x)
+            mask[i, width - len(x):] = 1
+        return input_ids.to(device), mask.to(device)
+
+    def _inputs(self, pixels: torch.Tensor, prompts: Sequence[str]):
+        """Left-padded batch with visual tokens after each row's BOS."""
+        device = pixels.device
+        input_ids, mask = self._left_padded(prompts, device)
+        features = self.features(pixels)
+        llm = self.head.llm
+        text = llm.get_input_embeddings()(input_ids)
+        visual = self.head.projector(features)
+        b, k = visual.shape[:2]
+        width = input_ids.shape[1]
+        embeds = text.new_zeros(b, width + k, text.shape[-1])
+        attn = mask.new_zeros(b, width + k)
+        for i in range(b):
+            start = int(width - mask[i].sum())  # left padding; the first real token is BOS
+            embeds[i, :start] = text[i, :start]
+            embeds[i, start] = text[i, start]
+            embeds[i, start + 1: start + 1 + k] = visual[i]
+            embeds[i, start + 1 + k:] = text[i, start + 1:]
+            attn[i, start:] = 1
+        return embeds, attn
+
+    @torch.no_grad()
+    def generate(self, pixels: torch.Tensor, prompts: Sequence[str], max_new_tokens: int = 128) -> list[str]:
+        """Greedy, KV-cached, left-padded batched generation; returns decoded, stripped strings."""
+        embeds, attn = self._inputs(pixels, prompts)
+        out = self.head.llm.generate(
+            inputs_embeds=embeds, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
+            num_beams=1, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            use_cache=True,
+        )
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def choice_probabilities(self, pixels: torch.Tensor, prompts: Sequence[str], choices: Sequence[str]) -> torch.Tensor:
+        """Softmax of the first generated token over single-token `choices`, renormalized over them
+        (vlm-evaluation's `return_string_probabilities`); one forward pass. Returns (B, len(choices))."""
+        ids = []
+        for c in choices:
+            tok = self.tokenizer(c, add_special_tokens=False).input_ids
+            if len(tok) != 1:
+                raise ValueError(f"choice {c!r} is not a single token for this tokenizer ({tok})")
+            ids.append(tok[0])
+        embeds, attn = self._inputs(pixels, prompts)
+        logits = self.head.llm(inputs_embeds=embeds, attention_mask=attn, use_cache=False).logits[:, -1]
+        probs = logits.float().softmax(-1)[:, ids]
+        return probs / probs.sum(-1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Materialize: ids in config -> objects (Prismatic's `materialize` idea)
+
+
+def materialize_backbone(study, cell, checkpoint_files):
+    """Build the cell's backbone at its geometry and tap, and load its official checkpoint(s)."""
+    from vlmswap.hub import read_checkpoint
+    from vlmswap.vision.registry import build_backbone
+
+    spec = study.backbones[cell.backbone]
+    files = list(checkpoint_files)
+    if len(files) != 1:
+        raise ValueError(f"cell {cell.id}: backbone {spec.id!r} ({spec.family}) takes one checkpoint, got {files}")
+    backbone = build_backbone(spec.family, spec.arch, cell.tap, cell.geometry)
+    backbone.load_official(read_checkpoint(files[0]))
+    return backbone.eval().requires_grad_(False)
+
+
+def load_trained(study, cell, checkpoint_files, llm_dir, model_dir, device="cpu", dtype=torch.float32) -> VLM:
+    """The trained VLM of a cell: backbone from its checkpoint, connector + LLM from training."""
+    from safetensors.torch import load_file
+
+    from vlmswap.language import load_llm, load_tokenizer
+
+    vision = materialize_backbone(study, cell, checkpoint_files)
+    tokenizer = load_tokenizer(llm_dir)
+    llm = load_llm(llm_dir, tokenizer)
+    head = VLMHead(cell.connector, vision.embed_dim, llm)
+    state = load_file(str(model_dir / "model.safetensors"))
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{model_dir / 'model.safetensors'}: does not match cell {cell.id} "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}); retrain the cell")
+    tokenizer.padding_side = "left"
+    return VLM(vision.to(device, dtype), head.to(device, dtype).eval(), tokenizer)

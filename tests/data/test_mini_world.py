@@ -1,0 +1,262 @@
+"""The mini world is a faithful, deterministic stand-in for LLaVA-665K, VQA-v2 val and RefCOCO val."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import pickle
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlmswap.data.mini_world import CLASSES, COLORS, SHAPES, SYSTEM_PROMPT, generate
+
+SMALL = dict(n_train=40, n_eval=24, n_classify=30, image_size=64)
+VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+GROUNDING = re.compile(
+    r'^Please provide the bounding box coordinate of the region this sentence describes: "(.+)"$')
+BOX = re.compile(r"^\[\d\.\d\d, \d\.\d\d, \d\.\d\d, \d\.\d\d\]$")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, dict, list[str]]:
+    out = tmp_path_factory.mktemp("world")
+    lines: list[str] = []
+    manifest = generate(out, seed=3, log=lines.append, **SMALL)
+    return out, manifest, lines
+
+
+def load(path: Path):
+    return json.loads(path.read_text())
+
+
+def scenes_by_id(out: Path) -> dict[str, dict[int, dict]]:
+    return {name: {s["image_id"]: s for s in scenes} for name, scenes in load(out / "scenes.json").items()}
+
+
+def parse_box(text: str) -> list[float]:
+    box = ast.literal_eval(text)  # exactly how vlm-evaluation parses RefCOCO outputs
+    assert isinstance(box, list) and len(box) == 4 and all(isinstance(v, float) for v in box), text
+    assert all(0.0 <= v <= 1.0 for v in box) and box[0] < box[2] and box[1] < box[3], text
+    return box
+
+
+def box_of(obj: dict, size: int) -> str:
+    return "[" + ", ".join(f"{v / size:.2f}" for v in
+                           (obj["x"], obj["y"], obj["x"] + obj["s"], obj["y"] + obj["s"])) + "]"
+
+
+def oracle_answer(question: str, shapes: list[dict]) -> str:
+    """Answers a mini-world question from the ground truth alone, independently of the generator."""
+    if m := re.fullmatch(r"What color is the (\w+)\?", question):
+        (obj,) = [o for o in shapes if o["shape"] == m[1]]
+        return obj["color"]
+    if m := re.fullmatch(r"What shape is the (\w+) object\?", question):
+        (obj,) = [o for o in shapes if o["color"] == m[1]]
+        return obj["shape"]
+    if question == "How many objects are there?":
+        return str(len(shapes))
+    if m := re.fullmatch(r"How many (\w+)s are there\?", question):
+        return str(sum(o["shape"] == m[1] for o in shapes))
+    if m := re.fullmatch(r"Is there a (\w+) (\w+)\?", question):
+        return "yes" if any((o["color"], o["shape"]) == (m[1], m[2]) for o in shapes) else "no"
+    raise AssertionError(f"unknown question template: {question!r}")
+
+
+def referents(sentence: str, shapes: list[dict]) -> list[dict]:
+    """The objects a referring expression can mean, read from the ground truth."""
+    words = sentence.split()
+    found = [o for o in shapes
+             if all(w not in COLORS or o["color"] == w for w in words)
+             and all(w not in SHAPES or o["shape"] == w for w in words)]
+    if sentence.endswith("on the left"):
+        found = [min(found, key=lambda o: o["x"] + o["s"] / 2)]
+    if sentence.endswith("on the right"):
+        found = [max(found, key=lambda o: o["x"] + o["s"] / 2)]
+    return found
+
+
+def test_same_seed_gives_identical_files_and_another_seed_differs(world, tmp_path):
+    out, _, _ = world
+    again = tmp_path / "again"
+    generate(again, seed=3, log=lambda _: None, **SMALL)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
+    other = tmp_path / "other"
+    generate(other, seed=4, log=lambda _: None, **SMALL)
+    assert (other / "llava/llava_v1_5_mix665k.json").read_bytes() != (
+        out / "llava/llava_v1_5_mix665k.json").read_bytes()
+
+
+def test_writes_atomically_and_logs_each_stage(world):
+    out, _, lines = world
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    for stage in ("llava:", "classify:", "vqa-v2:", "refcoco:", "baselines:", "world:"):
+        assert any(line.startswith(stage) for line in lines), stage
+
+
+def test_instruction_set_has_the_llava_665k_format(world):
+    out, _, _ = world
+    records = load(out / "llava/llava_v1_5_mix665k.json")
+    with_image = [r for r in records if "image" in r]
+    language = [r for r in records if "image" not in r]
+    assert len(with_image) == SMALL["n_train"] and 1 <= len(language) <= 0.1 * len(records)
+    scenes = scenes_by_id(out)["llava"]
+    turns = Counter()
+    for record in records:
+        assert set(record) <= {"id", "image", "conversations"} and isinstance(record["id"], str)
+        conv = record["conversations"]
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+        if "image" not in record:
+            assert not any("<image>" in t["value"] for t in conv)
+            continue
+        assert re.fullmatch(r"coco/train2017/\d{12}\.jpg", record["image"])
+        with Image.open(out / "llava" / record["image"]) as image:
+            assert image.size == (64, 64) and image.format == "JPEG"
+        assert 2 <= len(conv) // 2 <= 4
+        assert conv[0]["value"].startswith("<image>\n")
+        assert not any("<image>" in t["value"] for t in conv[1:])
+        shapes = scenes[int(Path(record["image"]).stem)]["shapes"]
+        for human, gpt in zip(conv[0::2], conv[1::2]):
+            question, answer = human["value"].removeprefix("<image>\n"), gpt["value"]
+            if m := GROUNDING.match(question):
+                turns["grounding"] += 1
+                assert BOX.match(answer), answer
+                parse_box(answer)
+                (obj,) = referents(m[1], shapes)
+                assert answer == box_of(obj, 64)
+            else:
+                turns["vqa"] += 1
+                assert question.endswith(VQA_SUFFIX)
+                assert answer == oracle_answer(question.removesuffix(VQA_SUFFIX), shapes)
+    assert 0.15 < turns["grounding"] / sum(turns.values()) < 0.45
+
+
+def test_vqa_v2_files_have_the_official_format_and_correct_answers(world):
+    out, _, _ = world
+    questions = load(out / "vqa-v2/v2_OpenEnded_mscoco_val2014_questions.json")
+    annotations = load(out / "vqa-v2/v2_mscoco_val2014_annotations.json")
+    assert {"info", "task_type", "data_type", "license", "data_subtype", "questions"} <= set(questions)
+    assert questions["task_type"] == "Open-Ended" and questions["data_subtype"] == "val2014"
+    assert {"info", "license", "data_subtype", "annotations"} <= set(annotations)
+    qs, anns = questions["questions"], annotations["annotations"]
+    assert len(qs) == 2 * SMALL["n_eval"]
+    assert [q["question_id"] for q in qs] == [a["question_id"] for a in anns]
+    assert len({q["question_id"] for q in qs}) == len(qs)
+    scenes = scenes_by_id(out)["vqa-v2"]
+    for q, a in zip(qs, anns):
+        assert q["image_id"] == a["image_id"] and q["question_id"] // 1000 == q["image_id"]
+        assert a["answer_type"] in {"yes/no", "number", "other"} and a["question_type"]
+        answers = [x["answer"] for x in a["answers"]]
+        assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))
+        assert all(x["answer_confidence"] == "yes" for x in a["answers"])
+        truth = oracle_answer(q["question"], scenes[q["image_id"]]["shapes"])
+        assert a["multiple_choice_answer"] == truth and answers.count(truth) >= 8
+        with Image.open(out / f"vqa-v2/val2014/COCO_val2014_{q['image_id']:012d}.jpg") as image:
+            assert image.size == (64, 64)
+    assert {a["answer_type"] for a in anns} == {"yes/no", "number", "other"}
+    assert any(len(set(x["answer"] for x in a["answers"])) > 1 for a in anns), "no annotator noise"
+
+
+def test_refcoco_loads_with_pycocotools_and_refs_point_at_their_objects(world):
+    from pycocotools.coco import COCO
+
+    out, _, _ = world
+    coco = COCO(str(out / "refcoco/refcoco/instances.json"))
+    assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == sorted(SHAPES)
+    raw = (out / "refcoco/refcoco/refs(unc).p").read_bytes()
+    assert raw[:2] == b"\x80\x02"  # pickle protocol 2, as the REFER files
+    refs = pickle.loads(raw)
+    scenes = scenes_by_id(out)["refcoco"]
+    sentences = [s for r in refs for s in r["sentences"]]
+    assert len(sentences) == SMALL["n_eval"]
+    assert len({s["sent_id"] for s in sentences}) == len(sentences)
+    for ref in refs:
+        assert ref["split"] == "val" and 1 <= len(ref["sentences"]) <= 2
+        assert ref["sent_ids"] == [s["sent_id"] for s in ref["sentences"]]
+        assert ref["file_name"] == f"COCO_train2014_{ref['image_id']:012d}_{ref['ann_id']}.jpg"
+        ann = coco.anns[ref["ann_id"]]
+        assert ann["image_id"] == ref["image_id"] and ann["category_id"] == ref["category_id"]
+        image = coco.imgs[ref["image_id"]]
+        assert image["file_name"] == f"COCO_train2014_{ref['image_id']:012d}.jpg"
+        with Image.open(out / "refcoco/train2014" / image["file_name"]) as im:
+            assert im.size == (image["width"], image["height"]) == (64, 64)
+        for sentence in ref["sentences"]:
+            assert sentence["sent"] == sentence["raw"].lower() and sentence["tokens"] == sentence["sent"].split()
+            (obj,) = referents(sentence["sent"], scenes[ref["image_id"]]["shapes"])
+            assert ann["bbox"] == [float(obj["x"]), float(obj["y"]), float(obj["s"]), float(obj["s"])]
+            assert coco.cats[ann["category_id"]]["name"] == obj["shape"]
+    # Every object of a referenced image is annotated, not only the referred ones.
+    for image_id, scene in scenes.items():
+        assert len(coco.getAnnIds(imgIds=[image_id])) == len(scene["shapes"])
+
+
+def test_eval_scenes_are_held_out_of_training(world):
+    out, _, _ = world
+    scenes = load(out / "scenes.json")
+
+    def key(scene):
+        return tuple(sorted((o["shape"], o["color"], o["x"], o["y"], o["s"]) for o in scene["shapes"]))
+
+    seen = {key(s) for s in scenes["llava"] + scenes["classify"]}
+    train_ids = {s["image_id"] for s in scenes["llava"]}
+    for name in ("vqa-v2", "refcoco"):
+        assert not {key(s) for s in scenes[name]} & seen
+        assert not {s["image_id"] for s in scenes[name]} & train_ids
+    assert not {s["image_id"] for s in scenes["vqa-v2"]} & {s["image_id"] for s in scenes["refcoco"]}
+
+
+def test_classification_labels_name_the_largest_shape(world):
+    out, _, _ = world
+    assert load(out / "classify/classes.json") == CLASSES and len(CLASSES) == 12
+    scenes = {s["image_id"]: s for s in load(out / "scenes.json")["classify"]}
+    rows = [json.loads(line) for split in ("train", "val")
+            for line in (out / f"classify/{split}.jsonl").read_text().splitlines()]
+    assert len(rows) == SMALL["n_classify"]
+    for row in rows:
+        assert 0 <= row["label"] < len(CLASSES) and row["label_name"] == CLASSES[row["label"]]
+        with Image.open(out / "classify" / row["image"]) as image:
+            assert image.size == (64, 64) and image.format == "PNG"
+        shapes = scenes[int(Path(row["image"]).stem)]["shapes"]
+        sides = sorted((o["s"] for o in shapes), reverse=True)
+        assert len(sides) == 1 or sides[0] > sides[1]
+        largest = max(shapes, key=lambda o: o["s"])
+        assert row["label_name"] == f"{largest['color']}_{largest['shape']}"
+
+
+def test_manifest_hashes_baselines_and_text_corpus(world):
+    out, manifest, _ = world
+    assert load(out / "world.json") == manifest
+    for rel, digest in manifest["sha256"].items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
+    assert "llava/llava_v1_5_mix665k.json" in manifest["sha256"]
+    baselines = manifest["baselines"]
+    for name in ("vqa_majority_per_answer_type_accuracy", "vqa_majority_overall_accuracy",
+                 "refcoco_center_box_accuracy"):
+        assert 0.0 <= baselines[name] <= 100.0
+    corpus = set((out / "text_corpus.txt").read_text().splitlines())
+    assert SYSTEM_PROMPT in corpus and "Answer the question using a single word or phrase." in corpus
+    for record in load(out / "llava/llava_v1_5_mix665k.json"):
+        for turn in record["conversations"]:
+            for line in turn["value"].replace("<image>", "").strip().split("\n"):
+                assert line in corpus, line
+    for q in load(out / "vqa-v2/v2_OpenEnded_mscoco_val2014_questions.json")["questions"]:
+        assert q["question"] in corpus
+
+
+def test_rendered_shapes_fill_exactly_their_boxes():
+    import numpy as np
+
+    from vlmswap.data.mini_world import Scene, Shape, render
+
+    for kind in SHAPES:
+        obj = Shape(kind, "blue", x=10, y=20, s=24)
+        pixels = np.asarray(render(Scene(0, 64, 220, 7, (obj,)))).astype(int)
+        blue = (pixels[..., 2] - pixels[..., 0] > 100).nonzero()
+        assert (blue[1].min(), blue[0].min(), blue[1].max() + 1, blue[0].max() + 1) == obj.xyxy, kind

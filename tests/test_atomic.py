@@ -1,0 +1,81 @@
+"""vlmswap.atomic: a file is either its old content or the complete new one, never a fragment."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from vlmswap.atomic import atomic_path, write_bytes, write_json, write_text
+
+
+def leftovers(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def test_write_json_is_indented_sorted_with_trailing_newline(tmp_path):
+    path = tmp_path / "deep" / "er" / "result.json"  # parents are created
+    write_json(path, {"b": 1, "a": [1, 2], "p": tmp_path / "x"})
+    text = path.read_text()
+    assert text.endswith("}\n")
+    assert text.index('"a"') < text.index('"b"')
+    assert '\n  "a": [\n    1,' in text
+    assert json.loads(text)["p"] == str(tmp_path / "x")
+    assert leftovers(path.parent) == []
+
+
+def test_write_text_and_bytes_replace_existing(tmp_path):
+    path = tmp_path / "notes.md"
+    write_text(path, "old")
+    write_text(path, "new – ünïcode")
+    assert path.read_text(encoding="utf-8") == "new – ünïcode"
+    write_bytes(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    assert leftovers(tmp_path) == []
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    path = tmp_path / "f.txt"
+    write_text(path, "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+def test_atomic_path_yields_sibling_with_same_suffix_and_replaces_on_success(tmp_path):
+    path = tmp_path / "plots" / "heatmap.png"
+    with atomic_path(path) as tmp:
+        assert tmp.parent == path.parent and tmp.suffix == ".png" and tmp != path
+        assert not path.exists()
+        tmp.write_bytes(b"png")
+    assert path.read_bytes() == b"png"
+    assert not tmp.exists()
+
+
+def test_atomic_path_error_keeps_old_file_and_removes_temp(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError, match="writer crashed"):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half a ta")
+            raise RuntimeError("writer crashed")
+    assert path.read_text() == "old\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_path_error_creates_nothing_when_no_old_file(tmp_path):
+    path = tmp_path / "model.pt"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"partial")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_unserializable_leaves_old_file(tmp_path):
+    path = tmp_path / "train.json"
+    write_json(path, {"ok": True})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_json(path, {"bad": object()})
+    assert json.loads(path.read_text()) == {"ok": True}
+    assert leftovers(tmp_path) == []

@@ -1,0 +1,43 @@
+# Tables (one per paper table) and the benchmark x benchmark Pearson correlation over all cells.
+# Cheap, so they run on the submit host even under the SLURM profile.
+
+
+rule table:
+    localrule: True
+    input:
+        table_inputs,
+    output:
+        csv=f"{OUT}/tables/{{table}}.csv",
+        md=f"{OUT}/tables/{{table}}.md",
+    params:
+        results=OUT,
+        spec=lambda wc: config["tables"][wc.table],
+    log:
+        f"{LOGS}/table/{{table}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "table {wildcards.table}"
+    shell:
+        "{VLMSWAP} table --config {CFG} --table {wildcards.table} --results {params.results} "
+        "--out-csv {output.csv} --out-md {output.md} 2>&1 | tee {log}"
+
+
+rule correlation:
+    localrule: True
+    input:
+        all_evals(),
+    output:
+        csv=f"{OUT}/correlation.csv",
+        png=f"{OUT}/correlation.png",
+    params:
+        results=OUT,
+    log:
+        f"{LOGS}/correlation.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "benchmark x benchmark Pearson correlation over all cells"
+    shell:
+        "{VLMSWAP} correlation --config {CFG} --results {params.results} --out-csv {output.csv} "
+        "--out-png {output.png} 2>&1 | tee {log}"

@@ -1,0 +1,93 @@
+# Config -> paths. The study is validated by vlmswap.study (the JSON schema in
+# workflow/schemas/experiments.schema.yaml plus cross-reference checks); the rules only wire paths.
+import re
+import sys
+
+import yaml
+
+from vlmswap.study import BENCHMARK_COLUMNS, ConfigError, load_study
+from vlmswap.train.launch import launcher, train_resources
+
+CONFIG_FILE = str(workflow.configfiles[-1])
+try:
+    STUDY = load_study(CONFIG_FILE)
+except ConfigError as error:
+    sys.exit(f"vlmswap: config error: {error}")
+with open(CONFIG_FILE) as _f:
+    if yaml.safe_load(_f) != config:
+        sys.exit(
+            f"vlmswap: the rules read the study from {CONFIG_FILE}; --config overrides do not reach them. "
+            "Put the change in a copy of the config file and pass it with --configfile."
+        )
+
+RES = f"resources/{STUDY.name}"
+OUT = f"results/{STUDY.name}"
+LOGS = f"logs/{STUDY.name}"
+IS_MINI = "mini" in config
+VLMSWAP = "python -m vlmswap.cli"
+CFG = CONFIG_FILE
+
+
+def _alternatives(values):
+    return "|".join(re.escape(v) for v in sorted(set(values)))
+
+
+wildcard_constraints:
+    cell=_alternatives(STUDY.cell_ids),
+    benchmark=_alternatives(STUDY.benchmarks),
+    table=_alternatives(STUDY.tables) if STUDY.tables else "$^",
+    backbone=_alternatives(STUDY.backbones),
+    objective=_alternatives(config["objectives"]),
+
+
+# ------------------------------------------------------------------------------------ paths
+
+
+def world_flag():
+    return f"{RES}/world/world.json"
+
+
+def checkpoint_file(backbone, objective):
+    return f"{RES}/checkpoints/{backbone}@{objective}.ckpt"
+
+
+def cell_checkpoints(wildcards):
+    cell = STUDY.cell(wildcards.cell)
+    backbone = STUDY.backbones[cell.backbone]
+    if backbone.members:
+        return [checkpoint_file(m, o) for m in backbone.members for o in STUDY.backbones[m].checkpoints]
+    return [checkpoint_file(cell.backbone, cell.objective)]
+
+
+def model_dir(cell):
+    return f"{OUT}/models/{cell}"
+
+
+def eval_json(cell, benchmark):
+    return f"{OUT}/evals/{cell}/{benchmark}.json"
+
+
+def benchmark_root(benchmark):
+    """Where a benchmark's official files live: the mini world, or the study's data folder."""
+    folder = {"refcoco+": "refcoco", "refcocog": "refcoco"}.get(benchmark, benchmark)
+    return f"{RES}/world/{folder}" if IS_MINI else f"{RES}/data/{folder}"
+
+
+def instruct_paths():
+    if IS_MINI:
+        return f"{RES}/world/llava/llava_v1_5_mix665k.json", f"{RES}/world/llava"
+    return f"{RES}/data/llava-v1.5-instruct/llava_v1_5_mix665k.json", f"{RES}/data/llava-v1.5-instruct"
+
+
+def table_inputs(wildcards):
+    return [eval_json(c, b) for c in STUDY.tables[wildcards.table].cells for b in STUDY.benchmarks]
+
+
+def all_evals():
+    return [eval_json(c, b) for c in STUDY.cell_ids for b in STUDY.benchmarks]
+
+
+def all_targets():
+    targets = [f"{OUT}/tables/{t}.md" for t in STUDY.tables]
+    targets += [f"{OUT}/correlation.csv", f"{OUT}/correlation.png"]
+    return targets

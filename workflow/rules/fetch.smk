@@ -1,0 +1,157 @@
+# Inputs of training and evaluation: backbone checkpoints, the LLM, the instruction set, the
+# benchmarks. In the mini study the workflow first builds them on the generated mini world; the
+# fetch rules then take them exactly as they take official downloads.
+
+if IS_MINI:
+
+    rule mini_world:
+        output:
+            world_flag(),
+        params:
+            out=f"{RES}/world",
+            mini=config["mini"],
+        log:
+            f"{LOGS}/mini_world.log",
+        conda:
+            "../envs/vlmswap.yaml"
+        message:
+            "generate the mini world"
+        shell:
+            "{VLMSWAP} mini-world --config {CFG} --out {params.out} 2>&1 | tee {log}"
+
+    rule pretrain_mini:
+        input:
+            world_flag(),
+        output:
+            f"{RES}/pretrained/{{backbone}}@{{objective}}.pth",
+        params:
+            world=f"{RES}/world",
+            source=lambda wc: STUDY.checkpoint_source(wc.backbone, wc.objective),
+        threads: 2
+        log:
+            f"{LOGS}/pretrain_mini/{{backbone}}@{{objective}}.log",
+        conda:
+            "../envs/vlmswap.yaml"
+        message:
+            "pretrain mini backbone {wildcards.backbone} for {wildcards.objective}"
+        shell:
+            "OMP_NUM_THREADS={threads} {VLMSWAP} pretrain-mini --config {CFG} --backbone {wildcards.backbone} "
+            "--objective {wildcards.objective} --world {params.world} --out {output} 2>&1 | tee {log}"
+
+    rule build_mini_llm:
+        input:
+            world_flag(),
+        output:
+            directory(f"{RES}/llm-build"),
+        params:
+            world=f"{RES}/world",
+            source=config["llm"]["source"],
+        log:
+            f"{LOGS}/build_mini_llm.log",
+        conda:
+            "../envs/vlmswap.yaml"
+        message:
+            "build the mini LLM and its tokenizer"
+        shell:
+            "{VLMSWAP} build-mini-llm --config {CFG} --world {params.world} --out {output} 2>&1 | tee {log}"
+
+
+def _built_input(source, built):
+    return [built] if ("mini" in source) else []
+
+
+rule fetch_backbone:
+    input:
+        built=lambda wc: _built_input(
+            STUDY.checkpoint_source(wc.backbone, wc.objective), f"{RES}/pretrained/{wc.backbone}@{wc.objective}.pth"
+        ),
+    output:
+        checkpoint_file("{backbone}", "{objective}"),
+    params:
+        source=lambda wc: STUDY.checkpoint_source(wc.backbone, wc.objective),
+        built=lambda wc, input: f"--input {input.built}" if input.built else "",
+    retries: 2
+    log:
+        f"{LOGS}/fetch_backbone/{{backbone}}@{{objective}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "fetch checkpoint {wildcards.backbone} ({wildcards.objective})"
+    shell:
+        "{VLMSWAP} fetch-backbone --config {CFG} --backbone {wildcards.backbone} --objective {wildcards.objective} "
+        "{params.built} --out {output} 2>&1 | tee {log}"
+
+
+rule fetch_llm:
+    input:
+        built=_built_input(config["llm"]["source"], f"{RES}/llm-build"),
+    output:
+        directory(f"{RES}/llm"),
+    params:
+        source=config["llm"]["source"],
+        built=lambda wc, input: f"--input {input.built}" if input.built else "",
+    retries: 2
+    log:
+        f"{LOGS}/fetch_llm.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "fetch the LLM ({config[llm][id]})"
+    shell:
+        "{VLMSWAP} fetch-llm --config {CFG} {params.built} --out {output} 2>&1 | tee {log}"
+
+
+if not IS_MINI:
+
+    rule fetch_instruct:
+        output:
+            instruct_paths()[0],
+        params:
+            source=config["instruct"]["source"],
+        retries: 2
+        log:
+            f"{LOGS}/fetch_instruct.log",
+        conda:
+            "../envs/vlmswap.yaml"
+        message:
+            "fetch the instruction set ({config[instruct][id]}); its image folders are placed beside it"
+        shell:
+            "{VLMSWAP} fetch-instruct --config {CFG} --out {output} 2>&1 | tee {log}"
+
+
+rule prepare_instruct:
+    input:
+        world_flag() if IS_MINI else instruct_paths()[0],
+    output:
+        f"{RES}/prepared/instruct.json",
+    params:
+        json=instruct_paths()[0],
+        image_root=instruct_paths()[1],
+    log:
+        f"{LOGS}/prepare_instruct.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "check the instruction set and every image it names"
+    shell:
+        "{VLMSWAP} prepare-instruct --config {CFG} --json {params.json} --image-root {params.image_root} "
+        "--out {output} 2>&1 | tee {log}"
+
+
+rule prepare_benchmark:
+    input:
+        [world_flag()] if IS_MINI else [],
+    output:
+        f"{RES}/prepared/{{benchmark}}.json",
+    params:
+        root=lambda wc: benchmark_root(wc.benchmark),
+        spec=lambda wc: config["benchmarks"][wc.benchmark],
+    log:
+        f"{LOGS}/prepare_benchmark/{{benchmark}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "index benchmark {wildcards.benchmark}"
+    shell:
+        "{VLMSWAP} prepare-benchmark --config {CFG} --benchmark {wildcards.benchmark} --root {params.root} "
+        "--out {output} 2>&1 | tee {log}"

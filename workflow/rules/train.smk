@@ -1,0 +1,34 @@
+# One training job per cell. Declared outputs are the final model only; resume checkpoints live
+# in {OUT}/checkpoints/{cell}/, which Snakemake does not own, so a retried or requeued job
+# continues from its last checkpoint (Snakemake deletes declared outputs before every attempt).
+
+
+rule train:
+    input:
+        checkpoints=cell_checkpoints,
+        llm=f"{RES}/llm",
+        instruct=f"{RES}/prepared/instruct.json",
+    output:
+        model=f"{OUT}/models/{{cell}}/model.safetensors",
+        summary=f"{OUT}/models/{{cell}}/train.json",
+        losses=f"{OUT}/models/{{cell}}/loss.jsonl",
+    params:
+        recipe=lambda wc: STUDY.recipe(STUDY.cell(wc.cell)),
+        launcher=launcher(config.get("train_resources", {})),
+        ckpt_dir=lambda wc: f"{OUT}/checkpoints/{wc.cell}",
+        out=lambda wc: model_dir(wc.cell),
+        json=instruct_paths()[0],
+        image_root=instruct_paths()[1],
+    threads: 2
+    resources:
+        **train_resources(config.get("train_resources", {})),
+    log:
+        f"{LOGS}/train/{{cell}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "train {wildcards.cell}"
+    shell:
+        "OMP_NUM_THREADS={threads} {params.launcher} train --config {CFG} --cell '{wildcards.cell}' "
+        "--checkpoint {input.checkpoints} --llm {input.llm} --instruct-json {params.json} "
+        "--image-root {params.image_root} --out {params.out} --ckpt-dir {params.ckpt_dir} 2>&1 | tee {log}"
