@@ -10,11 +10,15 @@ generalise the same idea: pad to the target aspect ratio, then resize to exactly
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+
+if TYPE_CHECKING:
+    import torch
+
+# torch/torchvision are imported inside the functions: `Geometry` is used by the config loader,
+# which Snakemake imports on every (dry) run and which should stay light.
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ def fill_color(mean: tuple[float, float, float]) -> tuple[int, int, int]:
 
 def letterbox(image: Image.Image, geometry: Geometry, fill: tuple[int, int, int]) -> Image.Image:
     """Pad `image` to the target aspect ratio with `fill`, then resize to `geometry`."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
     image = image.convert("RGB")
     w, h = image.size
     if geometry.square:
@@ -68,8 +75,10 @@ def letterbox(image: Image.Image, geometry: Geometry, fill: tuple[int, int, int]
     return TF.resize(padded, [geometry.height, geometry.width], interpolation=InterpolationMode.BICUBIC)
 
 
-def to_pixels(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def to_pixels(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> "torch.Tensor":
     """PIL RGB image -> normalized float tensor (3, H, W)."""
+    from torchvision.transforms import functional as TF
+
     return TF.normalize(TF.to_tensor(image), list(mean), list(std))
 
 
@@ -78,6 +87,6 @@ def preprocess(
     geometry: Geometry,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
-) -> torch.Tensor:
+) -> "torch.Tensor":
     """Letterbox with the backbone's own fill, then normalize with its own statistics."""
     return to_pixels(letterbox(image, geometry, fill_color(mean)), mean, std)

@@ -24,7 +24,7 @@ RES = f"resources/{STUDY.name}"
 OUT = f"results/{STUDY.name}"
 LOGS = f"logs/{STUDY.name}"
 IS_MINI = "mini" in config
-VLMSWAP = "python -m vlmswap.cli"
+VLMSWAP = f"{sys.executable} -m vlmswap.cli"  # the interpreter running Snakemake: no activation needed
 CFG = CONFIG_FILE
 
 

@@ -280,12 +280,18 @@ def build_table(
                 else "the weighted averages that include it are left missing"
             )
             where = "" if b in shown_benchmarks else " (not shown in this table)"
-            footnotes.append(f"{DAGGER} {cell_id}: {b}{where} skipped {int(n)} example(s), scored on {scored}; {verdict}.")
-    subsets = scores.attrs.get("subsets", {})
+            footnotes.append(
+                f"{DAGGER} {cell_id}: {b}{where} skipped {int(n)} example(s), scored on {scored}; {verdict}."
+            )
+    # Subset runs are not comparable to the paper's full-benchmark numbers: say so, once per subset.
+    by_subset: dict[tuple[str, str], list[str]] = {}
     for cell_id in ids:
-        for b, subset in subsets.get(cell_id, {}).items():
-            if b in benchmarks:
-                footnotes.append(f"{cell_id}: {b} was evaluated on subset {subset!r}, not the full benchmark.")
+        for b, subset in scores.attrs.get("subsets", {}).get(cell_id, {}).items():
+            if b in relevant:
+                by_subset.setdefault((b, subset), []).append(cell_id)
+    for (b, subset), cells in by_subset.items():
+        who = "every row" if len(cells) == len(ids) else ", ".join(cells)
+        footnotes.append(f"{b} was evaluated on subset {subset!r}, not the full benchmark ({who}).")
 
     for b in shown_benchmarks:
         table[f"skipped:{b}"] = data[f"skipped:{b}"].astype("Int64")

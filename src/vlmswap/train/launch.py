@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from typing import Any, Mapping
 
 RDZV_PORT = 29500
@@ -39,19 +41,22 @@ def train_resources(spec: Mapping[str, Any]) -> dict[str, Any]:
     return resources
 
 
-def launcher(spec: Mapping[str, Any]) -> str:
-    """The command prefix that starts `python -m vlmswap.cli` on every rank."""
+def launcher(spec: Mapping[str, Any], python: str = sys.executable) -> str:
+    """The command prefix that starts `python -m vlmswap.cli` on every rank, with the interpreter
+    that runs Snakemake (so the rules need no activated environment)."""
     nodes = int(spec.get("nodes", 1))
     gpus = int(spec.get("gpus_per_node", 0))
+    python = shlex.quote(python)
+    torchrun = f"{python} -m torch.distributed.run"
     if gpus == 0 and nodes == 1:
-        return "python -m vlmswap.cli"
+        return f"{python} -m vlmswap.cli"
     if nodes == 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} -m vlmswap.cli"
+        return f"{torchrun} --standalone --nproc-per-node {gpus} -m vlmswap.cli"
     # the jobstep runs an `mpi` job's shell on the allocation's first node, with SLURM_* mostly
     # stripped (snakemake.md 4.3): that host is the rendezvous, named before srun fans out
     first_host = "$(hostname)"
     return (
         f"srun --nodes {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
-        f"torchrun --nnodes {nodes} --nproc-per-node {gpus} --rdzv-backend c10d "
+        f"{torchrun} --nnodes {nodes} --nproc-per-node {gpus} --rdzv-backend c10d "
         f"--rdzv-endpoint {first_host}:{RDZV_PORT} --rdzv-id \"$SLURM_JOB_ID\" -m vlmswap.cli"
     )

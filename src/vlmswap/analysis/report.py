@@ -1,0 +1,51 @@
+"""Study -> tables and correlation: labels each cell as the paper does, then calls tables/correlation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from vlmswap.analysis.correlation import correlation_matrix, write_correlation
+from vlmswap.analysis.tables import Row, build_table, collect, write_table
+from vlmswap.study import Cell, Study
+
+
+def row_for(study: Study, cell: Cell, results_dir: Path) -> Row:
+    """The paper's label columns; the token count comes from the cell's training record."""
+    backbone = study.backbones[cell.backbone]
+    summary = results_dir / "models" / cell.id / "train.json"
+    tokens = json.loads(summary.read_text()).get("visual_tokens", "") if summary.exists() else ""
+    return Row(cell.id, {
+        "Pretrained": study.raw["objectives"][cell.objective]["display"],
+        "Visual Encoder": backbone.display + ("(f)" if cell.connector == "mlp3" else ""),
+        "Encoder Size": backbone.params,
+        "Image Size": f"{cell.geometry.width}x{cell.geometry.height}",
+        "Vision Token #": str(tokens),
+    })
+
+
+def write_study_table(study: Study, table_id: str, results_dir: Path, out_csv: Path, out_md: Path,
+                      log: Callable[[str], None] = print) -> None:
+    if table_id not in study.tables:
+        raise KeyError(f"{study.path}: no table {table_id!r} (tables: {', '.join(study.tables)})")
+    spec = study.tables[table_id]
+    cells = study.cells_of_table(table_id)
+    scores = collect(results_dir, [c.id for c in cells], study.benchmarks)
+    table = build_table([row_for(study, c, results_dir) for c in cells], scores, spec.columns, study.columns)
+    notes = [f"Study `{study.name}` ({study.path}); scores in percent; weighted columns average the study's "
+             f"benchmarks by sample count ({', '.join(study.columns)})."]
+    if spec.paper:
+        notes.append(f"Reproduces {spec.paper} of the paper.")
+    write_table(table, out_csv, out_md, spec.title, notes)
+    log(f"table {table_id}: {len(cells)} rows -> {out_md}")
+
+
+def write_study_correlation(study: Study, results_dir: Path, out_csv: Path, out_png: Path,
+                            log: Callable[[str], None] = print) -> None:
+    scores = collect(results_dir, study.cell_ids, study.benchmarks)
+    columns = study.columns
+    complete = scores[columns].dropna()
+    matrix = correlation_matrix(scores, columns)
+    write_correlation(matrix, out_csv, out_png, f"Pearson r between benchmarks ({study.name} study)", len(complete))
+    log(f"correlation over {len(complete)} cells x {len(columns)} benchmarks -> {out_csv}")

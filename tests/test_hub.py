@@ -1,0 +1,122 @@
+"""Downloads (file:// URLs, mirrors, sha256, offline) and tolerant reading of official checkpoints."""
+
+import hashlib
+import os
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from vlmswap.hub import FetchError, Placeholder, fetch, read_checkpoint
+
+
+def _file(tmp_path, name="w.pth", data=b"weights" * 100):
+    path = tmp_path / "src" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def test_file_url_with_matching_sha256(tmp_path):
+    src, digest = _file(tmp_path)
+    record = fetch({"url": src.as_uri(), "sha256": digest}, tmp_path / "out" / "w.ckpt", log=lambda m: None)
+    assert (tmp_path / "out" / "w.ckpt").read_bytes() == src.read_bytes()
+    assert record.sha256 == digest and record.bytes == 700
+    assert (tmp_path / "out" / "w.ckpt.source.json").exists()
+
+
+def test_sha256_mismatch_keeps_the_file_aside_and_says_how_to_fix(tmp_path):
+    src, _ = _file(tmp_path)
+    dest = tmp_path / "out" / "w.ckpt"
+    with pytest.raises(FetchError, match="sha256 mismatch"):
+        fetch({"url": src.as_uri(), "sha256": "0" * 64}, dest, log=lambda m: None)
+    assert not dest.exists() and dest.with_name("w.ckpt.bad-sha256").exists()
+
+
+def test_mirror_is_used_first_for_url_hub_and_timm(tmp_path):
+    mirror = tmp_path / "mirror"
+    (mirror / "url" / "example.org" / "releases").mkdir(parents=True)
+    (mirror / "url" / "example.org" / "releases" / "v #1.pth").write_bytes(b"from-mirror")
+    (mirror / "hub" / "org" / "repo").mkdir(parents=True)
+    (mirror / "hub" / "org" / "repo" / "m.pth").write_bytes(b"hub-file")
+    (mirror / "timm" / "vit_tiny_patch16_224.augreg_in21k").mkdir(parents=True)
+    (mirror / "timm" / "vit_tiny_patch16_224.augreg_in21k" / "model.safetensors").write_bytes(b"timm-file")
+    quiet = dict(mirror=mirror, offline=True, log=lambda m: None)
+    fetch({"url": "https://example.org/releases/v%20%231.pth"}, tmp_path / "a", **quiet)
+    fetch({"hub": "org/repo", "file": "m.pth"}, tmp_path / "b", **quiet)
+    fetch({"timm": "vit_tiny_patch16_224.augreg_in21k"}, tmp_path / "c", **quiet)
+    assert [(tmp_path / n).read_bytes() for n in "abc"] == [b"from-mirror", b"hub-file", b"timm-file"]
+
+
+def test_hub_snapshot_folder_from_mirror(tmp_path):
+    snap = tmp_path / "mirror" / "hub" / "lmsys" / "vicuna-7b-v1.5"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    fetch({"hub": "lmsys/vicuna-7b-v1.5"}, tmp_path / "llm", mirror=tmp_path / "mirror", offline=True,
+          log=lambda m: None)
+    assert (tmp_path / "llm" / "config.json").read_text() == "{}"
+
+
+def test_offline_without_mirror_copy_is_a_clear_error(tmp_path):
+    with pytest.raises(FetchError, match="offline"):
+        fetch({"url": "https://example.org/x.pth"}, tmp_path / "x", offline=True, log=lambda m: None)
+    with pytest.raises(FetchError, match="does not exist"):
+        fetch({"path": str(tmp_path / "missing.pth")}, tmp_path / "y", log=lambda m: None)
+
+
+def _save_with_foreign_class(path):
+    """Pickle an object of a class from a package the reader does not have (like yacs)."""
+    fake = types.ModuleType("yacs_fake.config")
+    class CfgNode(dict):
+        pass
+    CfgNode.__module__ = "yacs_fake.config"
+    CfgNode.__qualname__ = "CfgNode"
+    fake.CfgNode = CfgNode
+    sys.modules["yacs_fake"] = types.ModuleType("yacs_fake")
+    sys.modules["yacs_fake.config"] = fake
+    try:
+        cfg = CfgNode(MODEL={"NAME": "vssm"})
+        cfg.frozen = True
+        torch.save({"model": {"w": torch.ones(2, 2)}, "config": cfg, "epoch": 3}, path)
+    finally:
+        del sys.modules["yacs_fake"], sys.modules["yacs_fake.config"]
+
+
+def test_foreign_classes_become_placeholders(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    _save_with_foreign_class(path)
+    obj = read_checkpoint(path)
+    assert torch.equal(obj["model"]["w"], torch.ones(2, 2)) and obj["epoch"] == 3
+    assert isinstance(obj["config"], Placeholder) and obj["config"]["MODEL"] == {"NAME": "vssm"}
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/vlmswap-pwned",))
+
+
+def test_no_code_from_the_file_runs(tmp_path):
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": np.zeros(3)}, "x": _Exploit()}, f)
+    if os.path.exists("/tmp/vlmswap-pwned"):
+        os.remove("/tmp/vlmswap-pwned")
+    obj = read_checkpoint(path)
+    assert not os.path.exists("/tmp/vlmswap-pwned")
+    assert isinstance(obj["x"], Placeholder)
+    assert np.array_equal(obj["model"]["w"], np.zeros(3))  # detectron2 files are numpy pickles
+
+
+def test_safetensors_and_unreadable_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.arange(3.0)}, str(tmp_path / "m.safetensors"))
+    assert torch.equal(read_checkpoint(tmp_path / "m.safetensors")["a"], torch.arange(3.0))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth"):
+        read_checkpoint(tmp_path / "junk.pth")
+    with pytest.raises(FileNotFoundError, match="fetch step"):
+        read_checkpoint(tmp_path / "none.pth")

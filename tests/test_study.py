@@ -1,0 +1,136 @@
+"""Study config: grid expansion, cell ids, and validation errors that name file, key and fix."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlmswap.image import Geometry
+from vlmswap.study import ConfigError, Cell, load_study, parse_cell_id, study_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "config" / "mini.yaml"
+
+
+@pytest.fixture(scope="module")
+def mini_raw():
+    return yaml.safe_load(MINI.read_text())
+
+
+def test_mini_study_expands_to_its_cells():
+    study = load_study(MINI)
+    assert study.name == "mini"
+    assert len(study.cells) == 4
+    assert study.cell_ids[0] == "vit-mini@cls@96@block-2@mlp2"
+    assert study.columns == ["vqa-v2", "refcoco"]
+    assert study.fetch_targets() == [("vit-mini", "cls"), ("vmamba-mini", "cls")]
+    assert [c.id for c in study.cells_of_table("mini")] == study.cell_ids
+
+
+def test_paper_study_has_the_99_cells_and_tables():
+    study = load_study(ROOT / "config" / "experiments.yaml")
+    assert len(study.cells) == 99
+    assert len(set(study.cell_ids)) == 99
+    assert {"table-1", "table-2", "table-5", "table-6"} <= set(study.tables)
+    assert study.recipe(study.cells[0])["global_batch"] == 128
+
+
+def test_cell_id_round_trip():
+    cell = Cell("vmamba-t", "coco-det", Geometry(1333, 800), "stage3-outnorm", "mlp3")
+    assert cell.id == "vmamba-t@coco-det@1333x800@stage3-outnorm@mlp3"
+    assert parse_cell_id(cell.id) == ("vmamba-t", "coco-det", Geometry(1333, 800), "stage3-outnorm", "mlp3")
+    with pytest.raises(ValueError, match="5 '@'-separated parts"):
+        parse_cell_id("vit-s@in1k@224")
+    with pytest.raises(ValueError, match="connector"):
+        parse_cell_id("vit-s@in1k@224@block-2@mlp9")
+
+
+def test_per_cell_recipe_override(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["cells"][0]["recipe"] = {"lr": 5e-4}
+    study = study_from_dict(raw, "x.yaml")
+    assert study.recipe(study.cells[0])["lr"] == 5e-4
+    assert study.recipe(study.cells[1])["lr"] == 1e-3
+
+
+def _error(raw) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        study_from_dict(raw, "config/bad.yaml")
+    return info.value
+
+
+def test_unknown_key_names_file_path_and_allowed_keys(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["recipe"]["learning_rate"] = 1e-3
+    err = _error(raw)
+    assert str(err).startswith("config/bad.yaml: recipe.learning_rate: unknown key 'learning_rate'")
+    assert "lr" in str(err) and "allowed:" in str(err)
+
+
+def test_wrong_enum_value_lists_the_allowed_values(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["cells"][2]["connector"] = "mlp4"
+    err = _error(raw)
+    assert err.key_path == "cells[2].connector"
+    assert "mlp2, mlp3" in str(err)
+
+
+def test_cell_with_unknown_backbone_suggests_the_close_name(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["cells"][0]["backbone"] = "vit-mnii"
+    err = _error(raw)
+    assert err.key_path == "cells[0].backbone" and "did you mean 'vit-mini'" in str(err)
+
+
+def test_cell_objective_without_checkpoint(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["objectives"]["det"] = {"display": "DET", "kind": "detection"}
+    raw["cells"][0]["objective"] = "det"
+    err = _error(raw)
+    assert err.key_path == "cells[0].objective" and "backbones.vit-mini.checkpoints" in str(err)
+
+
+def test_unknown_family_and_tap(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["backbones"]["vit-mini"]["family"] = "resnet"
+    assert _error(raw).key_path == "backbones.vit-mini.family"
+    raw = copy.deepcopy(mini_raw)
+    raw["cells"][0]["tap"] = "stage9"
+    err = _error(raw)
+    assert err.key_path == "cells[0].tap" and "block-2" in str(err)
+
+
+def test_duplicate_cells_and_bad_table_cell(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["cells"].append(dict(raw["cells"][0]))
+    assert "duplicate cell" in str(_error(raw))
+    raw = copy.deepcopy(mini_raw)
+    raw["tables"]["mini"]["cells"][1] = "vit-mini@cls@96@block-2@mlp7"
+    assert _error(raw).key_path == "tables.mini.cells[1]"
+
+
+def test_source_needs_exactly_one_kind(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["backbones"]["vit-mini"]["checkpoints"]["cls"] = {"url": "https://x/y.pth", "path": "y.pth"}
+    err = _error(raw)
+    assert "exactly one of its kinds" in str(err) and err.key_path == "backbones.vit-mini.checkpoints.cls"
+
+
+def test_missing_required_key_and_unknown_benchmark(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    del raw["recipe"]
+    assert "recipe" in str(_error(raw))
+    raw = copy.deepcopy(mini_raw)
+    raw["benchmarks"]["vqa2"] = {"subset": "full"}
+    err = _error(raw)
+    assert err.key_path == "benchmarks.vqa2" and "did you mean 'vqa-v2'" in str(err)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_study(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_study(bad)

@@ -1,0 +1,70 @@
+"""Schedule, batch order and launcher: the recipe's arithmetic, fixed on CPU."""
+
+import pytest
+
+from vlmswap.data.instruct import micro_batches, split_modality_batches
+from vlmswap.train.engine import deepspeed_config
+from vlmswap.train.launch import launcher, train_resources
+from vlmswap.train.schedule import accumulation_steps, schedule_for
+
+
+def test_prismatic_step_counts_for_the_665k_mixture():
+    s = schedule_for(665_298, 128, 1, 0.03)
+    assert (s.steps, s.warmup) == (5198, 155)
+
+
+def test_warmup_then_cosine_to_zero():
+    s = schedule_for(1000, 10, 1, 0.1)
+    assert s.factor(0) == 0 and s.factor(5) == pytest.approx(0.5) and s.factor(10) == pytest.approx(1.0)
+    assert s.factor(55) == pytest.approx(0.5)
+    assert s.factor(99) < 1e-3 and s.factor(100) == pytest.approx(0.0)
+
+
+def test_accumulation_derived_from_world_size():
+    assert accumulation_steps(128, 16, 8) == 1
+    assert accumulation_steps(128, 16, 4) == 2
+    with pytest.raises(ValueError, match="not divisible"):
+        accumulation_steps(128, 16, 3)
+
+
+def test_batches_are_single_modality_length_grouped_and_seed_fixed():
+    lengths = [i % 37 for i in range(100)]
+    multimodal = [i % 5 != 0 for i in range(100)]
+    batches = split_modality_batches(lengths, multimodal, 8, seed=7)
+    assert batches == split_modality_batches(lengths, multimodal, 8, seed=7)
+    assert batches != split_modality_batches(lengths, multimodal, 8, seed=8)
+    for b in batches:
+        assert len(b) == 8 and len({multimodal[i] for i in b}) == 1
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    longest = max(lengths)
+    assert longest in [lengths[i] for i in batches[0]]
+    covered = {i for b in batches for i in b}
+    assert covered == set(range(100))  # short last batches are padded, nothing dropped
+
+
+def test_micro_batches_split_a_global_batch_across_ranks():
+    gb = list(range(16))
+    assert micro_batches(gb, world_size=2, rank=0, per_device=4) == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    assert micro_batches(gb, world_size=2, rank=1, per_device=4) == [[4, 5, 6, 7], [12, 13, 14, 15]]
+
+
+def test_deepspeed_config_is_zero3_with_the_recipe():
+    recipe = {"per_device_batch": 16, "max_grad_norm": 1.0, "precision": "bf16", "lr": 2e-5, "weight_decay": 0.1}
+    cfg = deepspeed_config(recipe, world_size=4, accumulation=2)
+    assert cfg["zero_optimization"]["stage"] == 3
+    assert cfg["train_batch_size"] == 128 and cfg["gradient_accumulation_steps"] == 2
+    assert cfg["bf16"]["enabled"] and cfg["gradient_clipping"] == 1.0
+    assert cfg["optimizer"]["params"]["weight_decay"] == 0.1 and cfg["optimizer"]["params"]["torch_adam"]
+
+
+def test_launchers_for_cpu_one_node_and_two_nodes():
+    assert launcher({"gpus_per_node": 0}, python="py") == "py -m vlmswap.cli"
+    assert launcher({"gpus_per_node": 4}, python="py").startswith(
+        "py -m torch.distributed.run --standalone --nproc-per-node 4")
+    multi = launcher({"nodes": 2, "gpus_per_node": 4}, python="py")
+    assert multi.startswith("srun --nodes 2 --ntasks-per-node 1") and "--nnodes 2 --nproc-per-node 4" in multi
+    one = train_resources({"nodes": 1, "gpus_per_node": 4, "cpus_per_gpu": 8, "mem_mb_per_gpu": 64000})
+    assert one["gpu"] == 4 and one["cpus_per_task"] == 32 and one["mem_mb"] == 256000 and "mpi" not in one
+    two = train_resources({"nodes": 2, "gpus_per_node": 4})
+    assert two["mpi"] == "srun" and two["tasks"] == 2 and two["tasks_per_gpu"] == 0 and two["gres"] == "gpu:4"
+    assert "gpu" not in two  # a per-job --gpus total could be split unevenly across nodes
