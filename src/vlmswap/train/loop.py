@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -61,6 +62,8 @@ def batch_plan(dataset: InstructDataset, global_batch: int, seed: int, steps: in
 
 
 def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print) -> dict:
+    # DeepSpeed 0.19 calls collectives that torch 2.14 marks deprecated, once per step
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     deepspeed = init_deepspeed()
     rank, world, local_rank = distributed_env()
     say = log if rank == 0 else (lambda _msg: None)

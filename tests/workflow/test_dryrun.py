@@ -1,0 +1,110 @@
+"""Dry runs of the paper grid through the Snakemake API: job counts per rule and the resources
+the SLURM plugin maps. No network, GPU, download or SLURM involved."""
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PAPER = ROOT / "config" / "experiments.yaml"
+
+
+def dry_run(configfile: Path, targets=(), executor="dryrun", pseudo=None, workdir=ROOT, executor_settings=None):
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
+                                          ResourceSettings, StorageSettings)
+
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=1, nodes=100),
+            config_settings=ConfigSettings(configfiles=[configfile]),
+            storage_settings=StorageSettings(),
+            snakefile=ROOT / "Snakefile",
+            workdir=workdir,
+        )
+        dag_api = workflow_api.dag(DAGSettings(targets=set(targets), forceall=True))
+        dag_api.execute_workflow(executor=executor, pseudo_executor=pseudo, executor_settings=executor_settings)
+        return list(workflow_api._workflow.dag.jobs)
+
+
+@pytest.fixture(scope="module")
+def paper_jobs(tmp_path_factory):
+    return dry_run(PAPER, workdir=tmp_path_factory.mktemp("paper"))
+
+
+def test_paper_grid_lists_every_job(paper_jobs):
+    study = yaml.safe_load(PAPER.read_text())
+    counts = Counter(job.rule.name for job in paper_jobs)
+    n_cells, n_bench = len(study["cells"]), len(study["benchmarks"])
+    assert n_cells == 99
+    assert counts["train"] == 99
+    assert counts["evaluate"] == n_cells * n_bench == 990
+    assert counts["table"] == len(study["tables"])
+    assert counts["correlation"] == 1 and counts["fetch_llm"] == 1 and counts["prepare_instruct"] == 1
+    assert counts["prepare_benchmark"] == n_bench
+    checkpoints = {(c["backbone"], c["objective"]) for c in study["cells"]
+                   if study["backbones"][c["backbone"]]["family"] != "fused"}
+    assert counts["fetch_backbone"] >= len(checkpoints)
+    assert "mini_world" not in counts and "pretrain_mini" not in counts
+
+
+def test_train_jobs_carry_the_cluster_resources(paper_jobs):
+    study = yaml.safe_load(PAPER.read_text())
+    spec = study["train_resources"]
+    train = [j for j in paper_jobs if j.rule.name == "train"]
+    res = train[0].resources
+    gpus = spec["gpus_per_node"]
+    assert res["gpu"] == gpus and res["nodes"] == spec["nodes"]
+    assert res["cpus_per_task"] == spec["cpus_per_gpu"] * gpus
+    assert res["mem_mb"] == spec["mem_mb_per_gpu"] * gpus
+    assert res["runtime"] == spec["runtime_min"]
+    assert "torch.distributed.run --standalone --nproc-per-node" in train[0].rule.params["launcher"] or \
+        "torch.distributed.run --standalone" in str(train[0].params.launcher)
+
+
+def test_one_table_schedules_only_what_it_needs(tmp_path):
+    study = yaml.safe_load(PAPER.read_text())
+    cells = study["tables"]["table-5"]["cells"]
+    jobs = dry_run(PAPER, targets=["results/paper/tables/table-5.md"], workdir=tmp_path)
+    counts = Counter(job.rule.name for job in jobs)
+    assert counts["train"] == len(cells)
+    assert counts["evaluate"] == len(cells) * len(study["benchmarks"])
+    assert counts["table"] == 1 and "correlation" not in counts
+    assert {j.wildcards["cell"] for j in jobs if j.rule.name == "train"} == set(cells)
+
+
+def test_two_node_training_generates_an_srun_launch(tmp_path):
+    study = yaml.safe_load(PAPER.read_text())
+    study["train_resources"] = {**study["train_resources"], "nodes": 2, "gpus_per_node": 4}
+    config = tmp_path / "two-nodes.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    jobs = dry_run(config, targets=["results/paper/tables/table-1.md"], workdir=tmp_path)
+    train = next(j for j in jobs if j.rule.name == "train")
+    assert train.resources["mpi"] == "srun" and train.resources["tasks"] == 2
+    assert train.resources["gres"] == "gpu:4" and train.resources["nodes"] == 2
+    assert train.params.launcher.startswith("srun --nodes 2 --ntasks-per-node 1")
+
+
+def test_slurm_profile_dry_run_from_the_repository_root():
+    """`snakemake -n --profile slurm` as a user types it: the profile at ./slurm selects the paper
+    config and the SLURM executor (which needs no SLURM installation for a dry run)."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--quiet", "rules"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "train" in text and "99" in text
+
+
+def test_a_wrong_config_value_stops_the_dry_run_with_the_key_path(tmp_path):
+    study = yaml.safe_load(PAPER.read_text())
+    study["cells"][3]["connector"] = "mlp4"
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(config), "--cores", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "cells[3].connector" in out.stdout + out.stderr and "mlp2, mlp3" in out.stdout + out.stderr
