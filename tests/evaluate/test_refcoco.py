@@ -4,7 +4,7 @@ import pickle
 import random
 
 import pytest
-from official_formats import coco_ann, coco_image, ref, write_refer
+from .official_formats import coco_ann, coco_image, ref, write_refer
 
 from vlmswap.evaluate.refcoco import RefCOCO
 from vlmswap.evaluate.registry import AnnotationFileError

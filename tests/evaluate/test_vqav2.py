@@ -4,7 +4,7 @@ import json
 import random
 
 import pytest
-from official_formats import vqa_record, write_vqa
+from .official_formats import vqa_record, write_vqa
 
 from vlmswap.evaluate.registry import AnnotationFileError, Example
 from vlmswap.evaluate.vqav2 import VQAv2

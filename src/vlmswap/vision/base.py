@@ -1,0 +1,109 @@
+"""What every vision backbone offers the VLM: tokens, their count, its normalization, its loader.
+
+A backbone family (one file each: vit.py, vmamba.py) subclasses `VisionBackbone`, builds its
+network with the official parameter names, and declares which keys of an official checkpoint
+are not part of the backbone (`non_backbone_key`). Loading is then the same for all families:
+unwrap the checkpoint container, drop those keys, and require an exact key match
+(DESIGN.md, fidelity rules: "strict=True on the backbone keys").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["VisionBackbone", "as_triple", "unwrap_checkpoint"]
+
+_SHOWN = 10  # offending keys listed in an error message
+
+
+def unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
+    """The state_dict inside an official checkpoint object, and a name for the container format.
+
+    - classification trainers (VMamba, Vim, DeiT): {"model": state_dict, "optimizer": ..., ...};
+      "model" is read, not "model_ema", as VMamba's own Backbone_VSSM.load_pretrained does
+      (backbones.md 1.5);
+    - mmengine detection/segmentation: {"state_dict": {...}, "meta": ...} with the backbone
+      under `backbone.` (backbones.md 1.5); other prefixes (neck., decode_head., ...) are ignored;
+    - a plain state_dict (timm's hub weights).
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"a checkpoint must be a mapping, got {type(checkpoint).__name__}")
+    if isinstance(checkpoint.get("model"), Mapping):
+        return dict(checkpoint["model"]), "classification checkpoint (weights under 'model')"
+    if isinstance(checkpoint.get("state_dict"), Mapping):
+        inner = checkpoint["state_dict"]
+        if any(k.startswith("backbone.") for k in inner):
+            return ({k[len("backbone."):]: v for k, v in inner.items() if k.startswith("backbone.")},
+                    "mmengine checkpoint (weights under 'state_dict', backbone under 'backbone.')")
+        return dict(inner), "checkpoint with weights under 'state_dict'"
+    if checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
+        return dict(checkpoint), "plain state_dict"
+    raise ValueError("unrecognized checkpoint container: expected a state_dict or a dict with 'model' or "
+                     f"'state_dict'; top-level keys: {_listing(sorted(map(str, checkpoint)))}")
+
+
+def _listing(keys: list[str]) -> str:
+    more = f" ... (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+class VisionBackbone(nn.Module):
+    """A frozen image encoder: (B, 3, H, W) normalized pixels -> (B, N, D) tokens at the cell's tap."""
+
+    embed_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def num_tokens(self, width: int, height: int) -> int:
+        """Tokens `forward` returns for a (height, width) input, from the layer arithmetic alone."""
+        raise NotImplementedError
+
+    def non_backbone_key(self, key: str) -> bool:
+        """True for keys of an official checkpoint (and of this module) that loading ignores:
+        classification heads and anything else the tapped features do not depend on."""
+        return False
+
+    def official_module(self) -> nn.Module:
+        """The module whose state_dict has the official key layout (default: the backbone itself)."""
+        return self
+
+    def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Family hook between unwrapping and matching (e.g. resampling position embeddings)."""
+        return state
+
+    def load_official(self, checkpoint: Mapping[str, Any]) -> None:
+        """Load the backbone weights of an official checkpoint object, with exact key matching."""
+        state, container = unwrap_checkpoint(checkpoint)
+        state = self.adapt_state_dict({k: v for k, v in state.items() if not self.non_backbone_key(k)})
+        target = self.official_module()
+        expected = {k for k in target.state_dict() if not self.non_backbone_key(k)}
+        missing = sorted(expected - state.keys())
+        unexpected = sorted(state.keys() - expected)
+        if missing or unexpected:
+            problems = []
+            if missing:
+                problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+            if unexpected:
+                problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+            raise ValueError(f"{type(self).__name__}: the checkpoint does not match the backbone "
+                             f"(container: {container}); " + "; ".join(problems))
+        try:
+            target.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatches
+            raise ValueError(f"{type(self).__name__}: the checkpoint does not match the backbone "
+                             f"(container: {container}): {error}") from None
+
+
+def as_triple(values: Any, what: str) -> tuple[float, float, float]:
+    """A mean/std given as a sequence of 3 numbers."""
+    triple = tuple(float(v) for v in values)
+    if len(triple) != 3:
+        raise ValueError(f"{what} needs 3 values (RGB), got {list(values)}")
+    return triple  # type: ignore[return-value]
+

@@ -1,0 +1,68 @@
+"""The backbone families: the only list of them, and the one way to build a backbone.
+
+A cell names a backbone by family + arch, and a feature tap; `build_backbone` turns those ids
+into a `VisionBackbone` (weights are loaded afterwards with `load_official`). Each family points
+at the module that implements it, imported only when a backbone is built, so that reading a study
+config (which Snakemake does on every dry run) does not import timm or torch.
+
+Families the paper study names whose module does not exist yet have `module=None`: a config may
+use them (the paper grid dry-runs), and building one says plainly that it is not implemented.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vlmswap.image import Geometry
+
+if TYPE_CHECKING:
+    from vlmswap.vision.base import VisionBackbone
+
+__all__ = ["FAMILIES", "Family", "build_backbone"]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    module: str | None      # the module with `build(arch, tap, geometry)`; None: not implemented yet
+    taps: tuple[str, ...]   # the feature taps a cell may ask for
+
+    @property
+    def implemented(self) -> bool:
+        return self.module is not None
+
+    def build(self, arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> "VisionBackbone":
+        if self.module is None:
+            raise NotImplementedError(
+                f"backbone family {self.name!r} is part of the paper study but has no implementation yet "
+                f"(implemented: {', '.join(n for n, f in FAMILIES.items() if f.implemented)}); "
+                "see the README section 'Adding a backbone'"
+            )
+        return importlib.import_module(self.module).build(arch, tap, geometry)
+
+
+FAMILIES: dict[str, Family] = {
+    "vit": Family("vit", "vlmswap.vision.vit", ("block-2",)),
+    "vmamba": Family("vmamba", "vlmswap.vision.vmamba", ("stage3", "stage3-outnorm")),
+    # named by config/experiments.yaml; taps as ../shared/paper/checkpoint_sources.csv describes them
+    "maxvit": Family("maxvit", None, ("stage3",)),
+    "mambavision": Family("mambavision", None, ("stage3",)),
+    "vim": Family("vim", None, ("final-norm",)),
+    "vitdet": Family("vitdet", None, ("last-block",)),
+    "vit-adapter": Family("vit-adapter", None, ("adapter-stride32",)),
+    "beit-adapter": Family("beit-adapter", None, ("adapter-stride32",)),
+    "fused": Family("fused", None, ("block-2",)),
+}
+
+
+def build_backbone(family: str, arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> "VisionBackbone":
+    """An untrained backbone of `family`/`arch` returning tokens at `tap` for `geometry` inputs."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown backbone family {family!r}; allowed: {', '.join(sorted(FAMILIES))}")
+    spec = FAMILIES[family]
+    if tap not in spec.taps:
+        raise ValueError(f"unknown tap {tap!r} for family {family!r}; allowed: {', '.join(spec.taps)}")
+    return spec.build(arch, tap, geometry)

@@ -1,0 +1,49 @@
+"""The registry is the only list of families and rejects unknown ids with the allowed values."""
+
+import pytest
+
+from vlmswap.image import Geometry
+from vlmswap.vision.base import VisionBackbone
+from vlmswap.vision.registry import FAMILIES, build_backbone
+
+
+def test_families_and_taps():
+    assert {n for n, f in FAMILIES.items() if f.implemented} == {"vit", "vmamba"}
+    assert {"maxvit", "mambavision", "vim", "vitdet", "vit-adapter", "beit-adapter", "fused"} <= set(FAMILIES)
+    assert FAMILIES["vit"].taps == ("block-2",)
+    assert FAMILIES["vmamba"].taps == ("stage3", "stage3-outnorm")
+    assert all(name == family.name for name, family in FAMILIES.items())
+
+
+def test_unknown_family_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown backbone family 'resnet'; allowed: beit-adapter, fused"):
+        build_backbone("resnet", "resnet50", "stage3", Geometry.parse("224"))
+
+
+def test_a_planned_family_says_it_is_not_implemented():
+    with pytest.raises(NotImplementedError, match="'vim' is part of the paper study but has no implementation"):
+        build_backbone("vim", "vim-t", "final-norm", Geometry.parse("224"))
+
+
+def test_reading_the_registry_does_not_import_timm():
+    import subprocess
+    import sys
+
+    code = "import sys, vlmswap.vision.registry; print('timm' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_unknown_tap_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="allowed: stage3, stage3-outnorm"):
+        build_backbone("vmamba", "vmamba-t", "block-2", Geometry.parse("224"))
+
+
+@pytest.mark.parametrize("family,arch,tap", [
+    ("vit", {"patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2}, "block-2"),
+    ("vmamba", {"dims": 8, "depths": [1, 1, 1, 1], "ssm_ratio": 1.0}, "stage3"),
+])
+def test_builds_a_vision_backbone(family, arch, tap):
+    backbone = build_backbone(family, arch, tap, Geometry.parse("32"))
+    assert isinstance(backbone, VisionBackbone)
+    assert len(backbone.mean) == len(backbone.std) == 3 and backbone.embed_dim > 0
