@@ -19,7 +19,8 @@ rule train:
         out=lambda wc: model_dir(wc.cell),
         json=instruct_paths()[0],
         image_root=instruct_paths()[1],
-    threads: 2
+    # torch threads per rank: the CPUs SLURM gives each GPU (or the laptop's cores in the mini study)
+    threads: int(config.get("train_resources", {}).get("cpus_per_gpu", 2))
     resources:
         **train_resources(config.get("train_resources", {})),
     log:

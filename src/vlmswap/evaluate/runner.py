@@ -2,7 +2,8 @@
 
 `prepare` reads a benchmark's official files once (through its registry entry) and writes a
 self-contained index (examples + skipped records). `evaluate_cell` runs batched greedy generation
-over the index, appending per-example predictions to a jsonl as it goes, so an interrupted run
+(or, for choice benchmarks such as POPE and TallyQA, first-token probabilities over the
+choices, stored as a JSON list) over the index, appending per-example predictions to a jsonl as it goes, so an interrupted run
 resumes where it stopped, then scores and writes `{benchmark}.json`:
 `{cell, benchmark, subset, columns (percent), metrics, n_samples, n_skipped, skipped, predictions}`.
 """
@@ -82,7 +83,13 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
                 with Image.open(e.image) as im:
                     pixels.append(preprocess(im, geometry, mean, std))
             prompts = [eval_prompt(e.prompt) for e in chunk]
-            outputs = vlm.generate(torch.stack(pixels).to(device), prompts, max_new_tokens=max_new_tokens)
+            batch = torch.stack(pixels).to(device)
+            if benchmark.mode == "choice":
+                # first-token probabilities over the benchmark's choices, one forward pass
+                probs = vlm.choice_probabilities(batch, prompts, benchmark.choices)
+                outputs = [json.dumps([round(float(p), 6) for p in row]) for row in probs]
+            else:
+                outputs = vlm.generate(batch, prompts, max_new_tokens=max_new_tokens)
             for e, text in zip(chunk, outputs):
                 done[e.id] = text
                 sink.write(json.dumps({"id": e.id, "prediction": text}) + "\n")
