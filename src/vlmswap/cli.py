@@ -196,6 +196,18 @@ def cmd_evaluate(args) -> None:
                   max_new_tokens=int(settings.get("max_new_tokens", 128)), log=log)
 
 
+def cmd_baselines(args) -> None:
+    from vlmswap.atomic import write_json
+    from vlmswap.evaluate.baselines import score_baselines
+
+    study = _study(args)
+    indexes = {b: Path(args.prepared) / f"{b}.json" for b in study.benchmarks}
+    result = score_baselines(indexes)
+    write_json(Path(args.out), result)
+    for name, r in result.items():
+        log(f"baseline {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["columns"].items()) + f" ({r['baseline']})")
+
+
 def cmd_table(args) -> None:
     from vlmswap.analysis.report import write_study_table
 
@@ -242,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
          "ckpt-dir")
     verb("evaluate", cmd_evaluate, "evaluate one cell on one benchmark", "cell", "checkpoint", "llm", "model",
          "index", "out")
+    verb("baselines", cmd_baselines, "score trivial baselines on the prepared benchmarks", "prepared", "out")
     verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
     return parser

@@ -2,10 +2,29 @@
 # Cheap, so they run on the submit host even under the SLURM profile.
 
 
+rule baselines:
+    localrule: True
+    input:
+        expand(f"{RES}/prepared/{{benchmark}}.json", benchmark=STUDY.benchmarks),
+    output:
+        f"{OUT}/baselines.json",
+    params:
+        prepared=f"{RES}/prepared",
+    log:
+        f"{LOGS}/baselines.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "score the trivial baselines (majority answer, fixed central box)"
+    shell:
+        "{VLMSWAP} baselines --config {CFG} --prepared {params.prepared} --out {output} 2>&1 | tee {log}"
+
+
 rule table:
     localrule: True
     input:
-        table_inputs,
+        evals=table_inputs,
+        baselines=f"{OUT}/baselines.json",
     output:
         csv=f"{OUT}/tables/{{table}}.csv",
         md=f"{OUT}/tables/{{table}}.md",

@@ -37,6 +37,11 @@ def write_study_table(study: Study, table_id: str, results_dir: Path, out_csv: P
              f"benchmarks by sample count ({', '.join(study.columns)})."]
     if spec.paper:
         notes.append(f"Reproduces {spec.paper} of the paper.")
+    baselines = results_dir / "baselines.json"
+    if baselines.exists():
+        for name, b in json.loads(baselines.read_text()).items():
+            scores = ", ".join(f"{c} {v:.2f}" for c, v in b["columns"].items())
+            notes.append(f"Trivial baseline on {name}: {scores} ({b['baseline']}).")
     write_table(table, out_csv, out_md, spec.title, notes)
     log(f"table {table_id}: {len(cells)} rows -> {out_md}")
 
