@@ -135,6 +135,10 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                                    f"({n_visual} visual tokens); lower recipe.per_device_batch for this cell "
                                    "(the global batch stays, accumulation grows)") from e
             loss = out.loss
+            if not bool((batch["labels"] != -100).any()):
+                # every answer was truncated away (max_length): no supervised token, so HF's mean
+                # is 0/0; contribute nothing instead of stopping the run as if it had diverged
+                loss = out.logits.sum() * 0.0
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
             torch.distributed.all_reduce(bad)
             if bad.item():

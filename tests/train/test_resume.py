@@ -1,0 +1,101 @@
+"""Resume and safety of a real training run (DeepSpeed ZeRO-3 on the CPU, tiny models):
+a run killed mid-way and restarted ends with the same weights as an uninterrupted run, and a
+diverging loss stops the run with a clear message, keeping the last good checkpoint."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from vlmswap.data.mini_world import generate
+    from vlmswap.image import Geometry
+    from vlmswap.language import build_mini_llm
+    from vlmswap.vision.vit import build_classifier
+
+    base = tmp_path_factory.mktemp("resume")
+    generate(base / "world", seed=1, n_train=60, n_eval=8, n_classify=20, image_size=32, log=lambda m: None)
+    build_mini_llm(base / "world" / "text_corpus.txt", base / "llm",
+                   {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                    "num_attention_heads": 2})
+    study = yaml.safe_load((ROOT / "config" / "mini.yaml").read_text())
+    arch = study["backbones"]["vit-mini"]["arch"] = {"patch_size": 16, "embed_dim": 32, "depth": 3, "num_heads": 2}
+    torch.save(build_classifier(arch, Geometry(32, 32), 12).state_dict(), base / "vit.pth")
+    study["recipe"].update(global_batch=4, per_device_batch=2, max_steps=12, checkpoint_every=3, max_length=256)
+    study["cells"] = [{"backbone": "vit-mini", "objective": "cls", "geometry": "32", "tap": "block-2",
+                       "connector": "mlp2"}]
+    study["tables"] = {"t": {"title": "t", "columns": "all", "cells": ["vit-mini@cls@32@block-2@mlp2"]}}
+    (base / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    return base
+
+
+def train_cmd(base: Path, out: str, config: str = "study.yaml") -> list[str]:
+    return [sys.executable, "-m", "vlmswap.cli", "train", "--config", str(base / config),
+            "--cell", "vit-mini@cls@32@block-2@mlp2", "--checkpoint", str(base / "vit.pth"), "--llm", str(base / "llm"),
+            "--instruct-json", str(base / "world/llava/llava_v1_5_mix665k.json"),
+            "--image-root", str(base / "world/llava"), "--out", str(base / out), "--ckpt-dir", str(base / f"{out}-ckpt")]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_final_weights(setup):
+    base = setup
+    straight = subprocess.run(train_cmd(base, "straight"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+
+    # start again, kill -9 as soon as a resume checkpoint exists, then restart the same command
+    proc = subprocess.Popen(train_cmd(base, "killed"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = base / "killed-ckpt" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert latest.exists(), "no resume checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (base / "killed" / "model.safetensors").exists()
+
+    resumed = subprocess.run(train_cmd(base, "killed"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    a, b = weights(base / "straight"), weights(base / "killed")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    import json
+
+    summary = json.loads((base / "killed" / "train.json").read_text())
+    assert summary["resumed_from_step"] > 0 and summary["steps"] == 12
+    assert len((base / "killed" / "loss.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.mark.slow
+def test_diverging_loss_stops_with_a_clear_message(setup):
+    base = setup
+    study = yaml.safe_load((base / "study.yaml").read_text())
+    study["recipe"].update(lr=1.0e9, max_grad_norm=1.0e9, warmup_ratio=0.0)
+    (base / "diverge.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    run = subprocess.run(train_cmd(base, "diverge", "diverge.yaml"), env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode != 0
+    text = run.stdout + run.stderr
+    assert "TrainingDiverged" in text and "vit-mini@cls@32@block-2@mlp2" in text and "Last good checkpoint" in text
+    assert not (base / "diverge" / "model.safetensors").exists()
