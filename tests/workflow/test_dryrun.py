@@ -108,3 +108,31 @@ def test_a_wrong_config_value_stops_the_dry_run_with_the_key_path(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "cells[3].connector" in out.stdout + out.stderr and "mlp2, mlp3" in out.stdout + out.stderr
+
+
+def _sbatch(job) -> str:
+    """The sbatch line the SLURM executor plugin would submit for `job`, from the plugin itself."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    params = {"run_uuid": "uuid", "slurm_logfile": "log", "comment_str": "train", "account": "-A acct",
+              "partition": "-p gpu", "workdir": "."}
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+def test_sbatch_for_one_node(paper_jobs):
+    train = next(j for j in paper_jobs if j.rule.name == "train")
+    line = _sbatch(train)
+    assert "--nodes=1" in line and "--gpus=4" in line and "--mem 256000" in line and "-t 1440" in line
+    assert "--ntasks-per-gpu" not in line  # plugin >= 2.7.1: one task drives torchrun's 4 ranks
+
+
+def test_sbatch_for_two_nodes(tmp_path):
+    study = yaml.safe_load(PAPER.read_text())
+    study["train_resources"] = {**study["train_resources"], "nodes": 2, "gpus_per_node": 4}
+    config = tmp_path / "two-nodes.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    jobs = dry_run(config, targets=["results/paper/tables/table-1.md"], workdir=tmp_path)
+    line = _sbatch(next(j for j in jobs if j.rule.name == "train"))
+    assert "--nodes=2" in line and "--ntasks=2" in line and "--gres=gpu:4" in line
+    assert "--gpus=" not in line and "--ntasks-per-gpu" not in line
