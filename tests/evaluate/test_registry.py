@@ -11,12 +11,13 @@ from vlmswap.evaluate.registry import draw_subset, subset_size
 
 
 def test_registry_names_modes_and_columns():
-    assert set(BENCHMARKS) == {"vqa-v2", "refcoco", "refcoco+", "refcocog"}
+    from vlmswap.study import BENCHMARK_COLUMNS
+
+    assert set(BENCHMARKS) == set(BENCHMARK_COLUMNS)
     for name, b in BENCHMARKS.items():
-        assert b.name == name
-        assert b.mode == "generate"
-        assert b.columns == (name,)
-        assert isinstance(b, Benchmark)
+        assert b.name == name and isinstance(b, Benchmark)
+        assert b.columns == BENCHMARK_COLUMNS[name]
+        assert b.mode == ("choice" if name in ("pope", "tallyqa") else "generate")
 
 
 def test_refcoco_family_thresholds_and_splits():

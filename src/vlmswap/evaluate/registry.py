@@ -116,16 +116,28 @@ def require_predictions(name: str, examples: Sequence[Example], predictions: Map
 
 # -- the registry ------------------------------------------------------------------------------
 
+from vlmswap.evaluate.gqa import GQA  # noqa: E402
+from vlmswap.evaluate.ocidref import OCIDRef  # noqa: E402
+from vlmswap.evaluate.pope import POPE  # noqa: E402
 from vlmswap.evaluate.refcoco import RefCOCO  # noqa: E402  (needs the records above)
+from vlmswap.evaluate.tallyqa import TallyQA  # noqa: E402
+from vlmswap.evaluate.textvqa import TextVQA  # noqa: E402
+from vlmswap.evaluate.vizwiz import VizWiz  # noqa: E402
 from vlmswap.evaluate.vqav2 import VQAv2  # noqa: E402
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
         VQAv2(),
+        GQA(),
+        VizWiz(),
+        TextVQA(),
+        POPE(),
+        TallyQA(),
         RefCOCO("refcoco"),
         RefCOCO("refcoco+"),
         RefCOCO("refcocog"),
+        OCIDRef(),
     )
 }
 
