@@ -26,10 +26,16 @@ def _is_box(target: Any) -> bool:
 def baseline_predictions(name: str, examples: list[Example]) -> tuple[str, dict[str, str]]:
     benchmark = get_benchmark(name)
     if benchmark.mode == "choice":
-        counts = Counter(str(e.target) for e in examples)
-        best = counts.most_common(1)[0][0]
         choices = list(benchmark.choices)
-        index = choices.index(best) if best in choices else 0
+
+        def index_of(target: Any) -> int | None:  # POPE: "yes"/"no"; TallyQA: the count 0..15
+            if isinstance(target, int) and not isinstance(target, bool):
+                return target if target < len(choices) else None
+            lowered = [c.lower() for c in choices]
+            return lowered.index(str(target).lower()) if str(target).lower() in lowered else None
+
+        counts = Counter(i for i in (index_of(e.target) for e in examples) if i is not None)
+        index = counts.most_common(1)[0][0] if counts else 0
         probs = json.dumps([1.0 if i == index else 0.0 for i in range(len(choices))])
         return f"always {choices[index]!r}", {e.id: probs for e in examples}
     if examples and all(_is_box(e.target) for e in examples):
