@@ -135,6 +135,14 @@ class VLM(nn.Module):
 # Materialize: ids in config -> objects (Prismatic's `materialize` idea)
 
 
+def backbone_arch(study, cell):
+    """The architecture id to build. A timm tag names the weights, and the weights decide the
+    normalization (an in21k MaxViT expects mean/std 0.5 where the untagged name says ImageNet's)."""
+    spec = study.backbones[cell.backbone]
+    source = spec.checkpoints.get(cell.objective, {})
+    return source["timm"] if "timm" in source and isinstance(spec.arch, str) else spec.arch
+
+
 def materialize_backbone(study, cell, checkpoint_files):
     """Build the cell's backbone at its geometry and tap, and load its official checkpoint(s)."""
     from vlmswap.hub import read_checkpoint
@@ -144,7 +152,7 @@ def materialize_backbone(study, cell, checkpoint_files):
     files = list(checkpoint_files)
     if len(files) != 1:
         raise ValueError(f"cell {cell.id}: backbone {spec.id!r} ({spec.family}) takes one checkpoint, got {files}")
-    backbone = build_backbone(spec.family, spec.arch, cell.tap, cell.geometry)
+    backbone = build_backbone(spec.family, backbone_arch(study, cell), cell.tap, cell.geometry)
     backbone.load_official(read_checkpoint(files[0]))
     return backbone.eval().requires_grad_(False)
 

@@ -1,4 +1,7 @@
-"""The mini world is a faithful, deterministic stand-in for LLaVA-665K, VQA-v2 val and RefCOCO val."""
+"""The mini world is a faithful, deterministic stand-in for LLaVA-665K, VQA-v2 val and RefCOCO val.
+
+The other benchmarks it writes are specified in test_mini_world_benchmarks.py; the oracle below answers
+every question template of the world from the ground truth in scenes.json."""
 
 from __future__ import annotations
 
@@ -17,6 +20,12 @@ from vlmswap.data.mini_world import CLASSES, COLORS, SHAPES, SYSTEM_PROMPT, gene
 
 SMALL = dict(n_train=40, n_eval=24, n_classify=30, image_size=64)
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
+# The other eval prompts of vlm-evaluation (prismatic_spec.md 3.1), used verbatim by training turns.
+VIZWIZ_SUFFIX = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + VQA_SUFFIX
+TALLY_SUFFIX = "".join(f"\n{chr(65 + i)}. {i}" for i in range(16)) + (
+    "\nAnswer with the option's letter from the given choices directly.")
+OCR_LINE = "\nReference OCR token: "
+UNANSWERABLE = "unanswerable"
 GROUNDING = re.compile(
     r'^Please provide the bounding box coordinate of the region this sentence describes: "(.+)"$')
 BOX = re.compile(r"^\[\d\.\d\d, \d\.\d\d, \d\.\d\d, \d\.\d\d\]$")
@@ -50,21 +59,109 @@ def box_of(obj: dict, size: int) -> str:
                            (obj["x"], obj["y"], obj["x"] + obj["s"], obj["y"] + obj["s"])) + "]"
 
 
-def oracle_answer(question: str, shapes: list[dict]) -> str:
-    """Answers a mini-world question from the ground truth alone, independently of the generator."""
+def center(obj: dict) -> float:
+    return obj["x"] + obj["s"] / 2
+
+
+def side(obj: dict, ref: dict, width: int) -> str | None:
+    """The documented "left of" rule: centres at least 5% of the width apart."""
+    if center(obj) <= center(ref) - 0.05 * width:
+        return "left"
+    if center(obj) >= center(ref) + 0.05 * width:
+        return "right"
+    return None
+
+
+def oracle_answer(question: str, shapes: list[dict], words: list[dict] = (), width: int | None = None) -> str:
+    """Answers a mini-world question from the ground truth alone, independently of the generator.
+    A question about an object that is not there is "unanswerable" (only VizWiz asks those)."""
+
+    def only(found: list[dict]) -> dict | None:
+        assert len(found) <= 1, (question, found)
+        return found[0] if found else None
+
+    def pair(color: str, shape: str) -> dict | None:
+        return only([o for o in shapes if (o["color"], o["shape"]) == (color, shape)])
+
+    def on_side(ref: dict, where: str) -> list[dict]:
+        others = [o for o in shapes if o is not ref]
+        assert all(side(o, ref, width) for o in others), "the reference must be clearly placed"
+        return [o for o in others if side(o, ref, width) == where]
+
+    def yes_no(truth: bool) -> str:
+        return "yes" if truth else "no"
+
     if m := re.fullmatch(r"What color is the (\w+)\?", question):
-        (obj,) = [o for o in shapes if o["shape"] == m[1]]
-        return obj["color"]
+        obj = only([o for o in shapes if o["shape"] == m[1]])
+        return obj["color"] if obj else UNANSWERABLE
     if m := re.fullmatch(r"What shape is the (\w+) object\?", question):
-        (obj,) = [o for o in shapes if o["color"] == m[1]]
-        return obj["shape"]
+        obj = only([o for o in shapes if o["color"] == m[1]])
+        return obj["shape"] if obj else UNANSWERABLE
     if question == "How many objects are there?":
         return str(len(shapes))
+    if m := re.fullmatch(r"How many (shape|circle|square|triangle)s are (left|right) of the (\w+) (\w+)\?", question):
+        found = on_side(pair(m[3], m[4]), m[2])
+        return str(sum(m[1] == "shape" or o["shape"] == m[1] for o in found))
+    if m := re.fullmatch(r"How many (\w+) shapes are there\?", question):
+        return str(sum(o["color"] == m[1] for o in shapes))
+    if m := re.fullmatch(r"How many (\w+) (\w+)s are there\?", question):
+        return str(sum((o["color"], o["shape"]) == (m[1], m[2]) for o in shapes))
     if m := re.fullmatch(r"How many (\w+)s are there\?", question):
         return str(sum(o["shape"] == m[1] for o in shapes))
+    if m := re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", question):  # POPE: capitalized
+        return "Yes" if any((o["color"], o["shape"]) == (m[1], m[2]) for o in shapes) else "No"
     if m := re.fullmatch(r"Is there a (\w+) (\w+)\?", question):
-        return "yes" if any((o["color"], o["shape"]) == (m[1], m[2]) for o in shapes) else "no"
+        return yes_no(any((o["color"], o["shape"]) == (m[1], m[2]) for o in shapes))
+    # GQA-style
+    if m := re.fullmatch(r"What is the color of the (\w+)\?", question):
+        return only([o for o in shapes if o["shape"] == m[1]])["color"]
+    if m := re.fullmatch(r"What is the shape of the (\w+) object\?", question):
+        return only([o for o in shapes if o["color"] == m[1]])["shape"]
+    if m := re.fullmatch(r"What (color|shape) is the object to the (left|right) of the (\w+) (\w+)\?", question):
+        (obj,) = on_side(pair(m[3], m[4]), m[2])
+        return obj[m[1]]
+    if m := re.fullmatch(r"Is the (\w+) (\w+) or (\w+)\?", question):
+        obj = only([o for o in shapes if o["shape"] == m[1]])
+        assert obj["color"] in (m[2], m[3])
+        return obj["color"]
+    if m := re.fullmatch(r"Is the (\w+) (\w+) to the (left|right) of the (\w+) (\w+)\?", question):
+        return yes_no(side(pair(m[1], m[2]), pair(m[4], m[5]), width) == m[3])
+    if m := re.fullmatch(r"Is the (\w+) (\w+)\?", question):
+        return yes_no(only([o for o in shapes if o["shape"] == m[1]])["color"] == m[2])
+    if m := re.fullmatch(r"Are there both a (\w+) (\w+) and a (\w+) (\w+)\?", question):
+        return yes_no(all(any((o["color"], o["shape"]) == c for o in shapes) for c in ((m[1], m[2]), (m[3], m[4]))))
+    if m := re.fullmatch(r"Do the (\w+) and the (\w+) have the same color\?", question):
+        a, b = (only([o for o in shapes if o["shape"] == k]) for k in (m[1], m[2]))
+        return yes_no(a["color"] == b["color"])
+    # TextVQA-style (and VizWiz questions about a word)
+    if question == "What word is written in the image?":
+        (word,) = words
+        return word["text"]
+    if question == "What word is written on the background?":
+        (word,) = [w for w in words if w["on"] == -1]
+        return word["text"]
+    if m := re.fullmatch(r"What word is written on the (\w+) (\w+)\?", question):
+        index = shapes.index(pair(m[1], m[2]))
+        return next((w["text"] for w in words if w["on"] == index), UNANSWERABLE)
     raise AssertionError(f"unknown question template: {question!r}")
+
+
+def expected_reply(prompt: str, scene: dict) -> str:
+    """What the assistant must answer to a non-grounding training prompt, read from the ground truth."""
+    shapes, words, width = scene["shapes"], scene.get("words", []), scene["size"]
+    if prompt.endswith(TALLY_SUFFIX):
+        return chr(ord("A") + int(oracle_answer(prompt.removesuffix(TALLY_SUFFIX), shapes, words, width)))
+    if prompt.endswith(VIZWIZ_SUFFIX):
+        return oracle_answer(prompt.removesuffix(VIZWIZ_SUFFIX), shapes, words, width)
+    assert prompt.endswith(VQA_SUFFIX), prompt
+    question = prompt.removesuffix(VQA_SUFFIX)
+    if OCR_LINE in question:
+        question, tokens = question.split(OCR_LINE)
+        reading_order = sorted(words, key=lambda w: (w["y"], w["x"]))
+        assert tokens.split(", ") == [w["text"] for w in reading_order]
+    answer = oracle_answer(question, shapes, words, width)
+    assert answer != UNANSWERABLE, prompt
+    return answer
 
 
 def referents(sentence: str, shapes: list[dict]) -> list[dict]:
@@ -122,7 +219,8 @@ def test_instruction_set_has_the_llava_665k_format(world):
         assert 2 <= len(conv) // 2 <= 4
         assert conv[0]["value"].startswith("<image>\n")
         assert not any("<image>" in t["value"] for t in conv[1:])
-        shapes = scenes[int(Path(record["image"]).stem)]["shapes"]
+        scene = scenes[int(Path(record["image"]).stem)]
+        shapes = scene["shapes"]
         for human, gpt in zip(conv[0::2], conv[1::2]):
             question, answer = human["value"].removeprefix("<image>\n"), gpt["value"]
             if m := GROUNDING.match(question):
@@ -133,8 +231,7 @@ def test_instruction_set_has_the_llava_665k_format(world):
                 assert answer == box_of(obj, 64)
             else:
                 turns["vqa"] += 1
-                assert question.endswith(VQA_SUFFIX)
-                assert answer == oracle_answer(question.removesuffix(VQA_SUFFIX), shapes)
+                assert answer == expected_reply(question, scene), question
     assert 0.15 < turns["grounding"] / sum(turns.values()) < 0.45
 
 

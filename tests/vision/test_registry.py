@@ -8,8 +8,8 @@ from vlmswap.vision.registry import FAMILIES, build_backbone
 
 
 def test_families_and_taps():
-    assert {n for n, f in FAMILIES.items() if f.implemented} == {"vit", "vmamba"}
-    assert {"maxvit", "mambavision", "vim", "vitdet", "vit-adapter", "beit-adapter", "fused"} <= set(FAMILIES)
+    assert {n for n, f in FAMILIES.items() if f.implemented} >= {"vit", "vmamba", "maxvit", "mambavision"}
+    assert {"vim", "vitdet", "vit-adapter", "beit-adapter", "fused"} <= set(FAMILIES)
     assert FAMILIES["vit"].taps == ("block-2",)
     assert FAMILIES["vmamba"].taps == ("stage3", "stage3-outnorm")
     assert all(name == family.name for name, family in FAMILIES.items())

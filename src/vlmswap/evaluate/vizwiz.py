@@ -36,6 +36,8 @@ from vlmswap.evaluate.vqa_normalize import ARTICLES, CONTRACTIONS, NUMBER_WORDS,
 from vlmswap.evaluate.vqav2 import VQA_INSTRUCTION
 
 ANNOTATIONS_FILE = "val.json"
+# Annotations.zip unpacks to an `Annotations/` folder; a flattened copy at the root works too
+ANNOTATIONS_LOCATIONS = (f"Annotations/{ANNOTATIONS_FILE}", ANNOTATIONS_FILE)
 IMAGE_DIR = "val"
 N_ANSWERS = 10
 UNANSWERABLE = "unanswerable"
@@ -73,7 +75,7 @@ class VizWiz:
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:
         root = Path(root).absolute()
-        path = root / ANNOTATIONS_FILE
+        path = next((root / p for p in ANNOTATIONS_LOCATIONS if (root / p).is_file()), root / ANNOTATIONS_FILE)
         data = read_json_file(path, 'the VizWiz val annotations: [{"image", "question", "answers": '
                                     '[10 x {"answer", "answer_confidence"}], "answerable"}, ...]')
         if not isinstance(data, list):

@@ -48,8 +48,8 @@ FAMILIES: dict[str, Family] = {
     "vit": Family("vit", "vlmswap.vision.vit", ("block-2",)),
     "vmamba": Family("vmamba", "vlmswap.vision.vmamba", ("stage3", "stage3-outnorm")),
     # named by config/experiments.yaml; taps as ../shared/paper/checkpoint_sources.csv describes them
-    "maxvit": Family("maxvit", None, ("stage3",)),
-    "mambavision": Family("mambavision", None, ("stage3",)),
+    "maxvit": Family("maxvit", "vlmswap.vision.maxvit", ("stage3",)),
+    "mambavision": Family("mambavision", "vlmswap.vision.mambavision", ("stage3",)),
     "vim": Family("vim", None, ("final-norm",)),
     "vitdet": Family("vitdet", None, ("last-block",)),
     "vit-adapter": Family("vit-adapter", None, ("adapter-stride32",)),

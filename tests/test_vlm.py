@@ -1,0 +1,78 @@
+"""The VLM: visual tokens spliced after BOS, batched generation equals one-at-a-time, arch ids."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from vlmswap.language import IGNORE_INDEX, PAD_TOKEN, train_tokenizer
+from vlmswap.study import load_study
+from vlmswap.vlm import VLM, VLMHead, backbone_arch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyVision(torch.nn.Module):
+    embed_dim, mean, std = 8, (0.5,) * 3, (0.5,) * 3
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 8, 8, 8)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    torch.manual_seed(0)
+    tok = train_tokenizer(["USER: what color is it ASSISTANT: red blue green yes no 1 2 3"] * 5, 120)
+    tok.add_special_tokens({"pad_token": PAD_TOKEN})
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    tok.padding_side = "left"
+    return VLM(TinyVision(), VLMHead("mlp2", 8, llm).eval(), tok)
+
+
+def test_visual_tokens_follow_bos_and_carry_no_label(vlm):
+    ids = torch.tensor([[1, 5, 6, 7]])
+    feats = torch.randn(1, 4, 8)
+    embeds, mask, labels = vlm.head.embed(feats, ids, torch.ones_like(ids), ids.clone(), None)
+    text = vlm.head.llm.get_input_embeddings()(ids)
+    assert embeds.shape[1] == 8
+    torch.testing.assert_close(embeds[0, 0], text[0, 0])           # BOS first
+    torch.testing.assert_close(embeds[0, 1:5], vlm.head.projector(feats)[0])
+    torch.testing.assert_close(embeds[0, 5:], text[0, 1:])
+    assert labels[0, 1:5].eq(IGNORE_INDEX).all() and mask.sum() == 8
+
+
+def test_text_only_rows_get_masked_zero_padding(vlm):
+    ids = torch.tensor([[1, 5, 6]])
+    _, mask, labels = vlm.head.embed(torch.randn(1, 2, 8), ids, torch.ones_like(ids), ids.clone(),
+                                     torch.tensor([False]))
+    assert mask.tolist() == [[1, 1, 1, 0, 0]] and labels[0, 3:].eq(IGNORE_INDEX).all()
+
+
+def test_batched_generation_equals_one_at_a_time(vlm):
+    torch.manual_seed(1)
+    pixels = torch.randn(3, 3, 16, 16)
+    prompts = ["USER: what ASSISTANT:", "USER: what color is it ASSISTANT:", "USER: it ASSISTANT:"]
+    batched = vlm.generate(pixels, prompts, max_new_tokens=6)
+    single = [vlm.generate(pixels[i:i + 1], [p], max_new_tokens=6)[0] for i, p in enumerate(prompts)]
+    assert batched == single
+
+
+def test_choice_probabilities_are_renormalized(vlm):
+    probs = vlm.choice_probabilities(torch.randn(2, 3, 16, 16), ["USER: yes ASSISTANT:"] * 2, ["yes", "no"])
+    assert probs.shape == (2, 2) and torch.allclose(probs.sum(-1), torch.ones(2))
+
+
+def test_timm_tag_decides_the_architecture_id():
+    study = load_study(ROOT / "config" / "experiments.yaml")
+    cell = next(c for c in study.cells if study.backbones[c.backbone].family == "maxvit"
+                and "timm" in study.backbones[c.backbone].checkpoints[c.objective])
+    assert backbone_arch(study, cell) == study.backbones[cell.backbone].checkpoints[cell.objective]["timm"]
+    mini = load_study(ROOT / "config" / "mini.yaml")
+    assert backbone_arch(mini, mini.cells[0]) == mini.backbones["vit-mini"].arch
