@@ -187,13 +187,18 @@ def cmd_evaluate(args) -> None:
 
     study = _study(args)
     cell = study.cell(args.cell)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    import os
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:  # one process per GPU under torchrun: each evaluates a shard
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
     settings = study.raw.get("eval", {})
     evaluate_cell(cell.id, vlm, cell.geometry, Path(args.index), Path(args.out),
                   batch_size=int(settings.get("batch_size", 16)),
-                  max_new_tokens=int(settings.get("max_new_tokens", 128)), log=log)
+                  max_new_tokens=int(settings.get("max_new_tokens", 128)), log=log, rank=rank, world=world)
 
 
 def cmd_baselines(args) -> None:

@@ -64,3 +64,36 @@ def test_choice_benchmarks_store_probabilities(world, tmp_path):
     first = json.loads((tmp_path / result["predictions"]).read_text().splitlines()[0])
     assert json.loads(first["prediction"]) == [0.7, 0.3]
     assert result["columns"]["pope"] == pytest.approx(50.0)  # always "Yes" on balanced splits
+
+
+def _shard_worker(rank, world, port, index, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    evaluate_cell("c", FakeVLM(), Geometry(32, 32), index, out, batch_size=4, log=lambda m: None,
+                  rank=rank, world=world)
+    dist.destroy_process_group()
+
+
+def test_two_shards_merge_into_the_single_process_result(world, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    prepare("refcoco", world / "refcoco", "full", tmp_path / "ref.json", log=lambda m: None)
+    single = evaluate_cell("c", FakeVLM(), Geometry(32, 32), tmp_path / "ref.json", tmp_path / "one" / "r.json",
+                           log=lambda m: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two" / "r.json"
+    mp.spawn(_shard_worker, args=(2, port, tmp_path / "ref.json", out), nprocs=2, join=True)
+    merged = json.loads(out.read_text())
+    assert merged["columns"] == single["columns"] and merged["n_samples"] == single["n_samples"]
+    lines = (out.parent / merged["predictions"]).read_text().splitlines()
+    assert [json.loads(l)["id"] for l in lines] == [json.loads(l)["id"] for l in
+                                                    (tmp_path / "one" / single["predictions"]).read_text().splitlines()]
+    assert not list(out.parent.glob("*.rank*"))

@@ -13,6 +13,13 @@ def _eval_resources():
     return resources
 
 
+def _eval_launcher():
+    gpus = int(config.get("eval_resources", {}).get("gpus", 0))
+    if gpus > 1:  # shard the benchmark over the job's GPUs, one process each
+        return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m vlmswap.cli"
+    return VLMSWAP
+
+
 rule evaluate:
     input:
         model=f"{OUT}/models/{{cell}}/model.safetensors",
@@ -24,6 +31,7 @@ rule evaluate:
     params:
         model=lambda wc: model_dir(wc.cell),
         eval=config.get("eval", {}),
+        launcher=_eval_launcher(),
     threads: 1
     resources:
         **_eval_resources(),
@@ -34,6 +42,6 @@ rule evaluate:
     message:
         "evaluate {wildcards.cell} on {wildcards.benchmark}"
     shell:
-        "OMP_NUM_THREADS={threads} {VLMSWAP} evaluate --config {CFG} --cell '{wildcards.cell}' "
+        "OMP_NUM_THREADS={threads} {params.launcher} evaluate --config {CFG} --cell '{wildcards.cell}' "
         "--checkpoint {input.checkpoints} --llm {input.llm} --model {params.model} --index {input.index} "
         "--out {output} 2>&1 | tee {log}"

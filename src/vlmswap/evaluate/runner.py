@@ -60,22 +60,34 @@ def _read_predictions(path: Path) -> dict[str, str]:
     return done
 
 
+def _shard_file(pred_path: Path, rank: int, world: int) -> Path:
+    return pred_path if world == 1 else pred_path.with_name(f"{pred_path.stem}.rank{rank}-of-{world}.jsonl")
+
+
 def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path, batch_size: int = 16,
-                  max_new_tokens: int = 128, log: Callable[[str], None] = print) -> dict:
+                  max_new_tokens: int = 128, log: Callable[[str], None] = print,
+                  rank: int = 0, world: int = 1) -> dict:
+    """Evaluate one cell on one prepared benchmark. With `world` > 1 (one process per GPU under
+    torchrun, the process group already initialised) every rank generates a strided shard of the
+    examples into its own predictions file; rank 0 merges them, scores and writes the result."""
     name, subset, examples, skipped = read_index(index_path)
     benchmark = get_benchmark(name)
     pred_path = out_json.with_name(out_json.stem + ".predictions.jsonl")
-    done = _read_predictions(pred_path)
+    done: dict[str, str] = {}
+    for other in [pred_path] + [_shard_file(pred_path, r, world) for r in range(world) if world > 1]:
+        done.update(_read_predictions(other))
+    mine = _shard_file(pred_path, rank, world)
+    own = {k: v for k, v in _read_predictions(mine).items()}
     # rewrite the valid prefix so that a torn last line never stays in the file
-    pred_path.parent.mkdir(parents=True, exist_ok=True)
-    pred_path.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in done.items()))
-    todo = [e for e in examples if e.id not in done]
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in own.items()))
+    todo = [e for i, e in enumerate(examples) if i % world == rank and e.id not in done]
     if done:
-        log(f"{name}: resuming, {len(done)} predictions on disk, {len(todo)} to go")
+        log(f"{name}: resuming, {len(done)} predictions on disk, {len(todo)} to go on rank {rank}")
     device = next(vlm.head.parameters()).device
     mean, std = vlm.vision.mean, vlm.vision.std
     t0, last = time.time(), time.time()
-    with open(pred_path, "a") as sink:
+    with open(mine, "a") as sink:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             pixels = []
@@ -98,6 +110,18 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
                 log(f"  {name}: {min(start + batch_size, len(todo))}/{len(todo)} "
                     f"({(time.time() - t0) / max(1, start + len(chunk)):.3f}s per example)")
                 last = time.time()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank != 0:
+            return {}
+        for r in range(world):
+            done.update(_read_predictions(_shard_file(pred_path, r, world)))
+        ordered = [e.id for e in examples]
+        pred_path.write_text("".join(json.dumps({"id": k, "prediction": done[k]}) + "\n" for k in ordered))
+        for r in range(world):
+            _shard_file(pred_path, r, world).unlink(missing_ok=True)
     score = benchmark.score(examples, done)
     scored_path = out_json.with_name(out_json.stem + ".scored.jsonl")
     scored_path.write_text("".join(json.dumps({"id": k, **v}, default=str) + "\n" for k, v in score.per_example.items()))
