@@ -50,8 +50,8 @@ FAMILIES: dict[str, Family] = {
     # named by config/experiments.yaml; taps as ../shared/paper/checkpoint_sources.csv describes them
     "maxvit": Family("maxvit", "vlmswap.vision.maxvit", ("stage3",)),
     "mambavision": Family("mambavision", "vlmswap.vision.mambavision", ("stage3",)),
-    "vim": Family("vim", None, ("final-norm",)),
-    "vitdet": Family("vitdet", None, ("last-block",)),
+    "vim": Family("vim", "vlmswap.vision.vim", ("final-norm",)),
+    "vitdet": Family("vitdet", "vlmswap.vision.vitdet", ("last-block",)),
     "vit-adapter": Family("vit-adapter", None, ("adapter-stride32",)),
     "beit-adapter": Family("beit-adapter", None, ("adapter-stride32",)),
     "fused": Family("fused", None, ("block-2",)),
