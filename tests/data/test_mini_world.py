@@ -357,3 +357,16 @@ def test_rendered_shapes_fill_exactly_their_boxes():
         pixels = np.asarray(render(Scene(0, 64, 220, 7, (obj,)))).astype(int)
         blue = (pixels[..., 2] - pixels[..., 0] > 100).nonzero()
         assert (blue[1].min(), blue[0].min(), blue[1].max() + 1, blue[0].max() + 1) == obj.xyxy, kind
+
+
+def test_focused_mix_trains_only_vqa_and_grounding(tmp_path):
+    generate(tmp_path, seed=2, n_train=40, n_eval=6, n_classify=12, image_size=32, log=lambda m: None,
+             mix="vqa+grounding")
+    records = json.loads((tmp_path / "llava" / "llava_v1_5_mix665k.json").read_text())
+    humans = [t["value"] for r in records if "image" in r for t in r["conversations"][::2]]
+    grounding = [h for h in humans if "bounding box coordinate" in h]
+    assert grounding and len(grounding) < len(humans)
+    assert all(h in grounding or h.endswith("\nAnswer the question using a single word or phrase.") for h in humans)
+    assert not any("Reference OCR token" in h or "Unanswerable" in h or "\nA. 0" in h for h in humans)
+    with pytest.raises(ValueError, match="unknown training mix"):
+        generate(tmp_path / "x", mix="everything", log=lambda m: None)

@@ -180,6 +180,10 @@ TRAIN_OCR_SHARE = 2 / 3  # TextVQA-style training turns with the OCR line; the r
 # Characters of turn text per record beyond which no further turn is added (a record keeps at least
 # 2 turns): about 300 text tokens with the mini tokenizer, inside config/mini.yaml's max_length 320.
 RECORD_CHARS = 400
+# mix="vqa+grounding": only VQA-v2-style and RefCOCO-style turns on plain scenes, for a study that
+# evaluates just those two (config/mini.yaml): the tiny LM learns them within the time budget.
+TRAINING_MIXES = ("all", "vqa+grounding")
+FOCUSED_MIX = (0.45, {"vqa": 1.0})
 CATEGORY_IDS = {shape: i + 1 for i, shape in enumerate(SHAPES)}
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five"]
 SHAPE_REPHRASINGS = {"circle": "round", "square": "rectangle", "triangle": "triangular"}
@@ -944,15 +948,15 @@ def ocid_clutter(take_id: int) -> str:
 
 
 def _instruction_turn(scene: Scene, kind: str, rng: np.random.Generator, expressions: dict[int, list[str]],
-                      tally_done: bool) -> tuple[str, str, str, str]:
+                      tally_done: bool, mix: str = "all") -> tuple[str, str, str, str]:
     """One training turn for a slot of `kind`: (human, gpt, label, answer), in an eval prompt format."""
     size = scene.size
-    if expressions and rng.random() < TURN_GROUNDING[kind]:
+    grounding_share, styles = (TURN_GROUNDING[kind], TURN_STYLES[kind]) if mix == "all" else FOCUSED_MIX
+    if expressions and rng.random() < grounding_share:
         index = list(expressions)[int(rng.integers(len(expressions)))]
         sentence = expressions[index][int(rng.integers(len(expressions[index])))]
         box = box_string(scene.shapes[index], size)
         return GROUNDING_PROMPT.format(sentence=sentence), box, "grounding", box
-    styles = TURN_STYLES[kind]
     weights = np.array(list(styles.values()))
     style = list(styles)[int(rng.choice(len(styles), p=weights / weights.sum()))]
     if style == "tally" and tally_done:  # one 16-choice prompt per record keeps records short
@@ -1251,6 +1255,7 @@ def generate(
     n_classify: int = 2000,
     image_size: int = 64,
     log: Callable[[str], None] = print,
+    mix: str = "all",
 ) -> dict:
     """Write the mini world under `out` and return its manifest (also written as `world.json`).
 
@@ -1258,6 +1263,8 @@ def generate(
     `n_eval` is the number of VQA-v2 scenes (2 questions each), of RefCOCO sentences, and of the
     questions (expressions) of GQA, VizWiz, TextVQA, TallyQA and OCID-Ref and of each POPE split.
     """
+    if mix not in TRAINING_MIXES:
+        raise ValueError(f"unknown training mix {mix!r}; allowed: {', '.join(TRAINING_MIXES)}")
     start = time.perf_counter()
     out = Path(out)
     size = image_size
@@ -1276,7 +1283,8 @@ def generate(
     # the VQA-v2 and RefCOCO eval sets (held out of them) do not depend on the slot kinds.
     train_scenes = [sample_scene(_rng(seed, 1, i), TRAIN_ID0 + i, size) for i in range(n_train)]
     draws = _rng(seed, 11, 0).random(n_train)
-    slot_kinds = ["text" if u < SLOT_SHARE["text"] else "tally" if u < SLOT_SHARE["text"] + SLOT_SHARE["tally"]
+    shares = SLOT_SHARE if mix == "all" else {"text": 0.0, "tally": 0.0}
+    slot_kinds = ["text" if u < shares["text"] else "tally" if u < shares["text"] + shares["tally"]
                   else "plain" for u in draws]
 
     # -- 1. classification set (generated before the eval sets so eval can be held out of it too)
@@ -1434,7 +1442,7 @@ def generate(
         turns, asked, tally_done = [], set(), False
         for _ in range(int(rng.integers(2, 5))):
             for _retry in range(10):
-                human, gpt, label, answer = _instruction_turn(scene, kind, rng, expressions, tally_done)
+                human, gpt, label, answer = _instruction_turn(scene, kind, rng, expressions, tally_done, mix)
                 if human not in asked:
                     break
             if human in asked or (len(turns) >= 2 and sum(map(len, sum(turns, ()))) + len(human) + len(gpt)
@@ -1541,6 +1549,7 @@ def generate(
     world = {
         "seed": seed,
         "image_size": size,
+        "mix": mix,
         "counts": {
             "train_scenes": n_train, "llava_records": len(records), "llava_language_only": n_language,
             "llava_turns": dict(sorted(n_turns.items())), "vqa_images": len(vqa_scenes),
