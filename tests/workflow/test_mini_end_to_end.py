@@ -1,5 +1,6 @@
-"""The mini study, trimmed, run for real through Snakemake: world -> pretrain -> fetch -> train
-(DeepSpeed ZeRO-3 on the CPU) -> evaluate -> table + correlation. Marked slow; CI runs it."""
+"""The mini study with all ten benchmarks (config/mini-all.yaml), trimmed, run for real through
+Snakemake: world -> pretrain -> fetch -> train (DeepSpeed ZeRO-3 on the CPU) -> evaluate on every
+benchmark's official-format files -> tables + baselines + correlation. Marked slow; CI runs it."""
 
 import csv
 import json
@@ -10,13 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vlmswap.study import BENCHMARK_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def trimmed_config(tmp_path: Path) -> Path:
-    study = yaml.safe_load((ROOT / "config" / "mini.yaml").read_text())
+    study = yaml.safe_load((ROOT / "config" / "mini-all.yaml").read_text())
     study["study"] = "tiny"
-    study["mini"].update(n_train=300, n_eval=40, n_classify=300, image_size=64, pretrain_epochs=1)
+    study["mini"].update(n_train=300, n_eval=24, n_classify=300, image_size=64, pretrain_epochs=1)
     study["recipe"].update(epochs=1, checkpoint_every=5)
     study["cells"] = [
         {"backbone": "vit-mini", "objective": "cls", "geometry": "64", "tap": "block-2", "connector": "mlp2"},
@@ -24,7 +27,8 @@ def trimmed_config(tmp_path: Path) -> Path:
         {"backbone": "vmamba-mini", "objective": "cls", "geometry": "64", "tap": "stage3", "connector": "mlp3"},
     ]
     ids = ["@".join([c["backbone"], c["objective"], c["geometry"], c["tap"], c["connector"]]) for c in study["cells"]]
-    study["tables"] = {"tiny": {"title": "tiny", "columns": "all", "cells": ids}}
+    study["tables"] = {"tiny": {"title": "tiny", "columns": "all", "cells": ids},
+                       "tiny-loc": {"title": "tiny, localization", "columns": "loc", "cells": ids[:2]}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
@@ -51,15 +55,19 @@ def test_trimmed_mini_study_runs_end_to_end(tmp_path):
         assert summary["steps"] >= 19 and summary["loss_final"] < summary["loss_first"]
         assert (out / "models" / cell / "model.safetensors").stat().st_size > 0
         assert not (out / "checkpoints" / cell).exists()  # resume state is dropped once the model is saved
-        for bench in ("vqa-v2", "refcoco"):
+        for bench, columns in BENCHMARK_COLUMNS.items():
             result = json.loads((out / "evals" / cell / f"{bench}.json").read_text())
-            assert result["n_samples"] > 0 and 0.0 <= result["columns"][bench] <= 100.0
+            assert set(result["columns"]) == set(columns) and result["n_samples"] > 0 and result["n_skipped"] == 0
+            assert all(0.0 <= v <= 100.0 for v in result["columns"].values())
             assert (out / "evals" / cell / result["predictions"]).exists()
 
     rows = list(csv.DictReader((out / "tables" / "tiny.csv").open()))
-    assert len(rows) == 3
+    assert len(rows) == 3 and all(rows[0][c] != "" for c in ("vqa-v2", "textvqa-ocr", "pope", "ocid-ref"))
     md = (out / "tables" / "tiny.md").read_text()
-    assert "VMamba-mini(f)" in md and "RefCOCO" in md
+    assert "VMamba-mini(f)" in md and "OCID-Ref" in md and "Trivial baseline on pope" in md
+    assert len(list(csv.DictReader((out / "tables" / "tiny-loc.csv").open()))) == 2
+    baselines = json.loads((out / "baselines.json").read_text())
+    assert set(baselines) == set(BENCHMARK_COLUMNS)
     assert (out / "correlation.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "resources" / "tiny" / "checkpoints" / "vit-mini@cls.ckpt.source.json").exists()
 
