@@ -476,17 +476,55 @@ eval_resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
 """
 
 BENCHMARKS = """\
+# Each benchmark's official files (the URLs its authors publish; sha256 where known, none yet:
+# they were not downloaded from the machine that wrote this file). `extract: true` unpacks an
+# archive into resources/paper/data/<benchmark>/. OCID-Ref and the TextVQA OCR question file
+# have no direct public URL: place them there (or in the `mirror`) by hand.
 benchmarks:
-  vqa-v2: {subset: full}
-  gqa: {subset: full}
-  vizwiz: {subset: full}
-  textvqa: {subset: full}          # one run fills two columns: textvqa-ocr and textvqa-pure
-  pope: {subset: full}
-  tallyqa: {subset: full}
-  refcoco: {subset: full}
-  refcoco+: {subset: full}
+  vqa-v2:
+    subset: full
+    files:
+      - {url: "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Questions_Val_mscoco.zip", extract: true}
+      - {url: "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Annotations_Val_mscoco.zip", extract: true}
+      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true}
+  gqa:
+    subset: full
+    files:
+      - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/questions1.2.zip", extract: true}
+      - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", extract: true}
+  vizwiz:
+    subset: full
+    files:
+      - {url: "https://vizwiz.cs.colorado.edu/VizWiz_final/vqa_data/Annotations.zip", extract: true}
+      - {url: "https://vizwiz.cs.colorado.edu/VizWiz_final/images/val.zip", extract: true}
+  textvqa:                         # one run fills two columns: textvqa-ocr and textvqa-pure
+    subset: full
+    files:
+      - {url: "https://dl.fbaipublicfiles.com/textvqa/data/TextVQA_0.5.1_val.json"}
+      - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", extract: true}
+  pope:
+    subset: full
+    files:
+      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_adversarial.json"}
+      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_popular.json"}
+      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_random.json"}
+      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true}
+  tallyqa:
+    subset: full
+    files:
+      - {url: "https://github.com/manoja328/tallyqa/raw/master/tallyqa.zip", extract: true}
+      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", extract: true}
+      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", extract: true}
+  refcoco:
+    subset: full
+    files:
+      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco.zip", extract: true}
+      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco+.zip", extract: true}
+      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcocog.zip", extract: true}
+      - {url: "http://images.cocodataset.org/zips/train2014.zip", extract: true}
+  refcoco+: {subset: full}         # shares resources/paper/data/refcoco with refcoco
   refcocog: {subset: full}
-  ocid-ref: {subset: full}
+  ocid-ref: {subset: full}         # val_expressions.json + OCID-dataset/: place by hand
 """
 
 

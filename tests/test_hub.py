@@ -120,3 +120,34 @@ def test_safetensors_and_unreadable_files(tmp_path):
         read_checkpoint(tmp_path / "junk.pth")
     with pytest.raises(FileNotFoundError, match="fetch step"):
         read_checkpoint(tmp_path / "none.pth")
+
+
+def test_dataset_files_are_fetched_and_unpacked(tmp_path):
+    import zipfile
+
+    from vlmswap.hub import fetch_files
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with zipfile.ZipFile(src / "Annotations.zip", "w") as z:
+        z.writestr("Annotations/val.json", "[]")
+    (src / "questions.json").write_text("{}")
+    records = fetch_files([{"url": (src / "Annotations.zip").as_uri(), "extract": True},
+                           {"url": (src / "questions.json").as_uri(), "name": "q.json"}], tmp_path / "data",
+                          log=lambda m: None)
+    assert (tmp_path / "data" / "Annotations" / "val.json").read_text() == "[]"
+    assert not (tmp_path / "data" / "Annotations.zip").exists()  # unpacked, then removed
+    assert (tmp_path / "data" / "q.json").read_text() == "{}" and records[0]["extracted"] == 1
+
+
+def test_an_archive_escaping_its_folder_is_refused(tmp_path):
+    import zipfile
+
+    from vlmswap.hub import fetch_files
+
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
+        z.writestr("../../escaped.txt", "x")
+    with pytest.raises(FetchError, match="outside"):
+        fetch_files([{"url": (tmp_path / "evil.zip").as_uri(), "extract": True}], tmp_path / "data",
+                    log=lambda m: None)
+    assert not (tmp_path.parent / "escaped.txt").exists()

@@ -161,6 +161,26 @@ def cmd_prepare_instruct(args) -> None:
     log(f"instruction set OK: {check.n_records} records, {check.n_multimodal} with images")
 
 
+def cmd_fetch_benchmark(args) -> None:
+    from vlmswap.atomic import write_json
+    from vlmswap.hub import fetch_files
+
+    study = _study(args)
+    files = study.raw["benchmarks"][args.benchmark].get("files")
+    if not files:  # no public direct download (e.g. OCID-Ref on Google Drive): placed by hand
+        dest = Path(args.dest)
+        if not dest.is_dir() or not any(dest.iterdir()):
+            raise ConfigError(args.config, f"benchmarks.{args.benchmark}.files",
+                              f"no download listed and {dest} is empty; put the official files there "
+                              "(see the benchmark module's docstring for the layout) or list them under `files:`")
+        write_json(Path(args.out), {"benchmark": args.benchmark, "dest": args.dest, "files": "placed by hand"})
+        log(f"{args.benchmark}: using the files placed in {dest}")
+        return
+    records = fetch_files(files, Path(args.dest), mirror=study.raw.get("mirror"), log=log)
+    write_json(Path(args.out), {"benchmark": args.benchmark, "dest": args.dest, "files": records})
+    log(f"{args.benchmark}: {len(records)} official files in {args.dest}")
+
+
 def cmd_prepare_benchmark(args) -> None:
     from vlmswap.evaluate.runner import prepare
 
@@ -254,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="the workflow-built folder for `mini:` sources")
     verb("fetch-instruct", cmd_fetch_instruct, "fetch the instruction-set json", "out")
     verb("prepare-instruct", cmd_prepare_instruct, "check the instruction set", "json", "image-root", "out")
+    verb("fetch-benchmark", cmd_fetch_benchmark, "fetch a benchmark's official files", "benchmark", "dest", "out")
     verb("prepare-benchmark", cmd_prepare_benchmark, "index a benchmark's official files", "benchmark", "root", "out")
     verb("train", cmd_train, "train one cell", "cell", "checkpoint", "llm", "instruct-json", "image-root", "out",
          "ckpt-dir")

@@ -300,3 +300,52 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 if __name__ == "__main__":  # pragma: no cover - manual inspection aid
     obj = read_checkpoint(sys.argv[1])
     print(json.dumps({k: type(v).__name__ for k, v in obj.items()} if isinstance(obj, dict) else type(obj).__name__))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset files: fetch each official file into a benchmark folder, unpacking archives in place
+
+
+def _safe_extract(archive: Path, dest: Path) -> int:
+    """Unpack a zip or tar archive into `dest`, refusing members that would land outside it."""
+    import tarfile
+    import zipfile
+
+    dest = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            names = z.namelist()
+            for name in names:
+                if not (dest / name).resolve().is_relative_to(dest):
+                    raise FetchError(f"{archive}: member {name!r} would be written outside {dest}; refusing")
+            z.extractall(dest)
+        return len(names)
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            t.extractall(dest, filter="data")  # the "data" filter rejects absolute and escaping paths
+            return len(t.getnames())
+    raise FetchError(f"{archive}: `extract: true` but this is neither a zip nor a tar archive")
+
+
+def fetch_files(files: list[Mapping[str, Any]], dest_dir: str | Path, *, mirror=None, offline=None,
+                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Fetch a dataset's official files into `dest_dir`. Each entry is a source (url/hub/path, optional
+    sha256) with optional `name` (the file name to keep; default the URL's) and `extract` (unpack
+    the archive into `dest_dir`, then delete it). Returns one record per file."""
+    dest_dir = Path(dest_dir)
+    records = []
+    for entry in files:
+        entry = dict(entry)
+        extract = bool(entry.pop("extract", False))
+        name = entry.pop("name", None) or Path(urllib.parse.unquote(urllib.parse.urlparse(
+            entry.get("url", "") or entry.get("file", "") or entry.get("path", "")).path)).name
+        if not name:
+            raise FetchError(f"{entry}: give the file a `name:`")
+        target = dest_dir / name
+        record = asdict(fetch(entry, target, mirror=mirror, offline=offline, log=log))
+        if extract:
+            record["extracted"] = _safe_extract(target, dest_dir)
+            target.unlink()
+            log(f"  unpacked {name}: {record['extracted']} entries into {dest_dir}")
+        records.append(record)
+    return records

@@ -138,9 +138,35 @@ rule prepare_instruct:
         "--out {output} 2>&1 | tee {log}"
 
 
+if not IS_MINI:
+
+    rule fetch_benchmark:
+        output:
+            f"{RES}/data/{{benchmark}}.fetched.json",
+        params:
+            files=lambda wc: config["benchmarks"][wc.benchmark].get("files", []),
+            dest=lambda wc: benchmark_root(wc.benchmark),
+        retries: 2
+        log:
+            f"{LOGS}/fetch_benchmark/{{benchmark}}.log",
+        conda:
+            "../envs/vlmswap.yaml"
+        message:
+            "fetch the official files of {wildcards.benchmark}"
+        shell:
+            "{VLMSWAP} fetch-benchmark --config {CFG} --benchmark {wildcards.benchmark} --dest {params.dest} "
+            "--out {output} 2>&1 | tee {log}"
+
+
+def _fetched_flag(wildcards):
+    # RefCOCO+ and RefCOCOg read the files fetched for RefCOCO (one REFER folder)
+    owner = {"refcoco+": "refcoco", "refcocog": "refcoco"}.get(wildcards.benchmark, wildcards.benchmark)
+    return [f"{RES}/data/{owner}.fetched.json"]
+
+
 rule prepare_benchmark:
     input:
-        [world_flag()] if IS_MINI else [],
+        [world_flag()] if IS_MINI else _fetched_flag,
     output:
         f"{RES}/prepared/{{benchmark}}.json",
     params:
