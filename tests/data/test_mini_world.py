@@ -370,3 +370,13 @@ def test_focused_mix_trains_only_vqa_and_grounding(tmp_path):
     assert not any("Reference OCR token" in h or "Unanswerable" in h or "\nA. 0" in h for h in humans)
     with pytest.raises(ValueError, match="unknown training mix"):
         generate(tmp_path / "x", mix="everything", log=lambda m: None)
+
+
+def test_refcoco_plus_and_g_share_the_refer_folder(tmp_path):
+    from vlmswap.evaluate.registry import get_benchmark
+
+    generate(tmp_path, seed=4, n_train=10, n_eval=8, n_classify=12, image_size=32, log=lambda m: None)
+    loaded = {b: get_benchmark(b).load(tmp_path / "refcoco", "full") for b in ("refcoco", "refcoco+", "refcocog")}
+    assert all(len(ex) == 8 and not sk for ex, sk in loaded.values())
+    assert [e.target for e in loaded["refcocog"][0]] == [e.target for e in loaded["refcoco"][0]]
+    assert all(e.prompt.endswith('in the picture"') for e in loaded["refcocog"][0])

@@ -1395,11 +1395,28 @@ def generate(
                          "file_name": f"COCO_train2014_{scene.image_id:012d}_{ann_id}.jpg",
                          "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})
         _write_image(out / "refcoco" / "train2014" / file_name, render(scene))
+    scene_objects = {sc.image_id * 10 + j: o for sc in ref_scenes for j, o in enumerate(sc.shapes)}
     categories = [{"id": CATEGORY_IDS[s], "name": s, "supercategory": "shape"} for s in SHAPES]
     _write_json(out / "refcoco" / "refcoco" / "instances.json", {
         "info": info, "images": images, "licenses": [dict(license, id=1)], "annotations": anns,
         "categories": categories})
     write_bytes(out / "refcoco" / "refcoco" / "refs(unc).p", pickle.dumps(refs, protocol=2))
+    # RefCOCO+ (unc) and RefCOCOg (umd) share the images and objects, each with its own folder, as
+    # in REFER. RefCOCO+ keeps the appearance-only wording; RefCOCOg's expressions are longer.
+    for dataset, split_by, wording in (("refcoco+", "unc", "{}"), ("refcocog", "umd", "{} in the picture")):
+        variant = []
+        for ref in refs:
+            sentences = []
+            for sent in ref["sentences"]:
+                raw = wording.format(sent["raw"])
+                sentences.append({**sent, "raw": raw, "sent": raw.lower(), "tokens": raw.lower().split()})
+                o = scene_objects[ref["ann_id"]]
+                remember(GROUNDING_PROMPT.format(sentence=raw.lower()), box_string(o, size))
+            variant.append({**ref, "sentences": sentences})
+        _write_json(out / "refcoco" / dataset / "instances.json", {
+            "info": info, "images": images, "licenses": [dict(license, id=1)], "annotations": anns,
+            "categories": categories})
+        write_bytes(out / "refcoco" / dataset / f"refs({split_by}).p", pickle.dumps(variant, protocol=2))
     log(f"refcoco: {len(refs)} refs, {sent_id} sentences over {len(images)} images ({len(anns)} objects)")
 
 
