@@ -42,3 +42,9 @@ def test_truncation_applies_to_text_tokens(tokenizer):
 def test_turns_must_alternate(tokenizer):
     with pytest.raises(ValueError, match="alternate"):
         encode_conversation(tokenizer, [{"from": "gpt", "value": "x"}], 16)
+
+
+def test_choice_strings_are_single_tokens_even_if_the_corpus_lacks_them():
+    tok = train_tokenizer(["USER: how many ASSISTANT: A", "nothing else here"], 300)
+    for choice in [*"ABCDEFGHIJKLMNOP", "Yes", "No"]:  # digits split off "▁", as in Llama
+        assert len(tok(choice, add_special_tokens=False).input_ids) == 1, choice

@@ -102,7 +102,11 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], min_frequency=2,
                                   show_progress=False)
-    tok.train_from_iterator(list(corpus), trainer=trainer)
+    # Every single letter, and Yes/No, must be one token ("▁A", "▁Yes"), as in Llama's
+    # vocabulary: POPE and TallyQA are scored from the first token's probabilities of those strings.
+    singles = " ".join([chr(c) for c in range(ord("A"), ord("Z") + 1)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+                       + ["Yes", "No", "yes", "no"])
+    tok.train_from_iterator(list(corpus) + [singles] * 2, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    clean_up_tokenization_spaces=False)
