@@ -120,8 +120,17 @@ def _sbatch(job) -> str:
     return get_submit_command(job, params) + set_gres_string(job)
 
 
-def test_sbatch_for_one_node(paper_jobs):
-    train = next(j for j in paper_jobs if j.rule.name == "train")
+def slurm_dry_run(configfile: Path, workdir: Path):
+    """Through the real SLURM executor plugin in Snakemake's dry-run mode (no SLURM needed)."""
+    from snakemake_executor_plugin_slurm import ExecutorSettings
+
+    return dry_run(configfile, targets=["results/paper/tables/table-1.md"], executor="slurm", pseudo="dryrun",
+                   workdir=workdir, executor_settings=ExecutorSettings())
+
+
+def test_sbatch_for_one_node(tmp_path):
+    jobs = slurm_dry_run(PAPER, tmp_path)
+    train = next(j for j in jobs if j.rule.name == "train")
     line = _sbatch(train)
     assert "--nodes=1" in line and "--gpus=4" in line and "--mem 256000" in line and "-t 1440" in line
     assert "--ntasks-per-gpu" not in line  # plugin >= 2.7.1: one task drives torchrun's 4 ranks
@@ -132,7 +141,7 @@ def test_sbatch_for_two_nodes(tmp_path):
     study["train_resources"] = {**study["train_resources"], "nodes": 2, "gpus_per_node": 4}
     config = tmp_path / "two-nodes.yaml"
     config.write_text(yaml.safe_dump(study, sort_keys=False))
-    jobs = dry_run(config, targets=["results/paper/tables/table-1.md"], workdir=tmp_path)
+    jobs = slurm_dry_run(config, tmp_path)
     line = _sbatch(next(j for j in jobs if j.rule.name == "train"))
     assert "--nodes=2" in line and "--ntasks=2" in line and "--gres=gpu:4" in line
     assert "--gpus=" not in line and "--ntasks-per-gpu" not in line
