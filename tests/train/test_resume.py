@@ -99,3 +99,20 @@ def test_diverging_loss_stops_with_a_clear_message(setup):
     text = run.stdout + run.stderr
     assert "TrainingDiverged" in text and "vit-mini@cls@32@block-2@mlp2" in text and "Last good checkpoint" in text
     assert not (base / "diverge" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_bf16_with_activation_checkpointing_trains(setup):
+    """The cluster recipe's precision and activation checkpointing run through the same engine."""
+    base = setup
+    study = yaml.safe_load((base / "study.yaml").read_text())
+    study["recipe"].update(precision="bf16", grad_checkpointing=True, max_steps=3, checkpoint_every=100)
+    (base / "bf16.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    run = subprocess.run(train_cmd(base, "bf16", "bf16.yaml"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    state = weights(base / "bf16")
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}
+    import json
+
+    summary = json.loads((base / "bf16" / "train.json").read_text())
+    assert summary["recipe"]["grad_checkpointing"] is True and summary["steps"] == 3
