@@ -454,7 +454,15 @@ llm:
 
 instruct:
   id: llava-v15-665k
-  source: {hub: liuhaotian/LLaVA-Instruct-150K, file: llava_v1_5_mix665k.json}
+  source: {hub: liuhaotian/LLaVA-Instruct-150K, repo_type: dataset, file: llava_v1_5_mix665k.json}
+  # image folders beside the json (prismatic_spec.md 1.7); ocr_vqa/images comes from the HF dataset
+  # with GIF/PNG converted to JPG and must be placed by hand or in the mirror
+  files:
+    - {url: "http://images.cocodataset.org/zips/train2017.zip", into: coco, extract: true}
+    - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", into: gqa, extract: true}
+    - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", into: textvqa, extract: true}
+    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", into: vg, extract: true}
+    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", into: vg, extract: true}
 
 # Prismatic one-stage finetune recipe (../shared/reference/prismatic_spec.md 1.2; paper App. A).
 recipe:

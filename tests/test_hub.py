@@ -151,3 +151,15 @@ def test_an_archive_escaping_its_folder_is_refused(tmp_path):
         fetch_files([{"url": (tmp_path / "evil.zip").as_uri(), "extract": True}], tmp_path / "data",
                     log=lambda m: None)
     assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_files_can_land_in_a_subfolder(tmp_path):
+    import zipfile
+
+    from vlmswap.hub import fetch_files
+
+    with zipfile.ZipFile(tmp_path / "train2017.zip", "w") as z:
+        z.writestr("train2017/000000000009.jpg", b"jpg")
+    fetch_files([{"url": (tmp_path / "train2017.zip").as_uri(), "into": "coco", "extract": True}],
+                tmp_path / "llava", log=lambda m: None)
+    assert (tmp_path / "llava" / "coco" / "train2017" / "000000000009.jpg").read_bytes() == b"jpg"

@@ -134,9 +134,14 @@ def cmd_fetch_instruct(args) -> None:
     from vlmswap.hub import fetch
 
     study = _study(args)
+    from vlmswap.hub import fetch_files
+
     record = fetch(study.raw["instruct"]["source"], Path(args.out), mirror=study.raw.get("mirror"), log=log)
-    log(f"fetched {study.raw['instruct']['id']} from {record.origin}; image folders go beside it "
-        f"({Path(args.out).parent}/coco, gqa, ocr_vqa, textvqa, vg)")
+    log(f"fetched {study.raw['instruct']['id']} from {record.origin}")
+    files = study.raw["instruct"].get("files", [])
+    fetch_files(files, Path(args.out).parent, mirror=study.raw.get("mirror"), log=log)
+    log(f"{len(files)} image archives unpacked beside it; folders the config does not list (e.g. ocr_vqa) "
+        "must be placed there by hand or come from the mirror")
 
 
 def cmd_prepare_instruct(args) -> None:

@@ -169,10 +169,11 @@ def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log
         filename = source.get("file") or ("model.safetensors" if "timm" in source else None)
         log(f"hub {repo}{'/' + filename if filename else ''}")
         try:
+            kind = {"revision": source.get("revision"), "repo_type": source.get("repo_type", "model")}
             if filename:
-                got = huggingface_hub.hf_hub_download(repo, filename, revision=source.get("revision"))
+                got = huggingface_hub.hf_hub_download(repo, filename, **kind)
             else:
-                got = huggingface_hub.snapshot_download(repo, revision=source.get("revision"))
+                got = huggingface_hub.snapshot_download(repo, **kind)
         except Exception as e:  # hub errors come in many classes; all mean the same to the user
             raise FetchError(f"hub fetch of {repo} failed: {e}; check the id, HF_TOKEN, or use a mirror") from e
         _copy(Path(got), dest)
@@ -330,13 +331,14 @@ def _safe_extract(archive: Path, dest: Path) -> int:
 def fetch_files(files: list[Mapping[str, Any]], dest_dir: str | Path, *, mirror=None, offline=None,
                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Fetch a dataset's official files into `dest_dir`. Each entry is a source (url/hub/path, optional
-    sha256) with optional `name` (the file name to keep; default the URL's) and `extract` (unpack
-    the archive into `dest_dir`, then delete it). Returns one record per file."""
-    dest_dir = Path(dest_dir)
+    sha256) with optional `name` (the file name to keep; default the URL's), `into` (a subfolder of
+    `dest_dir`) and `extract` (unpack the archive there, then delete it). One record per file."""
+    root = Path(dest_dir)
     records = []
     for entry in files:
         entry = dict(entry)
         extract = bool(entry.pop("extract", False))
+        dest_dir = root / entry.pop("into", "")
         name = entry.pop("name", None) or Path(urllib.parse.unquote(urllib.parse.urlparse(
             entry.get("url", "") or entry.get("file", "") or entry.get("path", "")).path)).name
         if not name:
