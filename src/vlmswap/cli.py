@@ -60,7 +60,7 @@ def cmd_pretrain_mini(args) -> None:
 
     from vlmswap.image import Geometry, preprocess
     from vlmswap.vision.pretrain import pretrain_classifier
-    from vlmswap.vision.registry import build_backbone
+    from vlmswap.vision.registry import FAMILIES, build_backbone
 
     study = _study(args)
     spec = study.backbones[args.backbone]
@@ -77,7 +77,7 @@ def cmd_pretrain_mini(args) -> None:
     classes = json.loads((world / "classes.json").read_text())
     rows = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
     size = int(source["mini"].get("image_size", study.raw["mini"].get("image_size", 64)))
-    probe = build_backbone(spec.family, spec.arch, "stage3" if spec.family == "vmamba" else "block-2",
+    probe = build_backbone(spec.family, spec.arch, FAMILIES[spec.family].taps[0],  # only mean/std are read
                            Geometry(size, size))
     images = torch.stack([preprocess(Image.open(world / r["image"]), Geometry(size, size), probe.mean, probe.std)
                           for r in rows])

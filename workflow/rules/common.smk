@@ -67,10 +67,14 @@ def eval_json(cell, benchmark):
     return f"{OUT}/evals/{cell}/{benchmark}.json"
 
 
+def data_folder(benchmark):
+    """RefCOCO+ and RefCOCOg live in RefCOCO's REFER folder; every other benchmark in its own."""
+    return {"refcoco+": "refcoco", "refcocog": "refcoco"}.get(benchmark, benchmark)
+
+
 def benchmark_root(benchmark):
     """Where a benchmark's official files live: the mini world, or the study's data folder."""
-    folder = {"refcoco+": "refcoco", "refcocog": "refcoco"}.get(benchmark, benchmark)
-    return f"{RES}/world/{folder}" if IS_MINI else f"{RES}/data/{folder}"
+    return f"{RES}/world/{data_folder(benchmark)}" if IS_MINI else f"{RES}/data/{data_folder(benchmark)}"
 
 
 def instruct_paths():

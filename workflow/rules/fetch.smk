@@ -160,8 +160,7 @@ if not IS_MINI:
 
 def _fetched_flag(wildcards):
     # RefCOCO+ and RefCOCOg read the files fetched for RefCOCO (one REFER folder)
-    owner = {"refcoco+": "refcoco", "refcocog": "refcoco"}.get(wildcards.benchmark, wildcards.benchmark)
-    return [f"{RES}/data/{owner}.fetched.json"]
+    return [f"{RES}/data/{data_folder(wildcards.benchmark)}.fetched.json"]
 
 
 rule prepare_benchmark:

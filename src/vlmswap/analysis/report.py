@@ -50,7 +50,7 @@ def write_study_correlation(study: Study, results_dir: Path, out_csv: Path, out_
                             log: Callable[[str], None] = print) -> None:
     scores = collect(results_dir, study.cell_ids, study.benchmarks)
     columns = study.columns
-    complete = scores[columns].dropna()
     matrix = correlation_matrix(scores, columns)
-    write_correlation(matrix, out_csv, out_png, f"Pearson r between benchmarks ({study.name} study)", len(complete))
-    log(f"correlation over {len(complete)} cells x {len(columns)} benchmarks -> {out_csv}")
+    n_runs = matrix.attrs["n_runs"]
+    write_correlation(matrix, out_csv, out_png, f"Pearson r between benchmarks ({study.name} study)", n_runs)
+    log(f"correlation over {n_runs} cells x {len(columns)} benchmarks -> {out_csv}")
