@@ -278,8 +278,13 @@ def _build(data: dict[str, Any], path: Path) -> Study:
             if m not in data["backbones"]:
                 raise ConfigError(path, f"{key}.members", f"member {m!r} is not a backbone of this study",
                                   sorted(data["backbones"]))
-        if spec["family"] == "fused" and not members:
+        if spec["family"] == "fused" and len(members) < 2:
             raise ConfigError(path, f"{key}.members", "a fused backbone needs at least two members")
+        for m in members:  # a tower's weights are its one checkpoint: the fetched files map to towers
+            if len(data["backbones"][m]["checkpoints"]) != 1 or data["backbones"][m].get("members"):
+                raise ConfigError(path, f"{key}.members",
+                                  f"member {m!r} must be a plain backbone with exactly one checkpoint "
+                                  f"(it has {sorted(data['backbones'][m]['checkpoints'])})")
         backbones[bid] = Backbone(bid, spec["family"], spec.get("arch"), spec.get("display", bid),
                                   str(spec.get("params", "")), spec["checkpoints"], members)
 

@@ -136,24 +136,36 @@ class VLM(nn.Module):
 
 
 def backbone_arch(study, cell):
-    """The architecture id to build. A timm tag names the weights, and the weights decide the
-    normalization (an in21k MaxViT expects mean/std 0.5 where the untagged name says ImageNet's)."""
+    """The architecture to build. A timm tag names the weights, and the weights decide the
+    normalization (an in21k MaxViT expects mean/std 0.5 where the untagged name says ImageNet's).
+    A fused backbone's arch is its towers, in `members` order, each with its own weights' arch."""
     spec = study.backbones[cell.backbone]
-    source = spec.checkpoints.get(cell.objective, {})
+    if spec.members:
+        return [{"family": study.backbones[m].family,
+                 "arch": _weights_arch(study.backbones[m], next(iter(study.backbones[m].checkpoints)))}
+                for m in spec.members]
+    return _weights_arch(spec, cell.objective)
+
+
+def _weights_arch(spec, objective):
+    source = spec.checkpoints.get(objective, {})
     return source["timm"] if "timm" in source and isinstance(spec.arch, str) else spec.arch
 
 
 def materialize_backbone(study, cell, checkpoint_files):
-    """Build the cell's backbone at its geometry and tap, and load its official checkpoint(s)."""
+    """Build the cell's backbone at its geometry and tap, and load its official checkpoint(s)
+    (one file, or one per tower of a fused backbone, in `members` order)."""
     from vlmswap.hub import read_checkpoint
     from vlmswap.vision.registry import build_backbone
 
     spec = study.backbones[cell.backbone]
     files = list(checkpoint_files)
-    if len(files) != 1:
-        raise ValueError(f"cell {cell.id}: backbone {spec.id!r} ({spec.family}) takes one checkpoint, got {files}")
+    wanted = len(spec.members) or 1
+    if len(files) != wanted:
+        raise ValueError(f"cell {cell.id}: backbone {spec.id!r} ({spec.family}) takes {wanted} checkpoint(s), "
+                         f"got {[str(f) for f in files]}")
     backbone = build_backbone(spec.family, backbone_arch(study, cell), cell.tap, cell.geometry)
-    backbone.load_official(read_checkpoint(files[0]))
+    backbone.load_checkpoints([read_checkpoint(f) for f in files])
     return backbone.eval().requires_grad_(False)
 
 

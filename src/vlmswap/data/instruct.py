@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from vlmswap.image import Geometry, preprocess
+from vlmswap.image import Geometry
 from vlmswap.language import IGNORE_INDEX, encode_conversation
 
 
@@ -68,13 +68,14 @@ def check_instruct(json_path: Path, image_root: Path, verify_images: bool = True
 
 
 class InstructDataset(torch.utils.data.Dataset):
-    """Tokenizes lazily (665K records); images are letterboxed with the backbone's fill and stats."""
+    """Tokenizes lazily (665K records); images go through the backbone's own transform
+    (`VisionBackbone.pixels`: its letterbox fill and statistics, one view per fused tower)."""
 
     def __init__(self, json_path: Path, image_root: Path, tokenizer, geometry: Geometry,
-                 mean: tuple[float, float, float], std: tuple[float, float, float], max_length: int, n_visual: int):
+                 pixels_of: Callable[[Image.Image, Geometry], torch.Tensor], max_length: int, n_visual: int):
         self.records = json.loads(Path(json_path).read_text())
         self.image_root = Path(image_root)
-        self.tokenizer, self.geometry, self.mean, self.std = tokenizer, geometry, mean, std
+        self.tokenizer, self.geometry, self.pixels_of = tokenizer, geometry, pixels_of
         self.max_length, self.n_visual = max_length, n_visual
 
     def __len__(self) -> int:
@@ -97,7 +98,7 @@ class InstructDataset(torch.utils.data.Dataset):
                 "multimodal": "image" in record}
         if "image" in record:
             with Image.open(self.image_root / record["image"]) as im:
-                item["pixels"] = preprocess(im, self.geometry, self.mean, self.std)
+                item["pixels"] = self.pixels_of(im, self.geometry)
         return item
 
 

@@ -21,7 +21,6 @@ from PIL import Image
 
 from vlmswap.atomic import write_json
 from vlmswap.evaluate.registry import Example, Skipped, get_benchmark
-from vlmswap.image import preprocess
 from vlmswap.language import eval_prompt
 
 
@@ -85,7 +84,6 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
     if done:
         log(f"{name}: resuming, {len(done)} predictions on disk, {len(todo)} to go on rank {rank}")
     device = next(vlm.head.parameters()).device
-    mean, std = vlm.vision.mean, vlm.vision.std
     t0, last = time.time(), time.time()
     with open(mine, "a") as sink:
         for start in range(0, len(todo), batch_size):
@@ -93,7 +91,7 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
             pixels = []
             for e in chunk:
                 with Image.open(e.image) as im:
-                    pixels.append(preprocess(im, geometry, mean, std))
+                    pixels.append(vlm.vision.pixels(im, geometry))
             prompts = [eval_prompt(e.prompt) for e in chunk]
             batch = torch.stack(pixels).to(device)
             if benchmark.mode == "choice":

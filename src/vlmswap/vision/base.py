@@ -9,10 +9,15 @@ unwrap the checkpoint container, drop those keys, and require an exact key match
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from vlmswap.image import Geometry
 
 __all__ = ["VisionBackbone", "as_triple", "unwrap_checkpoint"]
 
@@ -56,9 +61,17 @@ class VisionBackbone(nn.Module):
     embed_dim: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    in_channels: int = 3  # of `pixels`' output (a fused backbone stacks one RGB view per tower)
 
     def forward(self, pixels: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def pixels(self, image: "Image.Image", geometry: "Geometry") -> Tensor:
+        """The (C, H, W) input `forward` expects for one image: letterboxed with this backbone's
+        fill (its mean in 0..255, as Prismatic pads) and normalized with its mean/std."""
+        from vlmswap.image import preprocess
+
+        return preprocess(image, geometry, self.mean, self.std)
 
     def num_tokens(self, width: int, height: int) -> int:
         """Tokens `forward` returns for a (height, width) input, from the layer arithmetic alone."""
@@ -77,10 +90,20 @@ class VisionBackbone(nn.Module):
         """Family hook between unwrapping and matching (e.g. resampling position embeddings)."""
         return state
 
+    def load_checkpoints(self, checkpoints: Sequence[Mapping[str, Any]]) -> None:
+        """Load the backbone's official checkpoint object(s): one, except for a fused backbone."""
+        if len(checkpoints) != 1:
+            raise ValueError(f"{type(self).__name__} takes one checkpoint, got {len(checkpoints)}")
+        self.load_official(checkpoints[0])
+
     def load_official(self, checkpoint: Mapping[str, Any]) -> None:
         """Load the backbone weights of an official checkpoint object, with exact key matching."""
         state, container = unwrap_checkpoint(checkpoint)
-        state = self.adapt_state_dict({k: v for k, v in state.items() if not self.non_backbone_key(k)})
+        try:
+            state = self.adapt_state_dict({k: v for k, v in state.items() if not self.non_backbone_key(k)})
+        except (RuntimeError, KeyError) as error:  # e.g. a position table that cannot be resampled to this model
+            raise ValueError(f"{type(self).__name__}: the checkpoint does not match the backbone "
+                             f"(container: {container}): {type(error).__name__}: {error}") from None
         target = self.official_module()
         expected = {k for k in target.state_dict() if not self.non_backbone_key(k)}
         missing = sorted(expected - state.keys())

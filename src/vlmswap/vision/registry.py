@@ -54,7 +54,7 @@ FAMILIES: dict[str, Family] = {
     "vitdet": Family("vitdet", "vlmswap.vision.vitdet", ("last-block",)),
     "vit-adapter": Family("vit-adapter", None, ("adapter-stride32",)),
     "beit-adapter": Family("beit-adapter", None, ("adapter-stride32",)),
-    "fused": Family("fused", None, ("block-2",)),
+    "fused": Family("fused", "vlmswap.vision.fused", ("block-2",)),
 }
 
 
