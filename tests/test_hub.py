@@ -163,3 +163,20 @@ def test_files_can_land_in_a_subfolder(tmp_path):
     fetch_files([{"url": (tmp_path / "train2017.zip").as_uri(), "into": "coco", "extract": True}],
                 tmp_path / "llava", log=lambda m: None)
     assert (tmp_path / "llava" / "coco" / "train2017" / "000000000009.jpg").read_bytes() == b"jpg"
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_plain_pickle_reads_whatever_its_suffix(tmp_path, protocol):
+    # a detectron2-style pickle of numpy arrays named .pth (a mini ViTDet), any protocol
+    path = tmp_path / "model.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "__author__": "x"}, f,
+                    protocol=protocol)
+    loaded = read_checkpoint(path)
+    assert loaded["__author__"] == "x" and loaded["model"]["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_torch_legacy_serialization_still_reads(tmp_path):
+    path = tmp_path / "old.pth"
+    torch.save({"x": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(path)["x"], torch.ones(2))

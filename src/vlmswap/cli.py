@@ -55,12 +55,9 @@ def cmd_mini_world(args) -> None:
 
 def cmd_pretrain_mini(args) -> None:
     """Pretrain a tiny backbone on the mini world for its objective; saved in the official layout."""
-    import torch
-    from PIL import Image
-
-    from vlmswap.image import Geometry, preprocess
-    from vlmswap.vision.pretrain import pretrain_classifier
-    from vlmswap.vision.registry import FAMILIES, build_backbone
+    from vlmswap.image import Geometry
+    from vlmswap.vision.pretrain import KINDS, pretrain_backbone
+    from vlmswap.vision.registry import build_backbone
 
     study = _study(args)
     spec = study.backbones[args.backbone]
@@ -69,24 +66,65 @@ def cmd_pretrain_mini(args) -> None:
         raise ConfigError(args.config, f"backbones.{args.backbone}.checkpoints.{args.objective}",
                           "pretrain-mini needs a `mini:` source")
     kind = study.raw["objectives"][args.objective]["kind"]
-    if kind != "classification":
+    if kind not in KINDS:
         raise ConfigError(args.config, f"objectives.{args.objective}.kind",
-                          f"the mini world pretrains classification backbones only so far, not {kind!r}",
-                          ["classification"])
-    world = Path(args.world) / "classify"
-    classes = json.loads((world / "classes.json").read_text())
-    rows = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
+                          f"the mini world pretrains for {', '.join(KINDS)}, not {kind!r}", list(KINDS))
+    tap = _pretrain_tap(study, args.backbone, args.objective)
     size = int(source["mini"].get("image_size", study.raw["mini"].get("image_size", 64)))
-    probe = build_backbone(spec.family, spec.arch, FAMILIES[spec.family].taps[0],  # only mean/std are read
-                           Geometry(size, size))
-    images = torch.stack([preprocess(Image.open(world / r["image"]), Geometry(size, size), probe.mean, probe.std)
-                          for r in rows])
-    labels = torch.tensor([r["label"] for r in rows])
-    log(f"pretrain {args.backbone}@{args.objective}: {len(rows)} images at {size}px, {len(classes)} classes")
-    summary = pretrain_classifier(spec.family, spec.arch, images, labels, len(classes), Path(args.out),
-                                  epochs=int(source["mini"].get("epochs", study.raw["mini"].get("pretrain_epochs", 3))),
-                                  seed=int(study.raw.get("seed", 0)), log=log)
+    geometry = Geometry(size, size)
+    # built only for its transform (letterbox fill, normalization)
+    probe = build_backbone(spec.family, spec.arch, tap, geometry)
+    data, classes = _pretrain_set(Path(args.world) / "classify", geometry, probe.pixels, kind)
+    log(f"pretrain {args.backbone}@{args.objective} ({kind}, tap {tap}): {len(data)} images at {size}px, "
+        f"{len(classes)} classes")
+    epochs = int(source["mini"].get("epochs", study.raw["mini"].get("pretrain_epochs", 3)))
+    summary = pretrain_backbone(spec.family, spec.arch, tap, kind, data, len(classes), Path(args.out),
+                                epochs=epochs, seed=int(study.raw.get("seed", 0)), log=log)
     log(f"pretrained: {summary}")
+
+
+def _pretrain_tap(study, backbone: str, objective: str) -> str:
+    """The tap the study's cells read from this checkpoint (dense heads train the backbone there)."""
+    from vlmswap.vision.registry import FAMILIES
+
+    taps = sorted({c.tap for c in study.cells if c.backbone == backbone and c.objective == objective})
+    if len(taps) > 1:
+        raise ConfigError(study.path, f"backbones.{backbone}.checkpoints.{objective}",
+                          f"cells read this mini checkpoint at several taps {taps}; pretrain one backbone per tap")
+    return taps[0] if taps else FAMILIES[study.backbones[backbone].family].taps[0]
+
+
+def _pretrain_set(folder: Path, geometry: Geometry, pixels_of, kind: str):
+    """The world's classification images with their image labels, boxes and masks, in the frame of
+    the letterboxed `geometry` input (the images are square; a square geometry only rescales)."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from vlmswap.vision.pretrain import PretrainSet
+
+    classes = json.loads((folder / "classes.json").read_text())
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines() if line.strip()]
+    if not geometry.square:
+        raise ValueError(f"{folder}: mini pretraining runs at a square size, got {geometry}")
+    images, boxes, masks = [], [], []
+    for row in rows:
+        with Image.open(folder / row["image"]) as im:
+            images.append(pixels_of(im, geometry))
+        if kind != "classification" and "objects" not in row:
+            raise ValueError(f"{folder / 'train.jsonl'}: record {row['image']} has no `objects` (boxes and "
+                             "polygons); regenerate the mini world with this version (snakemake reruns it)")
+        scale = geometry.width / row.get("size", geometry.width)
+        objects = row.get("objects", [])
+        boxes.append([(o["label"], *(v * scale for v in o["bbox"])) for o in objects])
+        if kind == "segmentation":
+            mask = Image.new("L", (geometry.width, geometry.height), 0)
+            draw = ImageDraw.Draw(mask)
+            for o in objects:  # later shapes drawn over earlier ones, as the renderer does
+                draw.polygon([v * scale for v in o["polygon"]], fill=o["label"] + 1)
+            masks.append(torch.as_tensor(list(mask.getdata()), dtype=torch.long).view(geometry.height, geometry.width))
+    data = PretrainSet(torch.stack(images), torch.tensor([r["label"] for r in rows]), boxes,
+                       torch.stack(masks) if masks else None)
+    return data, classes
 
 
 def cmd_build_mini_llm(args) -> None:

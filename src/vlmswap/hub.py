@@ -230,6 +230,9 @@ def _allowed_globals() -> dict[str, Any]:
     allowed["numpy.core.multiarray._reconstruct"] = core.multiarray._reconstruct
     allowed["numpy._core.multiarray._reconstruct"] = core.multiarray._reconstruct
     allowed["numpy.core.multiarray.scalar"] = core.multiarray.scalar
+    # pickle protocol 5 writes arrays through numeric._frombuffer (buffer, dtype, shape, order)
+    allowed["numpy.core.numeric._frombuffer"] = core.numeric._frombuffer
+    allowed["numpy._core.numeric._frombuffer"] = core.numeric._frombuffer
     allowed["numpy._core.multiarray.scalar"] = core.multiarray.scalar
     for dtype in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_"):
         allowed[f"numpy.{dtype}"] = getattr(numpy, dtype)
@@ -272,6 +275,9 @@ _tolerant_pickle = types.SimpleNamespace(
 )
 
 
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read any official checkpoint file into plain Python objects, tensors on the CPU.
 
@@ -290,10 +296,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         head = f.read(4)
     try:
-        if head[:2] == b"PK" or path.suffix in (".pth", ".pt", ".bin", ".tar"):
+        if head[:2] == b"PK":  # torch's zip format
             return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)
+        # a plain pickle whatever the suffix (detectron2 .pkl; a mini ViTDet saved as .pth), unless
+        # its first object is the magic number of torch's legacy (pre-1.6) serialization
         with open(path, "rb") as f:
-            return TolerantUnpickler(f, encoding="latin1").load()
+            obj = TolerantUnpickler(f, encoding="latin1").load()
+        if obj != _TORCH_LEGACY_MAGIC:
+            return obj
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
 

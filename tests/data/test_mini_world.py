@@ -325,6 +325,14 @@ def test_classification_labels_name_the_largest_shape(world):
         assert len(sides) == 1 or sides[0] > sides[1]
         largest = max(shapes, key=lambda o: o["s"])
         assert row["label_name"] == f"{largest['color']}_{largest['shape']}"
+        # every shape is an instance with its box and polygon (detection / segmentation targets)
+        assert row["size"] == 64 and len(row["objects"]) == len(shapes)
+        for obj, shape in zip(row["objects"], shapes):
+            assert CLASSES[obj["label"]] == f"{shape['color']}_{shape['shape']}"
+            assert obj["bbox"] == [shape["x"], shape["y"], shape["x"] + shape["s"], shape["y"] + shape["s"]]
+            xs, ys = obj["polygon"][0::2], obj["polygon"][1::2]
+            assert min(xs) >= obj["bbox"][0] - 0.01 and max(xs) <= obj["bbox"][2] + 0.01
+            assert min(ys) >= obj["bbox"][1] - 0.01 and max(ys) <= obj["bbox"][3] + 0.01
 
 
 def test_manifest_hashes_baselines_and_text_corpus(world):

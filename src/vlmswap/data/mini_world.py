@@ -14,7 +14,10 @@ benchmark's name, its `image_id` recoverable from the file name as noted):
                                       little deterministic annotator noise (soft accuracy is exercised)
     refcoco/refcoco/instances.json, refs(unc).p       REFER format (pycocotools + pickle protocol 2),
     refcoco/train2014/COCO_train2014_{image_id:012d}.jpg   n sentences, split "val"
-    classify/{train,val}.jsonl, classes.json, images/{i:06d}.png   12-class (shape x color) set
+    classify/{train,val}.jsonl, classes.json, images/{i:06d}.png   12-class (shape x color) set:
+                                      {image, label (the largest shape), label_name, size, objects:
+                                      [{label, bbox xyxy px, polygon}]} (every shape: the detection
+                                      and segmentation targets of backbone pretraining)
     gqa/testdev_balanced_questions.json   {"<qid>": {semantic: [{operation, dependencies, argument}],
                                       entailed: [], equivalent: [qid], question, imageId: "n<image_id>",
                                       isBalanced: true, groups: {global, local}, answer, semanticStr,
@@ -1308,8 +1311,12 @@ def generate(
         classify_scenes.append(scene)
         name = f"images/{i:06d}.png"
         _write_image(out / "classify" / name, render(scene))
+        # every shape as a labelled instance: the detection (box) and segmentation (polygon) targets
+        objects = [{"label": CLASSES.index(f"{o.color}_{o.shape}"), "bbox": list(o.xyxy), "polygon": polygon(o)}
+                   for o in scene.shapes]
         lines["val" if i >= n_classify - n_val else "train"].append(
-            json.dumps({"image": name, "label": label, "label_name": CLASSES[label]}))
+            json.dumps({"image": name, "label": label, "label_name": CLASSES[label], "size": size,
+                        "objects": objects}))
     for split, split_lines in lines.items():
         write_bytes(out / "classify" / f"{split}.jsonl", ("\n".join(split_lines) + "\n").encode())
     _write_json(out / "classify" / "classes.json", CLASSES)

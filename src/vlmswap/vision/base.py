@@ -90,6 +90,23 @@ class VisionBackbone(nn.Module):
         """Family hook between unwrapping and matching (e.g. resampling position embeddings)."""
         return state
 
+    def official_checkpoint(self, kind: str, weights: Mapping[str, Tensor], head: Mapping[str, Tensor],
+                            info: Mapping[str, Any]) -> tuple[Any, str]:
+        """A checkpoint object in the layout this family's official `kind` files use, and how to
+        write it ("torch": torch.save, "pickle": a plain pickle). Used to save mini members.
+
+        `weights` is an official-layout state_dict (for classification the whole classifier, head
+        included, else `official_module()`'s), `head` the dense pretraining head's tensors (put
+        under the framework's head prefix: mmdet `roi_head.bbox_head.`, mmseg `decode_head.`), `info` a few plain values (epochs, accuracy, arch) for the metadata.
+        Default: classification as timm hub weights (a plain state_dict); detection/segmentation
+        as an mmdet/mmseg (mmengine) file, the backbone under `backbone.` beside the heads.
+        """
+        if kind == "classification":
+            return {**weights, **head}, "torch"
+        prefix = {"detection": "roi_head.bbox_head.", "segmentation": "decode_head."}[kind]
+        state = {**{f"backbone.{k}": v for k, v in weights.items()}, **{prefix + k: v for k, v in head.items()}}
+        return {"meta": {"mmengine_version": "vlmswap-mini", **info}, "state_dict": state}, "torch"
+
     def load_checkpoints(self, checkpoints: Sequence[Mapping[str, Any]]) -> None:
         """Load the backbone's official checkpoint object(s): one, except for a fused backbone."""
         if len(checkpoints) != 1:

@@ -29,6 +29,7 @@ window_size, and optionally mlp_ratio, layer_scale, num_classes, mean, std).
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -359,6 +360,17 @@ class MambaVision(VisionBackbone):
         for _ in range(4):  # two stem convs, then the downsamples of levels 0 and 1
             width, height = _halve(width), _halve(height)
         return width * height
+
+    def official_checkpoint(self, kind: str, weights: Mapping[str, Tensor], head: Mapping[str, Tensor],
+                            info: Mapping[str, Any]) -> tuple[Any, str]:
+        # the timm trainer's .pth.tar: {epoch, arch, state_dict, state_dict_ema, optimizer, version,
+        # args (an argparse Namespace), metric} (backbones.md 2.4)
+        if kind != "classification":
+            return super().official_checkpoint(kind, weights, head, info)
+        state = {**weights, **head}
+        return {"epoch": info.get("epochs", 1) - 1, "arch": "mamba_vision_mini", "state_dict": state,
+                "state_dict_ema": state, "optimizer": {}, "version": 2,
+                "args": argparse.Namespace(**info), "metric": info.get("accuracy")}, "torch"
 
     def non_backbone_key(self, key: str) -> bool:
         # - head.* and norm.* (the BatchNorm before pooling): the classifier, after levels[3].

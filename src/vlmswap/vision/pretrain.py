@@ -1,20 +1,26 @@
-"""Pretrain a tiny backbone for classification on the mini world; save it as the family's official
-checkpoint would be, so the mini study loads it through the same `load_official` path.
+"""Pretrain a tiny backbone on the mini world, for classification, detection or segmentation, and
+save it the way its family's official checkpoints for that objective are saved, so the mini study
+loads it through the same `load_official` path as a downloaded file.
 
-- vit: the timm model with a `num_classes` head (timm's own pooling and head), saved as a plain
-  timm state_dict, like timm's hub weights.
-- vmamba: the VSSM with its `classifier`, saved in the official classification container
-  {model, model_ema, optimizer, epoch, max_accuracy, config} (backbones.md 1.5), where `config`
-  is a non-tensor object as the official yacs CfgNode is, so readers must unpickle tolerantly.
+- classification trains the family's own classifier (timm's head for vit/maxvit, the official
+  `classify` networks of vmamba/mambavision/vim): the file holds the whole classifier, as the
+  official classification files do.
+- detection and segmentation train the backbone at the cell's tap with a simple head on the token
+  grid (simple heads are enough to shape the features; the study only reads the backbone):
+  detection a CenterNet-style head (per-cell class heatmap + box at the object's centre cell),
+  segmentation a per-token classifier upsampled to pixels (mmseg's `conv_seg`). The file is the
+  family's detection/segmentation layout (mmengine `backbone.` + heads; detectron2 `.pkl` for
+  ViTDet): `VisionBackbone.official_checkpoint`.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -23,46 +29,182 @@ from torch import Tensor, nn
 
 from vlmswap.atomic import atomic_path
 from vlmswap.image import Geometry
-from vlmswap.vision import vit
-from vlmswap.vision.vmamba import VMamba
 
-__all__ = ["pretrain_classifier"]
+__all__ = ["KINDS", "DenseHead", "PretrainSet", "pretrain_backbone", "pretrain_classifier"]
+
+KINDS = ("classification", "detection", "segmentation")
 
 
-def _classifier(family: str, arch: Mapping[str, Any], geometry: Geometry,
+@dataclass
+class PretrainSet:
+    """Letterboxed, normalized images with every target the three objectives need.
+
+    images (N, C, H, W); labels (N,) the image class; boxes: per image a list of (class, x0, y0, x1,
+    y1) in pixels of `images`; masks (N, H, W) int64 with 0 = background and class + 1 inside a shape.
+    """
+
+    images: Tensor
+    labels: Tensor
+    boxes: Sequence[Sequence[tuple[int, float, float, float, float]]] = ()
+    masks: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _classifier(family: str, arch: Any, tap: str, geometry: Geometry,
                 num_classes: int) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
-    """The trainable classification model and its pixels -> logits function."""
+    """The family's own classification network (official layout, head included) and its logits."""
     if family == "vit":
+        from vlmswap.vision import vit
+
         model = vit.build_classifier(arch, geometry, num_classes)
         return model, model
+    if family == "maxvit":
+        from vlmswap.vision import maxvit
+
+        model = maxvit.build_classifier(arch, geometry, num_classes)
+        return model, model
     if family == "vmamba":
-        model = VMamba(arch, "stage3", num_classes=num_classes)
+        from vlmswap.vision.vmamba import VMamba
+
+        model = VMamba(arch, tap, num_classes=num_classes)
         return model, model.classify
-    raise ValueError(f"pretraining is implemented for families 'vit' and 'vmamba', not {family!r}")
+    if family == "mambavision":
+        from vlmswap.vision.mambavision import MambaVision
+
+        model = MambaVision(arch, tap, num_classes=num_classes)
+        return model, model.classify
+    if family == "vim":
+        from vlmswap.vision.vim import VisionMamba
+
+        model = VisionMamba(arch, tap, geometry, num_classes=num_classes)
+        return model, model.classify
+    raise ValueError(f"family {family!r} has no classification network: its official checkpoints are "
+                     "detection/segmentation models, so pretrain it for detection or segmentation "
+                     "(classification: vit, maxvit, vmamba, mambavision, vim)")
 
 
-def _config(arch: str | Mapping[str, Any], geometry: Geometry, num_classes: int, epochs: int, lr: float,
-            seed: int) -> SimpleNamespace:
-    """A non-tensor config object in the spirit of the official yacs CfgNode (MODEL.VSSM, DATA, TRAIN)."""
-    vssm = arch if isinstance(arch, str) else SimpleNamespace(**arch)
-    return SimpleNamespace(MODEL=SimpleNamespace(TYPE="vssm", NUM_CLASSES=num_classes, VSSM=vssm),
-                           DATA=SimpleNamespace(IMG_SIZE=[geometry.height, geometry.width]),
-                           TRAIN=SimpleNamespace(EPOCHS=epochs, BASE_LR=lr), SEED=seed)
+class DenseHead(nn.Module):
+    """A 1x1-conv head on the (B, D, h, w) token grid. detection: `cls_score` (class heatmap logits)
+    and `bbox_pred` (centre x, y, width, height as fractions of the image, through a sigmoid);
+    segmentation: `conv_seg` (background + classes)."""
+
+    def __init__(self, kind: str, dim: int, num_classes: int):
+        super().__init__()
+        if kind not in ("detection", "segmentation"):
+            raise ValueError(f"a dense head is for detection or segmentation, not {kind!r}")
+        self.kind = kind
+        if kind == "detection":
+            self.cls_score = nn.Conv2d(dim, num_classes, 1)
+            self.bbox_pred = nn.Conv2d(dim, 4, 1)
+            nn.init.constant_(self.cls_score.bias, -2.0)  # start from "mostly no object"
+        else:
+            self.conv_seg = nn.Conv2d(dim, num_classes + 1, 1)
+
+    def forward(self, grid: Tensor) -> tuple[Tensor, ...]:
+        if self.kind == "detection":
+            return self.cls_score(grid), self.bbox_pred(grid).sigmoid()
+        return (self.conv_seg(grid),)
 
 
-def pretrain_classifier(family: str, arch: Mapping[str, Any], images: Tensor, labels: Tensor, num_classes: int,
-                        out_path: Path, epochs: int = 3, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                        log: Callable[[str], None] = print) -> dict:
-    """Train `arch` of `family` on letterboxed, normalized `images` (N, 3, H, W) with integer `labels`;
-    write the checkpoint to `out_path` atomically. Returns {train_accuracy, final_loss, seconds, ...}."""
+def _grid(tokens: Tensor) -> Tensor:
+    """(B, N, D) row-major tokens of a square input -> (B, D, h, w)."""
+    b, n, d = tokens.shape
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} tokens are not a square grid; dense pretraining needs square images")
+    return tokens.transpose(1, 2).reshape(b, d, side, side)
+
+
+def _detection_targets(boxes: Sequence[Sequence[tuple]], side: int, size: tuple[int, int],
+                       num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Heatmap (B, K, s, s) with 1 at each object's centre cell, box targets (B, 4, s, s) and the
+    positive-cell mask (B, s, s)."""
+    height, width = size
+    heat = torch.zeros(len(boxes), num_classes, side, side)
+    box = torch.zeros(len(boxes), 4, side, side)
+    positive = torch.zeros(len(boxes), side, side, dtype=torch.bool)
+    for i, objects in enumerate(boxes):
+        for label, x0, y0, x1, y1 in objects:
+            cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+            r, c = min(int(cy * side), side - 1), min(int(cx * side), side - 1)
+            heat[i, label, r, c] = 1.0
+            box[i, :, r, c] = torch.tensor([cx, cy, (x1 - x0) / width, (y1 - y0) / height])
+            positive[i, r, c] = True
+    return heat, box, positive
+
+
+def _box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of (n, 4) centre-size boxes."""
+    def corners(x):
+        return torch.cat([x[:, :2] - x[:, 2:] / 2, x[:, :2] + x[:, 2:] / 2], dim=1)
+    a, b = corners(a), corners(b)
+    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area = (a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1) - inter
+    return inter / area.clamp(min=1e-9)
+
+
+def _step(kind: str, model: nn.Module, head: DenseHead | None, logits_of: Callable, data: PretrainSet,
+          idx: Tensor, num_classes: int) -> tuple[Tensor, float]:
+    """Loss of one batch and its score (classification accuracy, detection: mean IoU of the box
+    predicted at each object's centre cell, segmentation: pixel accuracy), summed over the batch."""
+    images = data.images[idx]
+    if kind == "classification":
+        logits = logits_of(images)
+        labels = data.labels[idx]
+        return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).float().sum().item()
+    grid = _grid(model(images))
+    if kind == "detection":
+        heat_logits, box = head(grid)
+        heat, box_target, positive = _detection_targets([data.boxes[i] for i in idx.tolist()], grid.shape[-1],
+                                                        tuple(images.shape[-2:]), num_classes)
+        weight = 1.0 + 9.0 * heat  # few positive cells: weigh them up
+        loss = F.binary_cross_entropy_with_logits(heat_logits, heat, weight=weight)
+        pred, target = box.permute(0, 2, 3, 1)[positive], box_target.permute(0, 2, 3, 1)[positive]
+        if len(target):
+            loss = loss + F.l1_loss(pred, target)
+            score = _box_iou(pred.detach(), target).mean().item() * len(idx)
+        else:
+            score = 0.0
+        return loss, score
+    (seg_logits,) = head(grid)
+    seg_logits = F.interpolate(seg_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    masks = data.masks[idx]
+    return F.cross_entropy(seg_logits, masks), (seg_logits.argmax(1) == masks).float().mean((1, 2)).sum().item()
+
+
+def pretrain_backbone(family: str, arch: Any, tap: str, kind: str, data: PretrainSet, num_classes: int,
+                      out_path: Path, epochs: int = 3, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                      log: Callable[[str], None] = print) -> dict:
+    """Train a `family`/`arch` member for `kind` on `data`; write the family's official checkpoint for
+    that objective to `out_path` atomically. Returns {score, score_name, final_loss, seconds, ...}."""
+    from vlmswap.vision.registry import build_backbone
+
     start = time.perf_counter()
-    if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(labels):
-        raise ValueError(f"expected images (N, 3, H, W) and N labels, got {tuple(images.shape)} and {len(labels)}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown pretraining objective kind {kind!r}; allowed: {', '.join(KINDS)}")
+    images = data.images
+    if images.dim() != 4 or images.shape[1] != 3 or len(data.labels) != len(images):
+        raise ValueError(f"expected images (N, 3, H, W) and N labels, got {tuple(images.shape)} and {len(data.labels)}")
+    if kind == "detection" and len(data.boxes) != len(images):
+        raise ValueError("detection pretraining needs one box list per image")
+    if kind == "segmentation" and (data.masks is None or data.masks.shape != (len(images), *images.shape[2:])):
+        raise ValueError("segmentation pretraining needs one (H, W) mask per image")
     torch.manual_seed(seed)
     geometry = Geometry(int(images.shape[3]), int(images.shape[2]))
-    model, logits_of = _classifier(family, arch, geometry, num_classes)
+    backbone = build_backbone(family, arch, tap, geometry)  # the layout, the tap, the container
+    head = None
+    if kind == "classification":
+        model, logits_of = _classifier(family, arch, tap, geometry, num_classes)
+        params = list(model.parameters())
+    else:
+        model, logits_of = backbone, None
+        head = DenseHead(kind, backbone.embed_dim, num_classes)
+        params = list(model.parameters()) + list(head.parameters())
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     steps_per_epoch = math.ceil(len(images) / batch_size)
     total = max(1, epochs * steps_per_epoch)
     warmup = max(1, total // 10)
@@ -74,35 +216,55 @@ def pretrain_classifier(family: str, arch: Mapping[str, Any], images: Tensor, la
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     shuffle = torch.Generator().manual_seed(seed)
-    labels = labels.long()
-
-    accuracy, mean_loss = 0.0, float("nan")
+    score_name = {"classification": "train accuracy", "detection": "centre-cell box IoU",
+                  "segmentation": "pixel accuracy"}[kind]
+    score, mean_loss = 0.0, float("nan")
     for epoch in range(epochs):
         order = torch.randperm(len(images), generator=shuffle)
-        loss_sum, correct = 0.0, 0
+        loss_sum, score_sum = 0.0, 0.0
         for i in range(0, len(images), batch_size):
             idx = order[i:i + batch_size]
-            logits = logits_of(images[idx])
-            loss = F.cross_entropy(logits, labels[idx])
+            loss, batch_score = _step(kind, model, head, logits_of, data, idx, num_classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(-1) == labels[idx]).sum().item()
-        mean_loss, accuracy = loss_sum / len(images), correct / len(images)
-        log(f"epoch {epoch + 1}/{epochs}: loss {mean_loss:.4f}, train accuracy {100 * accuracy:.1f}% "
+            score_sum += batch_score
+        mean_loss, score = loss_sum / len(images), score_sum / len(images)
+        log(f"epoch {epoch + 1}/{epochs}: loss {mean_loss:.4f}, {score_name} {100 * score:.1f}% "
             f"({time.perf_counter() - start:.1f} s)")
 
     model.eval()
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if family == "vit":
-        payload: Any = state
+    info = {"epochs": epochs, "accuracy": round(100 * score, 2), "objective": kind,
+            "arch": dict(arch) if isinstance(arch, Mapping) else arch}
+    if kind == "classification":
+        weights, head_state = model.state_dict(), {}
     else:
-        payload = {"model": state, "model_ema": state, "optimizer": optimizer.state_dict(), "epoch": epochs - 1,
-                   "max_accuracy": 100 * accuracy, "config": _config(arch, geometry, num_classes, epochs, lr, seed)}
+        weights, head_state = backbone.official_module().state_dict(), head.state_dict()
+    weights = {k: v.detach().clone() for k, v in weights.items()}
+    head_state = {k: v.detach().clone() for k, v in head_state.items()}
+    payload, fmt = backbone.official_checkpoint(kind, weights, head_state, info)
     with atomic_path(out_path) as tmp:
-        torch.save(payload, tmp)
+        if fmt == "pickle":
+            with open(tmp, "wb") as f:
+                pickle.dump(payload, f, protocol=2)  # detectron2's model zoo files are protocol-2 pickles
+        else:
+            torch.save(payload, tmp)
     seconds = time.perf_counter() - start
-    return {"train_accuracy": accuracy, "final_loss": mean_loss, "seconds": round(seconds, 2),
-            "epochs": epochs, "images": len(images)}
+    return {"score": score, "score_name": score_name, "final_loss": mean_loss, "seconds": round(seconds, 2),
+            "epochs": epochs, "images": len(images), "format": fmt}
+
+
+def pretrain_classifier(family: str, arch: Any, images: Tensor, labels: Tensor, num_classes: int, out_path: Path,
+                        tap: str | None = None, **kwargs: Any) -> dict:
+    """Classification pretraining (`pretrain_backbone` with kind "classification"); the summary also
+    carries `train_accuracy`."""
+    from vlmswap.vision.registry import FAMILIES
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown backbone family {family!r}; allowed: {', '.join(sorted(FAMILIES))}")
+    tap = tap or FAMILIES[family].taps[0]
+    summary = pretrain_backbone(family, arch, tap, "classification", PretrainSet(images, labels.long()),
+                                num_classes, out_path, **kwargs)
+    return {**summary, "train_accuracy": summary["score"]}

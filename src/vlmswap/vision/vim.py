@@ -35,6 +35,7 @@ mean, std.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -268,6 +269,16 @@ class VisionMamba(VisionBackbone):
 
     def num_tokens(self, width: int, height: int) -> int:
         return _grid(height, self.patch_size, self.stride) * _grid(width, self.patch_size, self.stride)
+
+    def official_checkpoint(self, kind: str, weights: Mapping[str, Tensor], head: Mapping[str, Tensor],
+                            info: Mapping[str, Any]) -> tuple[Any, str]:
+        # vim/main.py saves {model, optimizer, lr_scheduler, epoch, model_ema, scaler, args}
+        # with an argparse Namespace (backbones.md 4.3)
+        if kind != "classification":
+            return super().official_checkpoint(kind, weights, head, info)
+        state = {**weights, **head}
+        return {"model": state, "optimizer": {}, "lr_scheduler": {}, "epoch": info.get("epochs", 1) - 1,
+                "model_ema": state, "scaler": {}, "args": argparse.Namespace(**{"model": "vim-mini", **info})}, "torch"
 
     def non_backbone_key(self, key: str) -> bool:
         # head.* is the ImageNet classifier on the cls token: the tap never uses it. Everything

@@ -268,6 +268,16 @@ class ViTDet(VisionBackbone):
     def official_module(self) -> nn.Module:
         return _DetectorLayout(self.net)
 
+    def official_checkpoint(self, kind: str, weights: Mapping[str, Tensor], head: Mapping[str, Tensor],
+                            info: Mapping[str, Any]) -> tuple[Any, str]:
+        # detectron2 model zoo .pkl: a plain pickle {"model": {name: numpy array}, "__author__": ...}
+        # (backbones.md 5.1); `weights` already carry the backbone.net. prefix (official_module)
+        if kind != "detection":
+            raise ValueError(f"ViTDet checkpoints are detectron2 detectors; no official {kind} layout")
+        state = {**weights, **{f"roi_heads.box_predictor.{k}": v for k, v in head.items()}}
+        arrays = {k: v.detach().cpu().numpy() for k, v in state.items()}
+        return {"model": arrays, "__author__": "vlmswap mini world", "matching_heuristics": False}, "pickle"
+
     def non_backbone_key(self, key: str) -> bool:
         # The feature pyramid, RPN and ROI heads work on `last_feat` and never change it. Any
         # other key outside backbone.net (or missing from it) is a layout error, not ignored.

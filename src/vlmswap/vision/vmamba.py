@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -253,6 +254,20 @@ class VMamba(VisionBackbone):
         if key.startswith("outnorm"):
             return not (self.tap == "stage3-outnorm" and key.startswith("outnorm2."))
         return False
+
+
+    def official_checkpoint(self, kind: str, weights: Mapping[str, Tensor], head: Mapping[str, Tensor],
+                            info: Mapping[str, Any]) -> tuple[Any, str]:
+        # classification: the trainer's container {model, model_ema, optimizer, epoch, max_accuracy,
+        # config} (backbones.md 1.5), `config` a non-tensor object as the official yacs CfgNode is;
+        # detection/segmentation: mmengine files (the default)
+        if kind != "classification":
+            return super().official_checkpoint(kind, weights, head, info)
+        config = SimpleNamespace(MODEL=SimpleNamespace(TYPE="vssm", VSSM=SimpleNamespace(**info.get("arch", {}))),
+                                 TRAIN=SimpleNamespace(EPOCHS=info.get("epochs")))
+        state = {**weights, **head}
+        return {"model": state, "model_ema": state, "optimizer": {}, "epoch": info.get("epochs", 1) - 1,
+                "max_accuracy": info.get("accuracy"), "config": config}, "torch"
 
 
 def build(arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> VMamba:
