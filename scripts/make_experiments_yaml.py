@@ -256,8 +256,9 @@ def backbone_of(row: Row) -> BackboneSpec:
     elif family == "vit-adapter":
         if display == "Perceiver":  # ViT-Adapter-L initialised from Uni-Perceiver-L
             bid, arch = "uniperceiver-l-adapter", "uniperceiver-adapter-l"
-        else:  # DeiT-S, AugReg-B, ...: the adapter size is the ViT size
-            bid, arch = f"{slug(display)}-adapter", f"vit-adapter-{slug(display.split('-')[-1])}"
+        else:  # DeiT-S, AugReg-B, ...: the ViT's init names the config (AugReg-B/L: 384 pos-embed, 0.5 stats)
+            bid = f"{slug(display)}-adapter"
+            arch = f"{slug(display.split('-')[0])}-adapter-{slug(display.split('-')[-1])}"
     elif family == "beit-adapter":
         # Same BEiT-L, different segmentors: the decode head (UperNet / Mask2Former) changes the
         # checkpoint and the paper's encoder size (whole segmentor), the crop size the rel-pos tables.

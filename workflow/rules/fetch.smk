@@ -28,6 +28,9 @@ if IS_MINI:
             world=f"{RES}/world",
             source=lambda wc: STUDY.checkpoint_source(wc.backbone, wc.objective),
         threads: 2
+        # every backbone first: the long training jobs then pack onto the cores without waiting
+        # behind a pretraining that one of them needs
+        priority: 10
         log:
             f"{LOGS}/pretrain_mini/{{backbone}}@{{objective}}.log",
         conda:

@@ -52,8 +52,8 @@ FAMILIES: dict[str, Family] = {
     "mambavision": Family("mambavision", "vlmswap.vision.mambavision", ("stage3",)),
     "vim": Family("vim", "vlmswap.vision.vim", ("final-norm",)),
     "vitdet": Family("vitdet", "vlmswap.vision.vitdet", ("last-block",)),
-    "vit-adapter": Family("vit-adapter", None, ("adapter-stride32",)),
-    "beit-adapter": Family("beit-adapter", None, ("adapter-stride32",)),
+    "vit-adapter": Family("vit-adapter", "vlmswap.vision.vit_adapter", ("adapter-stride32",)),
+    "beit-adapter": Family("beit-adapter", "vlmswap.vision.beit_adapter", ("adapter-stride32",)),
     "fused": Family("fused", "vlmswap.vision.fused", ("block-2",)),
 }
 
