@@ -42,6 +42,14 @@ def test_batches_are_single_modality_length_grouped_and_seed_fixed():
     assert covered == set(range(100))  # short last batches are padded, nothing dropped
 
 
+def test_a_modality_smaller_than_one_batch_is_repeated_to_fill_it():
+    multimodal = [True] * 37 + [False] * 3  # 3 language-only records, global batch 16
+    batches = split_modality_batches([5] * 40, multimodal, 16, seed=0)
+    assert all(len(b) == 16 for b in batches)
+    (language,) = [b for b in batches if not multimodal[b[0]]]
+    assert set(language) == {37, 38, 39}
+
+
 def test_micro_batches_split_a_global_batch_across_ranks():
     gb = list(range(16))
     assert micro_batches(gb, world_size=2, rank=0, per_device=4) == [[0, 1, 2, 3], [8, 9, 10, 11]]

@@ -20,9 +20,13 @@ ARCHS = {
     "vim": {"embed_dim": 16, "depth": 2, "patch_size": 8, "stride": 8, "d_state": 4},
     "vitdet": {"embed_dim": 16, "depth": 2, "num_heads": 2, "global_blocks": [1], "patch_size": 8,
                "window_size": 2, "img_size": 32, "pretrain_img_size": 32},
+    "vit-adapter": {"embed_dim": 32, "depth": 2, "num_heads": 2, "deform_num_heads": 2, "pretrain_size": 32,
+                    "interaction_indexes": [[0, 0], [1, 1]], "conv_inplane": 8, "n_points": 2, "deform_ratio": 0.5},
+    "beit-adapter": {"embed_dim": 32, "depth": 2, "num_heads": 2, "deform_num_heads": 2, "img_size": 32,
+                     "interaction_indexes": [[0, 0], [1, 1]], "conv_inplane": 8, "n_points": 2, "deform_ratio": 0.5},
 }
 TAPS = {"vit": "block-2", "vmamba": "stage3", "maxvit": "stage3", "mambavision": "stage3", "vim": "final-norm",
-        "vitdet": "last-block"}
+        "vitdet": "last-block", "vit-adapter": "adapter-stride32", "beit-adapter": "adapter-stride32"}
 
 
 def _easy_task(n=192, size=32, seed=0):
@@ -89,6 +93,8 @@ OBJECTIVES = [
     ("vmamba", "segmentation", "stage3-outnorm", {"meta", "state_dict"}),                  # mmseg
     ("vit", "segmentation", "block-2", {"meta", "state_dict"}),
     ("vitdet", "detection", "last-block", {"model", "__author__"}),                        # detectron2 .pkl
+    ("vit-adapter", "segmentation", "adapter-stride32", {"meta", "state_dict"}),           # mmseg UperNet
+    ("beit-adapter", "segmentation", "adapter-stride32", {"meta", "state_dict"}),
 ]
 
 

@@ -131,8 +131,10 @@ def split_modality_batches(lengths: Sequence[int], multimodal: Sequence[bool], g
             continue
         rng.shuffle(idx)
         groups = [idx[s:s + global_batch] for s in range(0, len(idx), global_batch)]
-        if len(groups[-1]) < global_batch:  # pad the short last batch from the first one, as Prismatic does
-            groups[-1] = groups[-1] + groups[0][: global_batch - len(groups[-1])]
+        if len(groups[-1]) < global_batch:  # pad the short last batch from the first ones, as Prismatic does
+            # (cycling: a modality with fewer records than one batch repeats them)
+            short = global_batch - len(groups[-1])
+            groups[-1] = groups[-1] + (idx * (short // len(idx) + 1))[:short]
         batches.extend(sorted(g, key=lambda i: -lengths[i]) for g in groups)
     rng.shuffle(batches)
     longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
