@@ -21,10 +21,12 @@ def mini_raw():
 def test_mini_study_expands_to_its_cells():
     study = load_study(MINI)
     assert study.name == "mini"
-    assert len(study.cells) == 4
+    assert len(study.cells) == 7
     assert study.cell_ids[0] == "vit-mini@cls@96@block-2@mlp2"
     assert study.columns == ["vqa-v2", "refcoco"]
-    assert study.fetch_targets() == [("vit-mini", "cls"), ("vmamba-mini", "cls")]
+    # the fused pair fetches its towers' checkpoints, each once
+    assert study.fetch_targets() == [("vit-mini", "cls"), ("vmamba-mini", "cls"), ("vmamba-mini", "seg"),
+                                     ("mambavision-mini", "cls"), ("vitdet-mini", "det"), ("dino-mini", "cls")]
     assert [c.id for c in study.cells_of_table("mini")] == study.cell_ids
 
 

@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from vlmswap.evaluate.runner import evaluate_cell, prepare
-from vlmswap.image import Geometry
+from vlmswap.image import Geometry, preprocess
 
 
 class FakeVLM:
     """Answers from a fixed table and counts what it was asked; the runner only needs this surface."""
 
     def __init__(self):
-        self.vision = type("V", (), {"mean": (0.5,) * 3, "std": (0.5,) * 3})()
+        # the backbone's own transform (letterbox fill + normalization), as VisionBackbone.pixels
+        self.vision = type("V", (), {"pixels": staticmethod(lambda im, g: preprocess(im, g, (0.5,) * 3, (0.5,) * 3))})()
         self.head = torch.nn.Linear(1, 1)
         self.asked = 0
 

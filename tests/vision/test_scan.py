@@ -112,3 +112,178 @@ def test_cross_merge_rejects_bad_shapes():
         cross_merge(torch.zeros(1, 4, 2, 6))
     with pytest.raises(ValueError, match="expects"):
         cross_merge(torch.zeros(1, 4, 2, 6), 2, 4)
+
+
+# --- the chunked algorithm against the reference --------------------------------------------------
+
+def _run(fn, inputs, softplus=True, **kwargs):
+    u, delta, A, B, C, D, bias = inputs
+    return fn(u, delta, A, B, C, D, bias, softplus, **kwargs)
+
+
+@pytest.mark.parametrize("length,chunk", [(1, None), (2, None), (2, 1), (3, 2), (7, 3), (50, 7), (63, 8),
+                                          (65, 8), (130, None), (130, 1), (130, 200), (197, 14)])
+@pytest.mark.parametrize("d_state,groups", [(1, 4), (16, 2)])
+def test_chunked_scan_odd_lengths_and_chunks(length, chunk, d_state, groups):
+    inputs = _inputs(2, 8, length, d_state, groups, seed=length)
+    ref = _run(selective_scan_reference, inputs)
+    assert _relative_error(_run(selective_scan_chunked, inputs, chunk=chunk), ref) < 1e-5
+
+
+@pytest.mark.parametrize("d_state", [1, 16])
+def test_chunked_scan_ungrouped_bc_as_3d(d_state):
+    u, delta, A, B, C, D, bias = _inputs(2, 6, 61, d_state, 1, seed=3)
+    ref = selective_scan_reference(u, delta, A, B[:, 0], C[:, 0], D, bias, True)
+    assert _relative_error(selective_scan_chunked(u, delta, A, B[:, 0], C[:, 0], D, bias, True), ref) < 1e-5
+    assert _relative_error(selective_scan_chunked(u, delta, A, B, C, D, bias, True), ref) < 1e-5
+
+
+@pytest.mark.parametrize("d_state,groups", [(1, 4), (16, 1)])
+def test_chunked_scan_strong_decays(d_state, groups):
+    # A = -50 and softplus of large deltas (dt up to ~20): exp(dt*A) underflows to 0, the state
+    # forgets everything at once; softplus in its linear regime (z > 20)
+    u, delta, A, B, C, D, bias = _inputs(2, 8, 90, d_state, groups, seed=4)
+    A = torch.full_like(A, -50.0)
+    delta = 8.0 + 6.0 * delta
+    ref = selective_scan_reference(u, delta, A, B, C, D, bias, True)
+    assert _relative_error(selective_scan_chunked(u, delta, A, B, C, D, bias, True), ref) < 1e-5
+    assert _relative_error(selective_scan_chunked(u, delta, A, B, C, D, bias, True, chunk=4), ref) < 1e-5
+
+
+@pytest.mark.parametrize("d_state,groups", [(1, 4), (16, 2)])
+def test_chunked_scan_weak_decays(d_state, groups):
+    # dt ~ 1e-4..1e-6 and |A| <= 1e-2: exp(dt*A) within 1e-6 of 1, the state sums the whole sequence
+    u, delta, A, B, C, D, bias = _inputs(2, 8, 300, d_state, groups, seed=5)
+    A = A * 1e-2
+    delta = delta - 11.0
+    ref = selective_scan_reference(u, delta, A, B, C, None, bias, True)
+    assert _relative_error(selective_scan_chunked(u, delta, A, B, C, None, bias, True), ref) < 1e-5
+
+
+def test_softplus_matches_float64():
+    from vlmswap.vision.scan import _softplus_
+    z = torch.cat([torch.linspace(-100, 100, 20001), torch.tensor([0.0, -1e-8, 1e-8, 15.9, 16.1, 20.5])])
+    exact = torch.nn.functional.softplus(z.double())
+    ours = _softplus_(z.clone()).double()
+    assert ((ours - exact).abs() <= 1e-6 * exact + 1e-38).all()   # relative, absolute among the subnormals
+
+
+def test_chunked_scan_leaves_its_inputs_alone():
+    # batch 1 and length 1: the time-major views of u and delta are the tensors themselves
+    for batch, length in [(1, 1), (1, 40), (2, 1)]:
+        inputs = _inputs(batch, 4, length, 2, 2, seed=6)
+        copies = [x.clone() for x in inputs]
+        _run(selective_scan_chunked, inputs)
+        assert all(torch.equal(x, c) for x, c in zip(inputs, copies))
+
+
+def test_chunked_scan_same_with_and_without_autograd():
+    inputs = _inputs(2, 8, 77, 16, 2, seed=7)
+    with torch.no_grad():
+        y_inference = _run(selective_scan_chunked, inputs)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    assert torch.equal(_run(selective_scan_chunked, leaves).detach(), y_inference)
+
+
+def test_chunked_scan_is_float32_under_autocast():
+    inputs = _inputs(2, 8, 50, 16, 2, seed=8)
+    ref = _run(selective_scan_reference, inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _run(selective_scan_chunked, inputs)
+    assert y.dtype == torch.float32 and _relative_error(y, ref) < 1e-5
+
+
+def _gradients(fn, inputs, softplus, drop=(), **kwargs):
+    leaves = [None if i in drop else x.clone().requires_grad_() for i, x in enumerate(inputs)]
+    y = _run(fn, leaves, softplus, **kwargs)
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(9))
+    (y * weight).sum().backward()
+    return [None if x is None else x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("length,d_state,groups,softplus,drop,chunk", [
+    (90, 1, 4, True, (), None),            # VMamba-like
+    (37, 16, 1, True, (), 5),              # Vim-like, L not a multiple of the chunk
+    (64, 4, 2, False, (5, 6), 8),          # no D, no bias, no softplus
+    (1, 2, 2, True, (), None),
+    (2, 16, 2, True, (), None),
+])
+def test_chunked_scan_gradients_match_reference_everywhere(length, d_state, groups, softplus, drop, chunk):
+    inputs = list(_inputs(2, 8, length, d_state, groups, seed=10 + length))
+    if not softplus:
+        inputs[1] = inputs[1].abs()
+    ref = _gradients(selective_scan_reference, inputs, softplus, drop)
+    ours = _gradients(selective_scan_chunked, inputs, softplus, drop, chunk=chunk)
+    for i, (g, g_ref) in enumerate(zip(ours, ref)):
+        if g_ref is None:
+            assert g is None
+        elif g_ref.abs().max() > 0:
+            assert _relative_error(g, g_ref) < 1e-4, f"input {i}"
+        else:
+            assert g.abs().max() == 0
+
+
+def test_chunked_scan_gradient_of_one_input_only():
+    inputs = _inputs(1, 4, 30, 16, 1, seed=11)
+    for k in range(7):
+        leaves = [x.clone().requires_grad_(i == k) for i, x in enumerate(inputs)]
+        _run(selective_scan_chunked, leaves).sum().backward()
+        assert leaves[k].grad is not None and torch.isfinite(leaves[k].grad).all()
+
+
+# --- the dispatcher and its VLMSWAP_SCAN switch ---------------------------------------------------
+
+def test_scan_switch_picks_the_implementation(monkeypatch):
+    inputs = _inputs(2, 8, 40, 4, 2, seed=12)
+    ref = _run(selective_scan_reference, inputs)
+    chunked = _run(selective_scan_chunked, inputs)
+    for value, expected in [("reference", ref), ("chunked", chunked), (" Chunked ", chunked), ("auto", chunked),
+                            ("", chunked)]:
+        monkeypatch.setenv("VLMSWAP_SCAN", value)
+        assert torch.equal(_run(selective_scan, inputs), expected), value
+    monkeypatch.delenv("VLMSWAP_SCAN")
+    assert torch.equal(_run(selective_scan, inputs), chunked)  # unset: auto, on the CPU the chunked scan
+
+
+def test_scan_switch_rejects_unknown_values_and_unusable_fused(monkeypatch):
+    inputs = _inputs(1, 4, 10, 1, 1)
+    monkeypatch.setenv("VLMSWAP_SCAN", "fast")
+    with pytest.raises(ValueError, match="VLMSWAP_SCAN='fast'.*auto, reference, chunked, fused"):
+        _run(selective_scan, inputs)
+    monkeypatch.setenv("VLMSWAP_SCAN", "fused")
+    import vlmswap.vision.scan as scan
+    monkeypatch.setattr(scan, "_fused_kernel", lambda: None)     # as without mamba_ssm's CUDA extension
+    with pytest.raises(RuntimeError, match="fused.*not importable"):
+        _run(selective_scan, inputs)
+    monkeypatch.setattr(scan, "_fused_kernel", lambda: _fake_mamba_kernel)
+    with pytest.raises(RuntimeError, match="fused.*CUDA tensors"):                # a kernel, but CPU tensors
+        _run(selective_scan, inputs)
+
+
+def _fake_mamba_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """mamba_ssm's selective_scan_fn signature, with the checks of its CUDA kernel (selective_scan.cpp)."""
+    io = u.dtype
+    assert io in (torch.float32, torch.float16, torch.bfloat16)
+    assert delta.dtype == io and B.dtype == io and C.dtype == io
+    assert A.dtype == torch.float32 and (D is None or D.dtype == torch.float32)
+    assert delta_bias is None or delta_bias.dtype == torch.float32
+    assert B.dim() == 4 and C.dim() == 4 and B.shape[:2] == C.shape[:2] and B.shape[2] == A.shape[1]
+    assert B.shape[-1] == u.shape[-1] and u.shape[1] % B.shape[1] == 0
+    assert all(x.stride(-1) == 1 for x in (u, delta, B, C))
+    assert z is None and return_last_state is False and isinstance(delta_softplus, bool)
+    return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus).to(io)
+
+
+def test_fused_call_matches_mamba_ssm_signature_and_layout():
+    from vlmswap.vision.scan import _call_fused
+    u, delta, A, B, C, D, bias = _inputs(2, 8, 33, 16, 1, seed=13)
+    ref = selective_scan_reference(u, delta, A, B, C, D, bias, True)
+    # 3-D B/C (one group), non-contiguous inputs, float64 A and D, a bfloat16 u with float32 delta
+    y = _call_fused(_fake_mamba_kernel, u.transpose(1, 2).contiguous().transpose(1, 2), delta, A.double(),
+                    B[:, 0], C[:, 0], D.double(), bias.double(), 1)
+    assert y.dtype == torch.float32 and _relative_error(y, ref) < 1e-6
+    y = _call_fused(_fake_mamba_kernel, u.bfloat16(), delta, A, B, C, D, bias, True)
+    assert y.dtype == torch.bfloat16    # computed from float32 delta/B/C (the widest dtype), returned as u's
+    ref16 = selective_scan_reference(u.bfloat16().float(), delta, A, B, C, D, bias, True)
+    assert _relative_error(y.float(), ref16) < 1e-2
