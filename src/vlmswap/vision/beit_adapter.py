@@ -61,7 +61,7 @@ from torch import Tensor, nn
 
 from vlmswap.image import Geometry
 from vlmswap.vision.vit_adapter import (IMAGENET_MEAN, IMAGENET_STD, PATCH, TAPS, AdapterBackbone, AdapterNet,
-                                        resolve_arch)
+                                        Mlp, resolve_arch)
 
 __all__ = ["ARCHS", "TAPS", "BEiTAdapter", "BEiTAdapterNet", "BEiTBlock", "build", "relative_position_bias",
            "relative_position_index"]
@@ -140,24 +140,13 @@ class BEiTAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class BEiTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: tuple[int, int], init_values: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
         self.attn = BEiTAttention(dim, num_heads, window)
         self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values)))
         self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values)))
 

@@ -22,7 +22,6 @@ groups (or (batch, N, L): one group); D, delta_bias (KD,). They return y (batch,
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import math
 import os

@@ -84,7 +84,7 @@ from vlmswap.image import Geometry
 from vlmswap.vision.base import VisionBackbone, as_triple
 
 __all__ = ["ARCHS", "TAPS", "AdapterBackbone", "AdapterNet", "ConvFFN", "Extractor", "Injector",
-           "InteractionBlock", "MSDeformAttn", "SpatialPriorModule", "UniPerceiverAdapterNet", "ViTAdapter",
+           "InteractionBlock", "MSDeformAttn", "Mlp", "SpatialPriorModule", "UniPerceiverAdapterNet", "ViTAdapter",
            "ViTAdapterNet", "build", "deformable_sample", "level_shapes", "pad_to_multiple", "reference_points"]
 
 TAPS = ("adapter-stride32",)
@@ -476,7 +476,9 @@ class _Attention(nn.Module):
         return getattr(self, self._proj)(out.transpose(1, 2).reshape(b, n, c))
 
 
-class _Mlp(nn.Module):
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 (timm's Mlp key names), shared by the ViT and BEiT blocks."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -495,7 +497,7 @@ class ViTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=VIT_NORM_EPS)
         self.attn = _Attention(dim, num_heads, "qkv", "proj")
         self.norm2 = nn.LayerNorm(dim, eps=VIT_NORM_EPS)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.gamma1 = nn.Parameter(torch.ones(dim))
         self.gamma2 = nn.Parameter(torch.ones(dim))
 
