@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SCAN_ENV", "SCAN_MODES", "cross_merge", "cross_scan", "selective_scan", "selective_scan_chunked",
-           "selective_scan_reference"]
+__all__ = ["SCAN_ENV", "SCAN_MODES", "cross_merge", "cross_scan", "fused_available", "selective_scan",
+           "selective_scan_chunked", "selective_scan_reference"]
 
 
 def _expand_groups(x: Tensor, channels: int) -> Tensor:
@@ -354,6 +354,11 @@ def _fused_kernel():
     if getattr(interface, "selective_scan_cuda", None) is None:
         return None
     return getattr(interface, "selective_scan_fn", None)
+
+
+def fused_available() -> bool:
+    """Whether mamba_ssm's fused CUDA kernel is importable here (it still needs CUDA tensors)."""
+    return _fused_kernel() is not None
 
 
 def _fused_io_dtype(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> torch.dtype:
