@@ -120,3 +120,16 @@ def test_fc_norm_is_backbone_only_when_the_model_has_it():
     sd = _classifier_state().state_dict()
     sd["fc_norm.weight"], sd["fc_norm.bias"] = torch.ones(32), torch.zeros(32)
     token_pooled.load_official(sd)
+
+
+def test_openai_clip_is_built_with_quick_gelu_and_siglip_is_not():
+    # prismatic_spec.md 2.1: Prismatic passes act_layer="quick_gelu" for OpenAI CLIP; timm would
+    # otherwise build it with the standard GELU
+    from timm.layers import QuickGELU
+
+    with torch.device("meta"):
+        clip = build_backbone("vit", "vit_base_patch16_clip_224.openai", "block-2", Geometry.parse("224"))
+        siglip = build_backbone("vit", "vit_base_patch16_siglip_224.webli", "block-2", Geometry.parse("224"))
+    assert isinstance(clip.model.blocks[0].mlp.act, QuickGELU)
+    assert not isinstance(siglip.model.blocks[0].mlp.act, QuickGELU)
+    assert clip.mean == (0.48145466, 0.4578275, 0.40821073)
