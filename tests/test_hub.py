@@ -180,3 +180,10 @@ def test_torch_legacy_serialization_still_reads(tmp_path):
     path = tmp_path / "old.pth"
     torch.save({"x": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
     assert torch.equal(read_checkpoint(path)["x"], torch.ones(2))
+
+
+def test_a_pickled_array_is_returned_not_compared_to_the_torch_magic(tmp_path):
+    path = tmp_path / "array.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(np.ones(3), f, protocol=2)
+    assert read_checkpoint(path).tolist() == [1.0, 1.0, 1.0]

@@ -98,8 +98,9 @@ def _pretrain_set(folder: Path, geometry: Geometry, pixels_of, kind: str):
     """The world's classification images with their image labels, boxes and masks, in the frame of
     the letterboxed `geometry` input (the images are square; a square geometry only rescales)."""
     import torch
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
+    from vlmswap.data.mini_world import class_mask
     from vlmswap.vision.pretrain import PretrainSet
 
     classes = json.loads((folder / "classes.json").read_text())
@@ -116,11 +117,9 @@ def _pretrain_set(folder: Path, geometry: Geometry, pixels_of, kind: str):
         scale = geometry.width / row.get("size", geometry.width)
         objects = row.get("objects", [])
         boxes.append([(o["label"], *(v * scale for v in o["bbox"])) for o in objects])
-        if kind == "segmentation":
-            mask = Image.new("L", (geometry.width, geometry.height), 0)
-            draw = ImageDraw.Draw(mask)
-            for o in objects:  # later shapes drawn over earlier ones, as the renderer does
-                draw.polygon([v * scale for v in o["polygon"]], fill=o["label"] + 1)
+        if kind == "segmentation":  # the renderer's own pixels, at the world's size, then to the geometry
+            mask = class_mask(objects, row.get("size", geometry.width))
+            mask = mask.resize((geometry.width, geometry.height), Image.NEAREST)
             masks.append(torch.as_tensor(list(mask.getdata()), dtype=torch.long).view(geometry.height, geometry.width))
     data = PretrainSet(torch.stack(images), torch.tensor([r["label"] for r in rows]), boxes,
                        torch.stack(masks) if masks else None)

@@ -281,9 +281,11 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUM
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read any official checkpoint file into plain Python objects, tensors on the CPU.
 
-    `.safetensors` -> dict of tensors; torch zip / legacy files (`.pth`, `.pt`, `.bin`, `.tar`) and
-    plain pickles (`.pkl`, detectron2) -> whatever the file holds, with foreign classes replaced
-    by Placeholders. Raises ValueError naming the file when it is none of those."""
+    `.safetensors` -> dict of tensors. Anything else is read by its content, whatever its suffix:
+    torch's zip format, torch's legacy (pre-1.6) pickle format, or a plain pickle (detectron2's
+    `.pkl`) -> whatever the file holds, with foreign classes replaced by Placeholders. (Torch's
+    pre-1.0 tarfile format, which nothing in the study uses, is not read.) Raises ValueError naming
+    the file when it is none of those."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run the fetch step first)")
@@ -302,7 +304,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         # its first object is the magic number of torch's legacy (pre-1.6) serialization
         with open(path, "rb") as f:
             obj = TolerantUnpickler(f, encoding="latin1").load()
-        if obj != _TORCH_LEGACY_MAGIC:
+        if not (isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC):
             return obj
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:

@@ -90,3 +90,18 @@ def preprocess(
 ) -> "torch.Tensor":
     """Letterbox with the backbone's own fill, then normalize with its own statistics."""
     return to_pixels(letterbox(image, geometry, fill_color(mean)), mean, std)
+
+
+@dataclass(frozen=True)
+class PixelTransform:
+    """A backbone's image transform: letterbox with each view's fill, normalize with its statistics,
+    views stacked along the channels (one view per tower of a fused backbone, else one). Plain data,
+    so data-loader workers receive it without the model."""
+
+    views: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]
+
+    def __call__(self, image: Image.Image, geometry: Geometry) -> "torch.Tensor":
+        import torch
+
+        tensors = [preprocess(image, geometry, mean, std) for mean, std in self.views]
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)

@@ -13,10 +13,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from vlmswap.data.mini_world import CLASSES, COLORS, SHAPES, SYSTEM_PROMPT, generate
+from vlmswap.data.mini_world import CLASSES, COLORS, SHAPES, SYSTEM_PROMPT, class_mask, generate
 
 SMALL = dict(n_train=40, n_eval=24, n_classify=30, image_size=64)
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -333,6 +334,21 @@ def test_classification_labels_name_the_largest_shape(world):
             xs, ys = obj["polygon"][0::2], obj["polygon"][1::2]
             assert min(xs) >= obj["bbox"][0] - 0.01 and max(xs) <= obj["bbox"][2] + 0.01
             assert min(ys) >= obj["bbox"][1] - 0.01 and max(ys) <= obj["bbox"][3] + 0.01
+
+
+def test_segmentation_masks_are_exactly_the_painted_pixels(world):
+    out, _, _ = world
+    for line in (out / "classify/train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        mask = np.array(class_mask(row["objects"], row["size"]))
+        with Image.open(out / "classify" / row["image"]) as image:
+            pixels = np.array(image.convert("RGB"))
+        for obj in row["objects"]:
+            color = COLORS[CLASSES[obj["label"]].split("_")[0]]
+            x0, y0, x1, y1 = obj["bbox"]  # shapes do not overlap: look inside this one's box
+            painted = (pixels[y0:y1, x0:x1] == color).all(-1)
+            assert ((mask[y0:y1, x0:x1] == obj["label"] + 1) == painted).all(), row["image"]
+            assert painted.any()
 
 
 def test_manifest_hashes_baselines_and_text_corpus(world):

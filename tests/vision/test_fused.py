@@ -39,6 +39,15 @@ def test_every_tower_gets_its_own_letterbox_fill_and_normalization():
     assert not torch.allclose(pixels[:3, 0], pixels[3:, 0])
 
 
+def test_the_transform_is_plain_data_for_loader_workers():
+    import pickle
+
+    fused = _fused()
+    transform = pickle.loads(pickle.dumps(fused.transform))  # no model inside
+    assert transform.views == ((fused.towers[0].mean, fused.towers[0].std), ((0.5,) * 3, (0.5,) * 3))
+    torch.testing.assert_close(transform(_image(), Geometry.parse("64")), fused.pixels(_image(), Geometry.parse("64")))
+
+
 def test_tokens_are_the_towers_tokens_side_by_side():
     fused = _fused()
     pixels = torch.randn(2, 6, 64, 64)

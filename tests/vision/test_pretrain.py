@@ -9,6 +9,7 @@ import torch
 from vlmswap.hub import read_checkpoint
 from vlmswap.image import Geometry
 from vlmswap.vision.pretrain import PretrainSet, pretrain_backbone, pretrain_classifier
+from vlmswap.vision.base import unwrap_checkpoint
 from vlmswap.vision.registry import build_backbone
 
 ARCHS = {
@@ -126,15 +127,47 @@ def test_every_family_and_objective_pretrains_into_its_official_layout(family, k
     fresh.load_official(checkpoint)  # strict on the backbone keys
     after = fresh(data.images[:2]).detach()
     assert after.shape == before.shape and not torch.allclose(after, before)
+    # every backbone tensor is the trained one from the file
+    saved, _ = unwrap_checkpoint(checkpoint)
+    saved = fresh.adapt_state_dict({k: v for k, v in saved.items() if not fresh.non_backbone_key(k)})
+    loaded = {k: v for k, v in fresh.official_module().state_dict().items() if not fresh.non_backbone_key(k)}
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], torch.as_tensor(saved[k])) for k in loaded)
+
+
+def test_dense_vmamba_files_have_the_backbone_vssm_layout(tmp_path):
+    # mmdet/mmseg Backbone_VSSM: no classifier, outnorm0..3 (backbones.md 1.3/1.5)
+    out = tmp_path / "seg.pth"
+    pretrain_backbone("vmamba", ARCHS["vmamba"], "stage3-outnorm", "segmentation", _easy_task(n=8), 2, out,
+                      epochs=1, log=lambda _: None)
+    keys = read_checkpoint(out)["state_dict"].keys()
+    assert not any(k.startswith("backbone.classifier.") for k in keys)
+    assert {f"backbone.outnorm{i}.weight" for i in range(4)} <= set(keys)
+
+
+def test_a_vmamba_classification_file_never_carries_an_outnorm(tmp_path):
+    # even when a cell reads it at the outnorm tap: loading it there must then fail, not use a random norm
+    out = tmp_path / "cls.pth"
+    pretrain_backbone("vmamba", ARCHS["vmamba"], "stage3-outnorm", "classification", _easy_task(n=8), 2, out,
+                      epochs=1, log=lambda _: None)
+    checkpoint = read_checkpoint(out)
+    assert not any(k.startswith("outnorm") for k in checkpoint["model"])
+    with pytest.raises(ValueError, match="missing key.*outnorm2"):
+        build_backbone("vmamba", ARCHS["vmamba"], "stage3-outnorm", Geometry.parse("32")).load_official(checkpoint)
 
 
 def test_a_family_without_an_official_classifier_says_what_to_do(tmp_path):
     data = _easy_task(n=4)
-    with pytest.raises(ValueError, match="pretrain it for detection or segmentation"):
+    with pytest.raises(ValueError, match="no official classification layout .pretrain it for detection"):
         pretrain_backbone("vitdet", ARCHS["vitdet"], "last-block", "classification", data, 2, tmp_path / "x.pth")
-    with pytest.raises(ValueError, match="no official segmentation layout"):
+    with pytest.raises(ValueError, match="pretrain it for detection or segmentation"):  # no classifier network
+        pretrain_backbone("vit-adapter", ARCHS["vit-adapter"], "adapter-stride32", "classification", data, 2,
+                          tmp_path / "x.pth")
+    lines = []
+    with pytest.raises(ValueError, match="no official segmentation layout"):  # before any training
         pretrain_backbone("vitdet", ARCHS["vitdet"], "last-block", "segmentation", data, 2, tmp_path / "x.pth",
-                          epochs=1)
+                          log=lines.append)
+    assert lines == []
     assert not (tmp_path / "x.pth").exists()
 
 

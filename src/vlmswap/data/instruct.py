@@ -69,7 +69,7 @@ def check_instruct(json_path: Path, image_root: Path, verify_images: bool = True
 
 class InstructDataset(torch.utils.data.Dataset):
     """Tokenizes lazily (665K records); images go through the backbone's own transform
-    (`VisionBackbone.pixels`: its letterbox fill and statistics, one view per fused tower)."""
+    (`VisionBackbone.transform`: its letterbox fill and statistics, one view per fused tower)."""
 
     def __init__(self, json_path: Path, image_root: Path, tokenizer, geometry: Geometry,
                  pixels_of: Callable[[Image.Image, Geometry], torch.Tensor], max_length: int, n_visual: int):

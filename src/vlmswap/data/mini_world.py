@@ -87,7 +87,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -373,6 +373,29 @@ def ocr_tokens(scene: Scene) -> list[str]:
     return [w.text for w in sorted(scene.words, key=lambda wd: (wd.y, wd.x))]
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, o: Shape, fill) -> None:
+    """Paint the pixels of shape `o` (x..x+s-1, y..y+s-1): the renderer's, and the segmentation masks'."""
+    x0, y0, x1, y1 = o.x, o.y, o.x + o.s - 1, o.y + o.s - 1
+    if o.shape == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif o.shape == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    else:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+
+
+def class_mask(objects: Sequence[Mapping], size: int) -> Image.Image:
+    """The segmentation target of a classification-set image (its `objects` records): an "L" image,
+    0 = background, label + 1 on exactly the pixels the renderer paints for that shape."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    for o in objects:
+        x0, y0, x1, _ = o["bbox"]
+        shape = Shape(CLASSES[o["label"]].split("_")[1], CLASSES[o["label"]].split("_")[0], x0, y0, x1 - x0)
+        draw_shape(draw, shape, o["label"] + 1)
+    return mask
+
+
 def render(scene: Scene) -> Image.Image:
     width, height = scene.wh
     rng = np.random.default_rng(scene.noise_seed)
@@ -387,14 +410,7 @@ def render(scene: Scene) -> Image.Image:
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
     for o in scene.shapes:
-        x0, y0, x1, y1 = o.x, o.y, o.x + o.s - 1, o.y + o.s - 1  # covers pixels x..x+s-1
-        fill = COLORS[o.color]
-        if o.shape == "circle":
-            draw.ellipse([x0, y0, x1, y1], fill=fill)
-        elif o.shape == "square":
-            draw.rectangle([x0, y0, x1, y1], fill=fill)
-        else:
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) / 2, y0)], fill=fill)
+        draw_shape(draw, o, COLORS[o.color])
     for word in scene.words:
         mask = glyphs(word.text, word.h // glyphs(word.text, 1).size[1])
         image.paste(INKS[word.ink], word.xyxy, mask)

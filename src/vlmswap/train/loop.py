@@ -83,7 +83,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     head = VLMHead(cell.connector, vision.embed_dim, llm)
     n_visual = vision.num_tokens(cell.geometry.width, cell.geometry.height)
 
-    dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.pixels,
+    dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.transform,
                               int(recipe["max_length"]), n_visual)
     gb, pdb = int(recipe["global_batch"]), int(recipe["per_device_batch"])
     schedule = schedule_for(len(dataset), gb, float(recipe["epochs"]), float(recipe["warmup_ratio"]),

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from PIL import Image
 
-    from vlmswap.image import Geometry
+    from vlmswap.image import Geometry, PixelTransform
 
 __all__ = ["VisionBackbone", "as_triple", "unwrap_checkpoint"]
 
@@ -66,12 +66,17 @@ class VisionBackbone(nn.Module):
     def forward(self, pixels: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def pixels(self, image: "Image.Image", geometry: "Geometry") -> Tensor:
-        """The (C, H, W) input `forward` expects for one image: letterboxed with this backbone's
-        fill (its mean in 0..255, as Prismatic pads) and normalized with its mean/std."""
-        from vlmswap.image import preprocess
+    @property
+    def transform(self) -> "PixelTransform":
+        """This backbone's image transform as plain data (for data-loader workers): one view with its
+        mean/std; the letterbox fill is the mean in 0..255, as Prismatic pads."""
+        from vlmswap.image import PixelTransform
 
-        return preprocess(image, geometry, self.mean, self.std)
+        return PixelTransform(((self.mean, self.std),))
+
+    def pixels(self, image: "Image.Image", geometry: "Geometry") -> Tensor:
+        """The (C, H, W) input `forward` expects for one image (`transform` applied)."""
+        return self.transform(image, geometry)
 
     def num_tokens(self, width: int, height: int) -> int:
         """Tokens `forward` returns for a (height, width) input, from the layer arithmetic alone."""

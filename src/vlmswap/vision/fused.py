@@ -6,7 +6,7 @@ tower is a timm ViT built at the cell's image size and tapped at its second-to-l
 patch tokens of the towers are concatenated along the feature dimension (DINOv2 first), so the LLM
 sees as many tokens as one tower produces, each tower-sum wide (DINOv2-L + SigLIP-SO400M at 224:
 256 tokens x (1024 + 1152) = 2176). Every tower keeps its own letterbox fill and normalization:
-Prismatic's transform returns one tensor per tower; here `pixels` stacks them along the channels
+Prismatic's transform returns one tensor per tower; here `transform` stacks them along the channels
 (3 per tower) and `forward` splits them again. Each tower loads its own official checkpoint.
 
 `arch` is the list of towers, in order: mappings {family, arch} (and optionally tap, defaulting
@@ -16,16 +16,13 @@ to the fused tap), as `vlmswap.vlm.backbone_arch` derives them from the config's
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vlmswap.image import Geometry
+from vlmswap.image import Geometry, PixelTransform
 from vlmswap.vision.base import VisionBackbone
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 __all__ = ["TAPS", "FusedBackbone", "build"]
 
@@ -46,8 +43,9 @@ class FusedBackbone(VisionBackbone):
         # per-tower view, e.g. a plot); `pixels` applies every tower's own.
         self.mean, self.std = towers[0].mean, towers[0].std
 
-    def pixels(self, image: "Image.Image", geometry: Geometry) -> Tensor:
-        return torch.cat([tower.pixels(image, geometry) for tower in self.towers], dim=0)
+    @property
+    def transform(self) -> PixelTransform:
+        return PixelTransform(tuple(view for tower in self.towers for view in tower.transform.views))
 
     def forward(self, pixels: Tensor) -> Tensor:
         if pixels.shape[1] != self.in_channels:

@@ -68,7 +68,8 @@ def _classifier(family: str, arch: Any, tap: str, geometry: Geometry,
     if family == "vmamba":
         from vlmswap.vision.vmamba import VMamba
 
-        model = VMamba(arch, tap, num_classes=num_classes)
+        # the classification network has no outnorm: a classification file must never supply one
+        model = VMamba(arch, "stage3", num_classes=num_classes)
         return model, model.classify
     if family == "mambavision":
         from vlmswap.vision.mambavision import MambaVision
@@ -195,6 +196,9 @@ def pretrain_backbone(family: str, arch: Any, tap: str, kind: str, data: Pretrai
     torch.manual_seed(seed)
     geometry = Geometry(int(images.shape[3]), int(images.shape[2]))
     backbone = build_backbone(family, arch, tap, geometry)  # the layout, the tap, the container
+    info = {"epochs": epochs, "accuracy": None, "objective": kind,
+            "arch": dict(arch) if isinstance(arch, Mapping) else arch}
+    backbone.official_checkpoint(kind, {}, {}, info)  # a family without this kind's layout fails before training
     head = None
     if kind == "classification":
         model, logits_of = _classifier(family, arch, tap, geometry, num_classes)
@@ -236,8 +240,7 @@ def pretrain_backbone(family: str, arch: Any, tap: str, kind: str, data: Pretrai
             f"({time.perf_counter() - start:.1f} s)")
 
     model.eval()
-    info = {"epochs": epochs, "accuracy": round(100 * score, 2), "objective": kind,
-            "arch": dict(arch) if isinstance(arch, Mapping) else arch}
+    info["accuracy"] = round(100 * score, 2)
     if kind == "classification":
         weights, head_state = model.state_dict(), {}
     else:

@@ -273,7 +273,8 @@ class ViTDet(VisionBackbone):
         # detectron2 model zoo .pkl: a plain pickle {"model": {name: numpy array}, "__author__": ...}
         # (backbones.md 5.1); `weights` already carry the backbone.net. prefix (official_module)
         if kind != "detection":
-            raise ValueError(f"ViTDet checkpoints are detectron2 detectors; no official {kind} layout")
+            raise ValueError(f"ViTDet checkpoints are detectron2 detectors; no official {kind} layout "
+                             "(pretrain it for detection)")
         state = {**weights, **{f"roi_heads.box_predictor.{k}": v for k, v in head.items()}}
         arrays = {k: v.detach().cpu().numpy() for k, v in state.items()}
         return {"model": arrays, "__author__": "vlmswap mini world", "matching_heuristics": False}, "pickle"

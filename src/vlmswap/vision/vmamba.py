@@ -262,8 +262,16 @@ class VMamba(VisionBackbone):
         # config} (backbones.md 1.5), `config` a non-tensor object as the official yacs CfgNode is;
         # detection/segmentation: mmengine files (the default)
         if kind != "classification":
-            return super().official_checkpoint(kind, weights, head, info)
-        config = SimpleNamespace(MODEL=SimpleNamespace(TYPE="vssm", VSSM=SimpleNamespace(**info.get("arch", {}))),
+            # mmdet/mmseg Backbone_VSSM: no classifier, one outnorm per stage (only outnorm2 is
+            # trained here, at the outnorm tap; the others are fresh LayerNorms, as no tap reads them)
+            dense = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+            for i, dim in enumerate(self.dims):
+                dense.setdefault(f"outnorm{i}.weight", torch.ones(dim))
+                dense.setdefault(f"outnorm{i}.bias", torch.zeros(dim))
+            return super().official_checkpoint(kind, dense, head, info)
+        arch = info.get("arch")
+        vssm = SimpleNamespace(**arch) if isinstance(arch, Mapping) else arch
+        config = SimpleNamespace(MODEL=SimpleNamespace(TYPE="vssm", VSSM=vssm),
                                  TRAIN=SimpleNamespace(EPOCHS=info.get("epochs")))
         state = {**weights, **head}
         return {"model": state, "model_ema": state, "optimizer": {}, "epoch": info.get("epochs", 1) - 1,
