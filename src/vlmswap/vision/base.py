@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from vlmswap.image import Geometry, PixelTransform
 
-__all__ = ["VisionBackbone", "as_triple", "unwrap_checkpoint"]
+__all__ = ["VisionBackbone", "as_triple", "init_linear_and_norms", "resolve_arch", "unwrap_checkpoint"]
 
 _SHOWN = 10  # offending keys listed in an error message
 
@@ -152,3 +152,30 @@ def as_triple(values: Any, what: str) -> tuple[float, float, float]:
         raise ValueError(f"{what} needs 3 values (RGB), got {list(values)}")
     return triple  # type: ignore[return-value]
 
+
+def resolve_arch(arch: str | Mapping[str, Any], archs: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any],
+                 required: set[str], allowed: set[str], what: str) -> dict[str, Any]:
+    """A family's arch spec: a named size from `archs`, or a mapping (a tiny mini-world member) with
+    every `required` key and only `allowed` ones; `defaults` fill what either leaves out."""
+    if isinstance(arch, str):
+        if arch not in archs:
+            raise ValueError(f"unknown {what} architecture {arch!r}; named ones: {', '.join(archs)} "
+                             f"(or a mapping with {', '.join(sorted(required))})")
+        return {**defaults, **archs[arch]}
+    unknown = set(arch) - allowed
+    if unknown or not required <= set(arch):
+        raise ValueError(f"bad {what} arch {dict(arch)}: needs {', '.join(sorted(required))}; allowed keys: "
+                         f"{', '.join(sorted(allowed))}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
+    return {**defaults, **arch}
+
+
+def init_linear_and_norms(module: nn.Module, norms: tuple[type[nn.Module], ...] = (nn.LayerNorm,)) -> None:
+    """The `_init_weights` most official backbones apply (module.apply): every nn.Linear weight
+    trunc-normal with std 0.02 and zero bias, the `norms` layers weight 1 and bias 0."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, norms):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -57,11 +57,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp  # fc1 -> GELU (exact) -> fc2, the official key names
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.vit_adapter import (IMAGENET_MEAN, IMAGENET_STD, PATCH, TAPS, AdapterBackbone, AdapterNet,
-                                        Mlp, resolve_arch)
+from vlmswap.vision.base import init_linear_and_norms, resolve_arch
+from vlmswap.vision.vit_adapter import IMAGENET_MEAN, IMAGENET_STD, PATCH, TAPS, AdapterBackbone, AdapterNet
 
 __all__ = ["ARCHS", "TAPS", "BEiTAdapter", "BEiTAdapterNet", "BEiTBlock", "build", "relative_position_bias",
            "relative_position_index"]
@@ -171,7 +172,7 @@ class BEiTAdapterNet(AdapterNet):
             BEiTBlock(dim, int(spec["num_heads"]), float(spec["mlp_ratio"]), self.window, float(spec["init_values"]))
             for _ in range(depth))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.blocks.apply(_init_beit_weights)
+        self.blocks.apply(init_linear_and_norms)  # BEiT._init_weights; the relative position tables stay zero
         self._build_adapter(dim, int(spec["conv_inplane"]), int(spec["deform_num_heads"]), int(spec["n_points"]),
                             float(spec["deform_ratio"]), float(spec["cffn_ratio"]), float(spec["init_values"]),
                             NORM_EPS, spec["interaction_indexes"], depth)
@@ -182,18 +183,6 @@ class BEiTAdapterNet(AdapterNet):
 
     def vit_blocks(self) -> nn.ModuleList:
         return self.blocks
-
-
-def _init_beit_weights(module: nn.Module) -> None:
-    # BEiT._init_weights: trunc-normal 0.02 Linear weights with zero bias, LayerNorm (1, 0); the
-    # relative position tables stay zero
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class BEiTAdapter(AdapterBackbone):

@@ -31,18 +31,21 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp  # fc1 -> GELU (exact) -> fc2, the official key names
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
+from vlmswap.vision.base import VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
 from vlmswap.vision.scan import selective_scan
 
-__all__ = ["ARCHS", "TAPS", "MambaVision", "MambaVisionMixer", "build", "window_partition", "window_reverse"]
+__all__ = ["ARCHS", "TAPS", "MambaVision", "MambaVisionMixer", "build", "classifier", "window_partition",
+           "window_reverse"]
 
 TAPS = ("stage3",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # default_cfgs of every released model (backbones.md 2.3)
@@ -186,19 +189,6 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
-class Mlp(nn.Module):
-    """timm's Mlp as the Block uses it: fc1 -> GELU (exact) -> fc2."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     """Pre-norm residual block on a window sequence: x + g1 * mixer(norm1(x)), x + g2 * mlp(norm2(x)).
     gamma_1/gamma_2 are parameters only with a layer scale (B, L, L2, L3: 1e-5)."""
@@ -274,21 +264,6 @@ class Level(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-def _resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(arch, str):
-        if arch not in ARCHS:
-            raise ValueError(f"unknown MambaVision architecture {arch!r}; named ones: {', '.join(ARCHS)} "
-                             "(or a mapping with dim, in_dim, depths, num_heads, window_size)")
-        return dict(ARCHS[arch])
-    unknown = set(arch) - _ARCH_KEYS
-    missing = {"dim", "in_dim", "depths", "num_heads", "window_size"} - set(arch)
-    if unknown or missing:
-        raise ValueError(f"bad MambaVision arch {dict(arch)}: needs dim, in_dim, depths, num_heads, window_size; "
-                         f"allowed keys: {', '.join(sorted(_ARCH_KEYS))}"
-                         + (f"; unknown: {sorted(unknown)}" if unknown else ""))
-    return dict(arch)
-
-
 class MambaVision(VisionBackbone):
     """The official module tree (patch_embed, levels, norm, head). `forward` returns stage-3 tokens;
     `classify` runs the whole classification network."""
@@ -297,7 +272,8 @@ class MambaVision(VisionBackbone):
         super().__init__()
         if tap not in TAPS:
             raise ValueError(f"unknown tap {tap!r} for family 'mambavision'; allowed: {', '.join(TAPS)}")
-        spec = _resolve_arch(arch)
+        spec = resolve_arch(arch, ARCHS, {}, {"dim", "in_dim", "depths", "num_heads", "window_size"}, _ARCH_KEYS,
+                            "MambaVision")
         dim, in_dim = int(spec["dim"]), int(spec["in_dim"])
         depths = [int(d) for d in spec["depths"]]
         heads = [int(h) for h in spec["num_heads"]]
@@ -325,19 +301,8 @@ class MambaVision(VisionBackbone):
             for i in range(4))
         self.norm = nn.BatchNorm2d(self.dims[3])
         self.head = nn.Linear(self.dims[3], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # MambaVision._init_weights: every nn.Linear trunc-normal 0.02 with zero bias (the mixer's
-        # dt_proj included), LayerNorm and BatchNorm weight 1, bias 0
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        # MambaVision._init_weights: the mixer's dt_proj included; LayerNorm and BatchNorm (1, 0)
+        self.apply(partial(init_linear_and_norms, norms=(nn.LayerNorm, nn.BatchNorm2d)))
 
     def stage3(self, pixels: Tensor) -> Tensor:
         """(B, 4*dim, H/16, W/16): the output of levels[2] before its downsample."""
@@ -388,6 +353,13 @@ class MambaVision(VisionBackbone):
         if state and min(state).startswith("encoder"):
             state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         return {k: v for k, v in state.items() if not self.non_backbone_key(k)}
+
+
+def classifier(arch: str | Mapping[str, Any], geometry: Geometry,
+               num_classes: int) -> tuple[MambaVision, Callable[[Tensor], Tensor]]:
+    """The classification network mini members are pretrained as, and its logits."""
+    model = MambaVision(arch, "stage3", num_classes=num_classes)
+    return model, model.classify
 
 
 def build(arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> MambaVision:

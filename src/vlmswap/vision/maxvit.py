@@ -26,7 +26,7 @@ the checkpoint's, exactly as `timm.create_model(..., pretrained=True, img_size=.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import timm
@@ -36,7 +36,7 @@ from torch import Tensor
 from vlmswap.image import Geometry
 from vlmswap.vision.base import VisionBackbone, as_triple
 
-__all__ = ["TAPS", "MaxVitBackbone", "build", "build_classifier", "tf_port_cfg"]
+__all__ = ["TAPS", "MaxVitBackbone", "build", "build_classifier", "classifier", "tf_port_cfg"]
 
 TAPS = ("stage3",)
 TAP_STAGE = 2            # stages[2] outputs stride 16 (the stem is stride 2, every stage halves)
@@ -141,6 +141,13 @@ class MaxVitBackbone(VisionBackbone):
         own = self.model.state_dict().keys()
         known = checkpoint_filter_fn({k: v for k, v in state.items() if k in own}, self.model)
         return {**known, **{k: v for k, v in state.items() if k not in own}}
+
+
+def classifier(arch: str | Mapping[str, Any], geometry: Geometry,
+               num_classes: int) -> tuple[MaxxVit, Callable[[Tensor], Tensor]]:
+    """The classification network mini members are pretrained as (timm's model and head) and its logits."""
+    model = build_classifier(arch, geometry, num_classes)
+    return model, model
 
 
 def build(arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> MaxVitBackbone:

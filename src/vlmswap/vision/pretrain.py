@@ -52,40 +52,6 @@ class PretrainSet:
         return len(self.images)
 
 
-def _classifier(family: str, arch: Any, tap: str, geometry: Geometry,
-                num_classes: int) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
-    """The family's own classification network (official layout, head included) and its logits."""
-    if family == "vit":
-        from vlmswap.vision import vit
-
-        model = vit.build_classifier(arch, geometry, num_classes)
-        return model, model
-    if family == "maxvit":
-        from vlmswap.vision import maxvit
-
-        model = maxvit.build_classifier(arch, geometry, num_classes)
-        return model, model
-    if family == "vmamba":
-        from vlmswap.vision.vmamba import VMamba
-
-        # the classification network has no outnorm: a classification file must never supply one
-        model = VMamba(arch, "stage3", num_classes=num_classes)
-        return model, model.classify
-    if family == "mambavision":
-        from vlmswap.vision.mambavision import MambaVision
-
-        model = MambaVision(arch, tap, num_classes=num_classes)
-        return model, model.classify
-    if family == "vim":
-        from vlmswap.vision.vim import VisionMamba
-
-        model = VisionMamba(arch, tap, geometry, num_classes=num_classes)
-        return model, model.classify
-    raise ValueError(f"family {family!r} has no classification network: its official checkpoints are "
-                     "detection/segmentation models, so pretrain it for detection or segmentation "
-                     "(classification: vit, maxvit, vmamba, mambavision, vim)")
-
-
 class DenseHead(nn.Module):
     """A 1x1-conv head on the (B, D, h, w) token grid. detection: `cls_score` (class heatmap logits)
     and `bbox_pred` (centre x, y, width, height as fractions of the image, through a sigmoid);
@@ -181,7 +147,7 @@ def pretrain_backbone(family: str, arch: Any, tap: str, kind: str, data: Pretrai
                       log: Callable[[str], None] = print) -> dict:
     """Train a `family`/`arch` member for `kind` on `data`; write the family's official checkpoint for
     that objective to `out_path` atomically. Returns {score, score_name, final_loss, seconds, ...}."""
-    from vlmswap.vision.registry import build_backbone
+    from vlmswap.vision.registry import FAMILIES, build_backbone
 
     start = time.perf_counter()
     if kind not in KINDS:
@@ -201,7 +167,7 @@ def pretrain_backbone(family: str, arch: Any, tap: str, kind: str, data: Pretrai
     backbone.official_checkpoint(kind, {}, {}, info)  # a family without this kind's layout fails before training
     head = None
     if kind == "classification":
-        model, logits_of = _classifier(family, arch, tap, geometry, num_classes)
+        model, logits_of = FAMILIES[family].classifier(arch, geometry, num_classes)
         params = list(model.parameters())
     else:
         model, logits_of = backbone, None

@@ -43,6 +43,19 @@ class Family:
             )
         return importlib.import_module(self.module).build(arch, tap, geometry)
 
+    def classifier(self, arch: str | Mapping[str, Any], geometry: Geometry, num_classes: int) -> tuple[Any, Any]:
+        """The family's own classification network (official layout, head included) and its
+        pixels -> logits function, from the module's `classifier`; an error for families whose
+        official checkpoints are detectors or segmentors only."""
+        module = importlib.import_module(self.module) if self.module else None
+        if module is None or not hasattr(module, "classifier"):
+            with_one = ", ".join(n for n, f in FAMILIES.items()
+                                 if f.module and hasattr(importlib.import_module(f.module), "classifier"))
+            raise ValueError(f"family {self.name!r} has no classification network: its official checkpoints are "
+                             f"detection/segmentation models, so pretrain it for detection or segmentation "
+                             f"(classification: {with_one})")
+        return module.classifier(arch, geometry, num_classes)
+
 
 FAMILIES: dict[str, Family] = {
     "vit": Family("vit", "vlmswap.vision.vit", ("block-2",)),

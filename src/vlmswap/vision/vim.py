@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
+from vlmswap.vision.base import VisionBackbone, as_triple, resolve_arch
 from vlmswap.vision.scan import selective_scan
 
-__all__ = ["ARCHS", "TAPS", "BidirectionalMamba", "RMSNorm", "VisionMamba", "build"]
+__all__ = ["ARCHS", "TAPS", "BidirectionalMamba", "RMSNorm", "VisionMamba", "build", "classifier"]
 
 TAPS = ("final-norm",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # vim/datasets.py: DeiT preprocessing, timm IMAGENET_DEFAULT_*
@@ -163,19 +163,6 @@ class Block(nn.Module):
         return self.mixer(self.norm(residual, dtype=hidden.dtype)), residual
 
 
-def _resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(arch, str):
-        if arch not in ARCHS:
-            raise ValueError(f"unknown Vim architecture {arch!r}; named ones: {', '.join(ARCHS)} "
-                             "(or a mapping with embed_dim, depth)")
-        return dict(ARCHS[arch])
-    unknown = set(arch) - _ARCH_KEYS
-    if unknown or "embed_dim" not in arch or "depth" not in arch:
-        raise ValueError(f"bad Vim arch {dict(arch)}: needs embed_dim and depth; allowed keys: "
-                         f"{', '.join(sorted(_ARCH_KEYS))}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
-    return dict(arch)
-
-
 def _grid(size: int, patch: int, stride: int) -> int:
     """Patches along one side: a conv with kernel `patch`, stride `stride`, no padding."""
     return (size - patch) // stride + 1 if size >= patch else 0
@@ -189,7 +176,7 @@ class VisionMamba(VisionBackbone):
         super().__init__()
         if tap not in TAPS:
             raise ValueError(f"unknown tap {tap!r} for family 'vim'; allowed: {', '.join(TAPS)}")
-        spec = _resolve_arch(arch)
+        spec = resolve_arch(arch, ARCHS, {}, {"embed_dim", "depth"}, _ARCH_KEYS, "Vim")
         dim, depth = int(spec["embed_dim"]), int(spec["depth"])
         self.patch_size = int(spec.get("patch_size", 16))
         self.stride = int(spec.get("stride", self.patch_size))
@@ -296,6 +283,13 @@ class VisionMamba(VisionBackbone):
                              f"{tuple(self.pos_embed.shape)}; Vim weights only run at their training geometry "
                              "(224) and stride")
         return state
+
+
+def classifier(arch: str | Mapping[str, Any], geometry: Geometry,
+               num_classes: int) -> tuple[VisionMamba, Callable[[Tensor], Tensor]]:
+    """The classification network (head on the middle cls token) mini members are pretrained as."""
+    model = VisionMamba(arch, "final-norm", geometry, num_classes=num_classes)
+    return model, model.classify
 
 
 def build(arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> VisionMamba:

@@ -13,7 +13,7 @@ carry `mean` and `std` (default 0.5, the AugReg normalization).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import timm
@@ -23,7 +23,7 @@ from torch import Tensor
 from vlmswap.image import Geometry
 from vlmswap.vision.base import VisionBackbone, as_triple
 
-__all__ = ["TAPS", "VitBackbone", "build", "build_classifier"]
+__all__ = ["TAPS", "VitBackbone", "build", "build_classifier", "classifier"]
 
 TAPS = ("block-2",)
 _DEFAULT_NORM = (0.5, 0.5, 0.5)
@@ -99,6 +99,13 @@ class VitBackbone(VisionBackbone):
         # timm's own filter: resamples pos_embed (and patch_embed) when the checkpoint was trained
         # at another size than this geometry, exactly as timm does for pretrained=True.
         return checkpoint_filter_fn(state, self.model)
+
+
+def classifier(arch: str | Mapping[str, Any], geometry: Geometry,
+               num_classes: int) -> tuple[VisionTransformer, Callable[[Tensor], Tensor]]:
+    """The classification network mini members are pretrained as (timm's model and head) and its logits."""
+    model = build_classifier(arch, geometry, num_classes)
+    return model, model
 
 
 def build(arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> VitBackbone:

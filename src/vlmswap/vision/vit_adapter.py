@@ -78,13 +78,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp  # fc1 -> GELU (exact) -> fc2, the official key names
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
+from vlmswap.vision.base import VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
 
 __all__ = ["ARCHS", "TAPS", "AdapterBackbone", "AdapterNet", "ConvFFN", "Extractor", "Injector",
-           "InteractionBlock", "MSDeformAttn", "Mlp", "SpatialPriorModule", "UniPerceiverAdapterNet", "ViTAdapter",
+           "InteractionBlock", "MSDeformAttn", "SpatialPriorModule", "UniPerceiverAdapterNet", "ViTAdapter",
            "ViTAdapterNet", "build", "deformable_sample", "level_shapes", "pad_to_multiple", "reference_points"]
 
 TAPS = ("adapter-stride32",)
@@ -423,30 +424,14 @@ class AdapterNet(nn.Module):
 
 
 def _init_adapter_weights(module: nn.Module) -> None:
-    # ViTAdapter._init_weights: trunc-normal 0.02 Linear weights with zero bias, norms (1, 0),
-    # convs normal with std sqrt(2 / fan_out) and zero bias
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+    # ViTAdapter._init_weights: Linear and norms as the other backbones (BatchNorm included), convs
+    # normal with std sqrt(2 / fan_out) and zero bias
+    init_linear_and_norms(module, norms=(nn.LayerNorm, nn.BatchNorm2d))
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-
-
-def _init_vit_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def resize_pos_grid(grid: Tensor, size: tuple[int, int]) -> Tensor:
@@ -474,19 +459,6 @@ class _Attention(nn.Module):
         q, k, v = getattr(self, self._qkv)(x).view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)           # softmax(q k^T / sqrt(head_dim)) v
         return getattr(self, self._proj)(out.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2 (timm's Mlp key names), shared by the ViT and BEiT blocks."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class ViTBlock(nn.Module):
@@ -518,7 +490,7 @@ class ViTAdapterNet(AdapterNet):
         self.pos_embed = nn.Parameter(torch.zeros(1, (pretrain // PATCH) ** 2 + 1, dim))
         self.blocks = nn.Sequential(*(ViTBlock(dim, int(spec["num_heads"]), float(spec["mlp_ratio"]))
                                       for _ in range(depth)))
-        self.blocks.apply(_init_vit_weights)
+        self.blocks.apply(init_linear_and_norms)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._build_adapter(dim, int(spec["conv_inplane"]), int(spec["deform_num_heads"]), int(spec["n_points"]),
                             float(spec["deform_ratio"]), float(spec["cffn_ratio"]), float(spec["init_values"]),
@@ -588,20 +560,6 @@ class UniPerceiverAdapterNet(AdapterNet):
 
 
 # --- the backbone ------------------------------------------------------------------------------------
-
-def resolve_arch(arch: str | Mapping[str, Any], archs: Mapping[str, Mapping[str, Any]],
-                 defaults: Mapping[str, Any], required: set[str], allowed: set[str], what: str) -> dict[str, Any]:
-    if isinstance(arch, str):
-        if arch not in archs:
-            raise ValueError(f"unknown {what} architecture {arch!r}; named ones: {', '.join(archs)} "
-                             f"(or a mapping with {', '.join(sorted(required))})")
-        return {**defaults, **archs[arch]}
-    unknown = set(arch) - allowed
-    if unknown or not required <= set(arch):
-        raise ValueError(f"bad {what} arch {dict(arch)}: needs {', '.join(sorted(required))}; allowed keys: "
-                         f"{', '.join(sorted(allowed))}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
-    return {**defaults, **arch}
-
 
 class AdapterBackbone(VisionBackbone):
     """An adapter network tapped at f4 (stride 32, after norm4), as row-major tokens."""

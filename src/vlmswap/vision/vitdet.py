@@ -45,10 +45,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp  # fc1 -> GELU (exact) -> fc2, the official key names
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
+from vlmswap.vision.base import VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
 
 __all__ = ["ARCHS", "TAPS", "ViT", "ViTDet", "build", "rel_pos_bias", "window_partition", "window_unpartition"]
 
@@ -139,17 +140,6 @@ class Attention(nn.Module):
         return self.proj(out)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block; window attention when `window` > 0, global attention otherwise."""
 
@@ -188,17 +178,7 @@ class ViT(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, 0 if i in global_blocks else window_size, grid)
             for i in range(depth))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # ViT._init_weights: trunc-normal 0.02 Linear weights, zero biases, LayerNorm (1, 0)
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(init_linear_and_norms)  # ViT._init_weights
 
     def abs_pos(self, h: int, w: int) -> Tensor:
         """get_abs_pos: (1, h, w, C) from the pretraining grid without its cls entry."""
@@ -228,20 +208,6 @@ class _DetectorLayout(nn.Module):
         self.backbone.net = net
 
 
-def _resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(arch, str):
-        if arch not in ARCHS:
-            raise ValueError(f"unknown ViTDet architecture {arch!r}; named ones: {', '.join(ARCHS)} "
-                             "(or a mapping with embed_dim, depth, num_heads, global_blocks)")
-        return {**_DEFAULTS, **ARCHS[arch]}
-    required = {"embed_dim", "depth", "num_heads", "global_blocks"}
-    unknown = set(arch) - _ARCH_KEYS
-    if unknown or not required <= set(arch):
-        raise ValueError(f"bad ViTDet arch {dict(arch)}: needs {', '.join(sorted(required))}; allowed keys: "
-                         f"{', '.join(sorted(_ARCH_KEYS))}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
-    return {**_DEFAULTS, **arch}
-
-
 class ViTDet(VisionBackbone):
     """The ViT of a ViTDet detector, tapped at `last_feat` (the last block's output)."""
 
@@ -249,7 +215,8 @@ class ViTDet(VisionBackbone):
         super().__init__()
         if tap not in TAPS:
             raise ValueError(f"unknown tap {tap!r} for family 'vitdet'; allowed: {', '.join(TAPS)}")
-        spec = _resolve_arch(arch)
+        spec = resolve_arch(arch, ARCHS, _DEFAULTS, {"embed_dim", "depth", "num_heads", "global_blocks"}, _ARCH_KEYS,
+                            "ViTDet")
         self.tap = tap
         self.patch_size = int(spec["patch_size"])
         self.embed_dim = int(spec["embed_dim"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
+from vlmswap.vision.base import VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
 from vlmswap.vision.scan import cross_merge, cross_scan, selective_scan
 
-__all__ = ["ARCHS", "TAPS", "VMamba", "build"]
+__all__ = ["ARCHS", "TAPS", "VMamba", "build", "classifier"]
 
 TAPS = ("stage3", "stage3-outnorm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # classification/data/build.py (backbones.md 1.2)
@@ -148,19 +148,6 @@ def _halve(size: int) -> int:
     return (size + 1) // 2
 
 
-def _resolve_arch(arch: str | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(arch, str):
-        if arch not in ARCHS:
-            raise ValueError(f"unknown VMamba architecture {arch!r}; named ones: {', '.join(ARCHS)} "
-                             "(or a mapping with dims, depths, ssm_ratio)")
-        return dict(ARCHS[arch])
-    unknown = set(arch) - _ARCH_KEYS
-    if unknown or "dims" not in arch or "depths" not in arch:
-        raise ValueError(f"bad VMamba arch {dict(arch)}: needs dims and depths; allowed keys: "
-                         f"{', '.join(sorted(_ARCH_KEYS))}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
-    return dict(arch)
-
-
 class VMamba(VisionBackbone):
     """VSSM with the official module tree (patch_embed, layers, classifier) plus `outnorm2` for the
     outnorm tap. `forward` returns stage-3 tokens; `classify` runs the whole classification model."""
@@ -169,7 +156,7 @@ class VMamba(VisionBackbone):
         super().__init__()
         if tap not in TAPS:
             raise ValueError(f"unknown tap {tap!r} for family 'vmamba'; allowed: {', '.join(TAPS)}")
-        spec = _resolve_arch(arch)
+        spec = resolve_arch(arch, ARCHS, {}, {"dims", "depths", "ssm_ratio"}, _ARCH_KEYS, "VMamba")
         depths = [int(d) for d in spec["depths"]]
         dims = spec["dims"]
         dims = [int(dims) * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else [int(d) for d in dims]
@@ -201,18 +188,7 @@ class VMamba(VisionBackbone):
             flatten=nn.Flatten(1), head=nn.Linear(dims[-1], num_classes)))
         if tap == "stage3-outnorm":
             self.outnorm2 = LayerNorm2d(dims[2])
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # VSSM._init_weights: every nn.Linear (Linear2d included) trunc-normal 0.02, zero bias
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        self.apply(init_linear_and_norms)  # VSSM._init_weights (Linear2d is an nn.Linear)
 
     def stage3(self, pixels: Tensor) -> Tensor:
         """(B, C3, H/16, W/16): the output of layers[2].blocks, before its downsample."""
@@ -276,6 +252,14 @@ class VMamba(VisionBackbone):
         state = {**weights, **head}
         return {"model": state, "model_ema": state, "optimizer": {}, "epoch": info.get("epochs", 1) - 1,
                 "max_accuracy": info.get("accuracy"), "config": config}, "torch"
+
+
+def classifier(arch: str | Mapping[str, Any], geometry: Geometry,
+               num_classes: int) -> tuple[VMamba, Callable[[Tensor], Tensor]]:
+    """The classification VSSM mini members are pretrained as, and its logits. Built at the plain
+    stage3 tap: a classification file must never supply an outnorm."""
+    model = VMamba(arch, "stage3", num_classes=num_classes)
+    return model, model.classify
 
 
 def build(arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> VMamba:
