@@ -256,23 +256,41 @@ def cmd_evaluate(args) -> None:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
-    settings = study.raw.get("eval", {})
-    evaluate_cell(cell.id, vlm, cell.geometry, Path(args.index), Path(args.out),
-                  batch_size=int(settings.get("batch_size", 16)),
-                  max_new_tokens=int(settings.get("max_new_tokens", 128)), log=log, rank=rank, world=world)
+    model_dir = Path(args.model)
+    record = _predictions_record(study, cell, model_dir, Path(args.index))
+    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), model_dir, device, dtype)
+    settings = record["eval"]
+    evaluate_cell(cell.id, vlm, cell.geometry, Path(args.index), Path(args.out), record,
+                  batch_size=int(settings["batch_size"]), max_new_tokens=int(settings["max_new_tokens"]),
+                  log=log, rank=rank, world=world)
+
+
+def _predictions_record(study, cell, model_dir: Path, index: Path) -> dict:
+    """What the predictions of this evaluation will be made from: the model's training record,
+    the weights file as it is now, the evaluation settings and the prepared index."""
+    from vlmswap.provenance import eval_settings, file_sha256, predictions_record
+
+    summary_path = model_dir / "train.json"
+    summary = json.loads(summary_path.read_text())
+    if "provenance" not in summary:
+        raise SystemExit(f"{summary_path}: no provenance (trained by an older version); retrain the cell "
+                         f"(delete {model_dir} and rerun snakemake)")
+    weights = file_sha256(model_dir / "model.safetensors")
+    if weights != summary.get("model_sha256"):
+        log(f"warning: {model_dir / 'model.safetensors'} is not the file {summary_path} records (sha256 "
+            f"{weights[:12]} vs {str(summary.get('model_sha256'))[:12]}); the result will be scored but "
+            "marked stale in tables")
+    return predictions_record(summary["provenance"], weights, eval_settings(study), index)
 
 
 def cmd_baselines(args) -> None:
     from vlmswap.atomic import write_json
     from vlmswap.evaluate.baselines import score_baselines
 
-    study = _study(args)
-    indexes = {b: Path(args.prepared) / f"{b}.json" for b in study.benchmarks}
-    result = score_baselines(indexes)
+    result = score_baselines({args.benchmark: Path(args.index)})[args.benchmark]
     write_json(Path(args.out), result)
-    for name, r in result.items():
-        log(f"baseline {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["columns"].items()) + f" ({r['baseline']})")
+    log(f"baseline {args.benchmark}: " + ", ".join(f"{k} {v:.2f}" for k, v in result["columns"].items())
+        + f" ({result['baseline']})")
 
 
 def cmd_table(args) -> None:
@@ -322,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
          "ckpt-dir")
     verb("evaluate", cmd_evaluate, "evaluate one cell on one benchmark", "cell", "checkpoint", "llm", "model",
          "index", "out")
-    verb("baselines", cmd_baselines, "score trivial baselines on the prepared benchmarks", "prepared", "out")
+    verb("baselines", cmd_baselines, "score the trivial baseline of one prepared benchmark", "benchmark", "index",
+         "out")
     verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
     return parser

@@ -5,32 +5,31 @@
 rule baselines:
     localrule: True
     input:
-        expand(f"{RES}/prepared/{{benchmark}}.json", benchmark=STUDY.benchmarks),
+        f"{RES}/prepared/{{benchmark}}.json",
     output:
-        f"{OUT}/baselines.json",
-    params:
-        prepared=f"{RES}/prepared",
+        f"{OUT}/baselines/{{benchmark}}.json",
     log:
-        f"{LOGS}/baselines.log",
+        f"{LOGS}/baselines/{{benchmark}}.log",
     conda:
         "../envs/vlmswap.yaml"
     message:
-        "score the trivial baselines (majority answer, fixed central box)"
+        "score the trivial baseline of {wildcards.benchmark} (majority answer, fixed central box)"
     shell:
-        "{VLMSWAP} baselines --config {CFG} --prepared {params.prepared} --out {output} 2>&1 | tee {log}"
+        "{VLMSWAP} baselines --config {CFG} --benchmark {wildcards.benchmark} --index {input} --out {output} "
+        "2>&1 | tee {log}"
 
 
 rule table:
     localrule: True
     input:
         evals=table_inputs,
-        baselines=f"{OUT}/baselines.json",
+        baselines=table_baselines,
     output:
         csv=f"{OUT}/tables/{{table}}.csv",
         md=f"{OUT}/tables/{{table}}.md",
     params:
         results=OUT,
-        spec=lambda wc: config["tables"][wc.table],
+        spec=table_spec,
     log:
         f"{LOGS}/table/{{table}}.log",
     conda:

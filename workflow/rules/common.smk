@@ -5,7 +5,8 @@ import sys
 
 import yaml
 
-from vlmswap.study import BENCHMARK_COLUMNS, ConfigError, load_study
+from vlmswap.provenance import canonical_json, eval_settings, model_spec
+from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study
 from vlmswap.train.launch import launcher, train_resources
 
 CONFIG_FILE = str(workflow.configfiles[-1])
@@ -26,6 +27,9 @@ LOGS = f"logs/{STUDY.name}"
 IS_MINI = "mini" in config
 VLMSWAP = f"{sys.executable} -m vlmswap.cli"  # the interpreter running Snakemake: no activation needed
 CFG = CONFIG_FILE
+# How jobs start (interpreter, torchrun, GPU count) is not what they compute: these are globals of
+# the shell text, never `params`, so moving the venv or changing the GPU count reruns nothing.
+TRAIN_LAUNCHER = launcher(config.get("train_resources", {}))
 
 
 def _alternatives(values):
@@ -83,8 +87,49 @@ def instruct_paths():
     return f"{RES}/data/llava-v1.5-instruct/llava_v1_5_mix665k.json", f"{RES}/data/llava-v1.5-instruct"
 
 
+def table_benchmarks(table):
+    """The benchmarks whose results a table shows or averages: a VQA table needs no localization
+    run; a localization or full table also shows the overall average, which needs every benchmark."""
+    wanted = set(VQA_COLUMNS) if STUDY.tables[table].columns == "vqa" else set(VQA_COLUMNS + LOC_COLUMNS)
+    return [b for b in STUDY.benchmarks if wanted & set(BENCHMARK_COLUMNS[b])]
+
+
 def table_inputs(wildcards):
-    return [eval_json(c, b) for c in STUDY.tables[wildcards.table].cells for b in STUDY.benchmarks]
+    return [eval_json(c, b) for c in STUDY.tables[wildcards.table].cells for b in table_benchmarks(wildcards.table)]
+
+
+def table_baselines(wildcards):
+    return [f"{OUT}/baselines/{b}.json" for b in table_benchmarks(wildcards.table)]
+
+
+def table_spec(wildcards):
+    """What a table's text depends on besides its inputs: its config entry and each row's labels."""
+    table = STUDY.tables[wildcards.table]
+    rows = []
+    for cell_id in table.cells:
+        cell = STUDY.cell(cell_id)
+        backbone = STUDY.backbones[cell.backbone]
+        rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params])
+    return canonical_json({"table": config["tables"][wildcards.table], "rows": rows, "columns": STUDY.columns})
+
+
+def cell_spec(wildcards):
+    """Everything the config says that determines a trained cell (vlmswap.provenance.model_spec)."""
+    return canonical_json(model_spec(STUDY, STUDY.cell(wildcards.cell)))
+
+
+def pretrain_spec(wildcards):
+    """What a mini backbone's pretraining depends on: the member, its tap, the world's image size."""
+    backbone = STUDY.backbones[wildcards.backbone]
+    taps = sorted({c.tap for c in STUDY.cells if c.backbone == wildcards.backbone and c.objective == wildcards.objective})
+    mini = config.get("mini", {})
+    return canonical_json({
+        "family": backbone.family, "arch": backbone.arch, "taps": taps,
+        "source": backbone.checkpoints[wildcards.objective],
+        "objective": config["objectives"][wildcards.objective],
+        "image_size": mini.get("image_size"), "pretrain_epochs": mini.get("pretrain_epochs"),
+        "seed": config.get("seed", 0),
+    })
 
 
 def all_evals():
@@ -92,6 +137,8 @@ def all_evals():
 
 
 def all_targets():
-    targets = [f"{OUT}/tables/{t}.md" for t in STUDY.tables]
+    # every result is a target itself, so that a deleted one is rebuilt even though the tables
+    # that were made from it are newer than everything else
+    targets = all_evals() + [f"{OUT}/tables/{t}.md" for t in STUDY.tables]
     targets += [f"{OUT}/correlation.csv", f"{OUT}/correlation.png"]
     return targets

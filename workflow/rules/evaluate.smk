@@ -20,6 +20,9 @@ def _eval_launcher():
     return VLMSWAP
 
 
+EVAL_LAUNCHER = _eval_launcher()  # a shell global, not a param: how it starts is not what it computes
+
+
 rule evaluate:
     input:
         model=f"{OUT}/models/{{cell}}/model.safetensors",
@@ -30,8 +33,7 @@ rule evaluate:
         eval_json("{cell}", "{benchmark}"),
     params:
         model=lambda wc: model_dir(wc.cell),
-        eval=config.get("eval", {}),
-        launcher=_eval_launcher(),
+        eval=canonical_json(eval_settings(STUDY)),
     threads: 1
     resources:
         **_eval_resources(),
@@ -42,6 +44,6 @@ rule evaluate:
     message:
         "evaluate {wildcards.cell} on {wildcards.benchmark}"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} evaluate --config {CFG} --cell '{wildcards.cell}' "
+        "OMP_NUM_THREADS={threads} {EVAL_LAUNCHER} evaluate --config {CFG} --cell '{wildcards.cell}' "
         "--checkpoint {input.checkpoints} --llm {input.llm} --model {params.model} --index {input.index} "
         "--out {output} 2>&1 | tee {log}"

@@ -26,7 +26,7 @@ if IS_MINI:
             f"{RES}/pretrained/{{backbone}}@{{objective}}.pth",
         params:
             world=f"{RES}/world",
-            source=lambda wc: STUDY.checkpoint_source(wc.backbone, wc.objective),
+            spec=pretrain_spec,
         threads: 2
         # every backbone first: the long training jobs then pack onto the cores without waiting
         # behind a pretraining that one of them needs
@@ -48,7 +48,7 @@ if IS_MINI:
             directory(f"{RES}/llm-build"),
         params:
             world=f"{RES}/world",
-            source=config["llm"]["source"],
+            source=canonical_json({"source": config["llm"]["source"], "seed": config.get("seed", 0)}),
         log:
             f"{LOGS}/build_mini_llm.log",
         conda:

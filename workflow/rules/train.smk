@@ -13,8 +13,7 @@ rule train:
         summary=f"{OUT}/models/{{cell}}/train.json",
         losses=f"{OUT}/models/{{cell}}/loss.jsonl",
     params:
-        recipe=lambda wc: STUDY.recipe(STUDY.cell(wc.cell)),
-        launcher=launcher(config.get("train_resources", {})),
+        spec=cell_spec,  # config -> model: a change reruns exactly the cells it touches
         ckpt_dir=lambda wc: f"{OUT}/checkpoints/{wc.cell}",
         out=lambda wc: model_dir(wc.cell),
         json=instruct_paths()[0],
@@ -30,6 +29,6 @@ rule train:
     message:
         "train {wildcards.cell}"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} train --config {CFG} --cell '{wildcards.cell}' "
+        "OMP_NUM_THREADS={threads} {TRAIN_LAUNCHER} train --config {CFG} --cell '{wildcards.cell}' "
         "--checkpoint {input.checkpoints} --llm {input.llm} --instruct-json {params.json} "
         "--image-root {params.image_root} --out {params.out} --ckpt-dir {params.ckpt_dir} 2>&1 | tee {log}"

@@ -25,21 +25,37 @@ def row_for(study: Study, cell: Cell, results_dir: Path) -> Row:
     })
 
 
+def staleness_against(results_dir: Path):
+    """`collect`'s check: a result is current only if it evaluated the cell's current model."""
+    from vlmswap.provenance import result_staleness
+
+    summaries: dict[str, dict | None] = {}
+
+    def check(cell_id: str, result: dict) -> str | None:
+        if cell_id not in summaries:
+            path = results_dir / "models" / cell_id / "train.json"
+            summaries[cell_id] = json.loads(path.read_text()) if path.is_file() else None
+        return result_staleness(result, summaries[cell_id])
+
+    return check
+
+
 def write_study_table(study: Study, table_id: str, results_dir: Path, out_csv: Path, out_md: Path,
                       log: Callable[[str], None] = print) -> None:
     if table_id not in study.tables:
         raise KeyError(f"{study.path}: no table {table_id!r} (tables: {', '.join(study.tables)})")
     spec = study.tables[table_id]
     cells = study.cells_of_table(table_id)
-    scores = collect(results_dir, [c.id for c in cells], study.benchmarks)
+    scores = collect(results_dir, [c.id for c in cells], study.benchmarks, staleness_against(results_dir))
     table = build_table([row_for(study, c, results_dir) for c in cells], scores, spec.columns, study.columns)
     notes = [f"Study `{study.name}` ({study.path}); scores in percent; weighted columns average the study's "
              f"benchmarks by sample count ({', '.join(study.columns)})."]
     if spec.paper:
         notes.append(f"Reproduces {spec.paper} of the paper.")
-    baselines = results_dir / "baselines.json"
-    if baselines.exists():
-        for name, b in json.loads(baselines.read_text()).items():
+    for name in study.benchmarks:  # the baselines of the benchmarks this table planned
+        baseline = results_dir / "baselines" / f"{name}.json"
+        if baseline.exists():
+            b = json.loads(baseline.read_text())
             scores = ", ".join(f"{c} {v:.2f}" for c, v in b["columns"].items())
             notes.append(f"Trivial baseline on {name}: {scores} ({b['baseline']}).")
     write_table(table, out_csv, out_md, spec.title, notes)
@@ -48,7 +64,7 @@ def write_study_table(study: Study, table_id: str, results_dir: Path, out_csv: P
 
 def write_study_correlation(study: Study, results_dir: Path, out_csv: Path, out_png: Path,
                             log: Callable[[str], None] = print) -> None:
-    scores = collect(results_dir, study.cell_ids, study.benchmarks)
+    scores = collect(results_dir, study.cell_ids, study.benchmarks, staleness_against(results_dir))
     columns = study.columns
     matrix = correlation_matrix(scores, columns)
     n_runs = matrix.attrs["n_runs"]

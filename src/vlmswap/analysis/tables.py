@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -74,6 +74,7 @@ COLUMN_TITLES: dict[str, str] = {
     "overall-weighted": "Weighted Overall",
 }
 MISSING = "–"  # en dash, as the paper prints a missing entry
+STALE = "stale"  # a result that belongs to an older model of the cell: shown, never aggregated
 DAGGER = "†"
 
 
@@ -145,7 +146,8 @@ def _read_result(path: Path, cell_id: str, benchmark: str) -> dict[str, Any]:
     return data
 
 
-def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str]) -> pd.DataFrame:
+def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str],
+            staleness: Callable[[str, dict[str, Any]], str | None] | None = None) -> pd.DataFrame:
     """Read `{results_dir}/evals/{cell}/{benchmark}.json` for every cell x benchmark.
 
     Returns a frame indexed by cell id with, in this order: one column per score column the
@@ -153,6 +155,10 @@ def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str]) -> pd
     weight) and `skipped:<benchmark>` (`n_skipped`). A result that does not exist is NaN in all
     of its columns; a result that exists but is malformed raises ResultFileError naming the file.
     `attrs["subsets"]` maps cell -> benchmark -> the result's `subset` where it is not "full".
+
+    `staleness(cell_id, result)` says why a result no longer belongs to its cell's current model
+    (`provenance.result_staleness`), or None: a stale result is left out exactly like a missing
+    one, and `attrs["stale"]` maps cell -> benchmark -> the reason, for the table to name.
     """
     results_dir = Path(results_dir)
     wanted = {c for b in benchmarks for c in _benchmark_columns(b)}
@@ -160,12 +166,17 @@ def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str]) -> pd
     names = columns + [f"n:{c}" for c in columns] + [f"skipped:{b}" for b in benchmarks]
     frame = pd.DataFrame(np.nan, index=pd.Index(list(cell_ids), name="cell_id"), columns=names, dtype=float)
     subsets: dict[str, dict[str, str]] = {}
+    stale: dict[str, dict[str, str]] = {}
     for cell_id in cell_ids:
         for benchmark in benchmarks:
             path = results_dir / "evals" / cell_id / f"{benchmark}.json"
             if not path.is_file():
                 continue
             data = _read_result(path, cell_id, benchmark)
+            reason = staleness(cell_id, data) if staleness else None
+            if reason:
+                stale.setdefault(cell_id, {})[benchmark] = reason
+                continue
             for column, score in data["columns"].items():
                 frame.loc[cell_id, column] = float(score)
                 frame.loc[cell_id, f"n:{column}"] = data["n_samples"]
@@ -174,6 +185,7 @@ def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str]) -> pd
             if subset != "full":
                 subsets.setdefault(cell_id, {})[benchmark] = str(subset)
     frame.attrs["subsets"] = subsets
+    frame.attrs["stale"] = stale
     return frame
 
 
@@ -293,6 +305,14 @@ def build_table(
         who = "every row" if len(cells) == len(ids) else ", ".join(cells)
         footnotes.append(f"{b} was evaluated on subset {subset!r}, not the full benchmark ({who}).")
 
+    # A stale result is not a score of this cell: its column stays empty and the table says why.
+    stale = scores.attrs.get("stale", {})
+    for cell_id in ids:
+        for b, reason in stale.get(cell_id, {}).items():
+            if b in relevant:
+                footnotes.append(f"Stale: {cell_id}: the {b} result is left out ({reason}).")
+    table.attrs["stale"] = {c: sorted(b for b in stale.get(c, {}) if b in shown_benchmarks) for c in ids}
+
     for b in shown_benchmarks:
         table[f"skipped:{b}"] = data[f"skipped:{b}"].astype("Int64")
     table.attrs["footnotes"] = footnotes
@@ -325,6 +345,8 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, .
         for c in score_columns:
             value = row[c]
             text = MISSING if pd.isna(value) else f"{value:.2f}"
+            if COLUMN_BENCHMARK.get(c) in table.attrs.get("stale", {}).get(cell_id, ()):
+                text = STALE
             skip_column = f"skipped:{COLUMN_BENCHMARK.get(c, '')}"
             if skip_column in table.columns and pd.notna(row[skip_column]) and row[skip_column] > 0:
                 text += DAGGER

@@ -19,9 +19,10 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from vlmswap.atomic import write_json
+from vlmswap.atomic import write_json, write_text
 from vlmswap.evaluate.registry import Example, Skipped, get_benchmark
 from vlmswap.language import eval_prompt
+from vlmswap.provenance import differences, move_aside, result_record, scorer_version
 
 
 def prepare(name: str, root: Path, subset: str, out: Path, log: Callable[[str], None] = print) -> dict:
@@ -47,39 +48,95 @@ def read_index(path: Path) -> tuple[str, str, list[Example], list[Skipped]]:
     return data["benchmark"], data["subset"], examples, [Skipped(**s) for s in data["skipped"]]
 
 
-def _read_predictions(path: Path) -> dict[str, str]:
+class PredictionsFileError(ValueError):
+    """A predictions file that cannot be trusted; the message names the file, the line and the fix."""
+
+
+def _read_predictions(path: Path) -> tuple[dict | None, dict[str, str]]:
+    """The provenance header and the predictions of a jsonl file (a torn last line ends the read).
+
+    A repeated id is an error, not last-wins: two answers for one example mean two runs wrote
+    into one file, and neither can be trusted to be the one the score should use."""
+    header: dict | None = None
     done: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[str(row["id"])] = row["prediction"]
-            except (json.JSONDecodeError, KeyError):
-                break  # a line cut by the interruption: everything after it is redone
-    return done
+    if not path.exists():
+        return header, done
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            if number == 1 and isinstance(row, dict) and "provenance" in row:
+                header = row["provenance"]
+                continue
+            key, prediction = str(row["id"]), row["prediction"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # a line cut by the interruption: everything after it is redone
+        if key in done:
+            raise PredictionsFileError(
+                f"{path}:{number}: example id {key!r} appears twice; the file mixes two runs. "
+                f"Delete {path.name} to regenerate the predictions")
+        done[key] = prediction
+    return header, done
+
+
+def _write_predictions(path: Path, record: dict, rows: dict[str, str]) -> None:
+    write_text(path, json.dumps({"provenance": record}) + "\n"
+               + "".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in rows.items()))
 
 
 def _shard_file(pred_path: Path, rank: int, world: int) -> Path:
     return pred_path if world == 1 else pred_path.with_name(f"{pred_path.stem}.rank{rank}-of-{world}.jsonl")
 
 
-def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path, batch_size: int = 16,
-                  max_new_tokens: int = 128, log: Callable[[str], None] = print,
+def _usable_predictions(path: Path, record: dict, log: Callable[[str], None]) -> dict[str, str]:
+    """The predictions of `path` if they were made by exactly this model, index, settings and code;
+    otherwise the file is moved aside and nothing is reused."""
+    header, done = _read_predictions(path)
+    if not path.exists():
+        return {}
+    why = differences(header, record)
+    if why:
+        move_aside(path, why, log)
+        return {}
+    return done
+
+
+def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path, record: dict,
+                  batch_size: int = 16, max_new_tokens: int = 128, log: Callable[[str], None] = print,
                   rank: int = 0, world: int = 1) -> dict:
-    """Evaluate one cell on one prepared benchmark. With `world` > 1 (one process per GPU under
-    torchrun, the process group already initialised) every rank generates a strided shard of the
-    examples into its own predictions file; rank 0 merges them, scores and writes the result."""
+    """Evaluate one cell on one prepared benchmark. `record` is the predictions' provenance
+    (`provenance.predictions_record`): predictions on disk are resumed only if they carry the same.
+    With `world` > 1 (one process per GPU under torchrun, the process group already initialised)
+    every rank generates a strided shard of the examples into its own predictions file; rank 0
+    merges them, scores and writes the result."""
     name, subset, examples, skipped = read_index(index_path)
     benchmark = get_benchmark(name)
     pred_path = out_json.with_name(out_json.stem + ".predictions.jsonl")
-    done: dict[str, str] = {}
-    for other in [pred_path] + [_shard_file(pred_path, r, world) for r in range(world) if world > 1]:
-        done.update(_read_predictions(other))
     mine = _shard_file(pred_path, rank, world)
-    own = {k: v for k, v in _read_predictions(mine).items()}
+    done: dict[str, str] = {}
+    if rank == 0:
+        done.update(_usable_predictions(pred_path, record, log))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has set a foreign merged file aside before anyone reads it
+        if rank != 0:
+            done.update(_read_predictions(pred_path)[1] if pred_path.exists() else {})
+        own = _usable_predictions(mine, record, log)
+        for r in range(world):
+            if r != rank:
+                header, theirs = _read_predictions(_shard_file(pred_path, r, world))
+                if not differences(header, record):
+                    done.update(theirs)
+        done.update(own)
+    else:
+        own = done
     # rewrite the valid prefix so that a torn last line never stays in the file
-    mine.parent.mkdir(parents=True, exist_ok=True)
-    mine.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in own.items()))
+    _write_predictions(mine, record, {e.id: done[e.id] for e in examples if e.id in own})
+    known = {e.id for e in examples}
+    strangers = sorted(set(done) - known)
+    if strangers:
+        raise PredictionsFileError(f"{pred_path}: ids {strangers[:5]} are not in the index {index_path}; "
+                                   f"delete {pred_path.name} to regenerate the predictions")
     todo = [e for i, e in enumerate(examples) if i % world == rank and e.id not in done]
     if done:
         log(f"{name}: resuming, {len(done)} predictions on disk, {len(todo)} to go on rank {rank}")
@@ -115,22 +172,22 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
         if rank != 0:
             return {}
         for r in range(world):
-            done.update(_read_predictions(_shard_file(pred_path, r, world)))
-        ordered = [e.id for e in examples]
-        pred_path.write_text("".join(json.dumps({"id": k, "prediction": done[k]}) + "\n" for k in ordered))
+            done.update(_read_predictions(_shard_file(pred_path, r, world))[1])
+        _write_predictions(pred_path, record, {e.id: done[e.id] for e in examples})
         for r in range(world):
             _shard_file(pred_path, r, world).unlink(missing_ok=True)
     score = benchmark.score(examples, done)
     scored_path = out_json.with_name(out_json.stem + ".scored.jsonl")
-    scored_path.write_text("".join(json.dumps({"id": k, **v}, default=str) + "\n" for k, v in score.per_example.items()))
+    write_text(scored_path, "".join(json.dumps({"id": k, **v}, default=str) + "\n" for k, v in score.per_example.items()))
     result = {
         "cell": cell_id, "benchmark": name, "subset": subset,
         "columns": {k: round(v, 4) for k, v in score.columns.items()},
         "metrics": score.metrics, "n_samples": score.n_samples,
         "n_skipped": len(skipped), "skipped": [asdict(s) for s in skipped],
         "predictions": pred_path.name, "scored": scored_path.name,
-        "seconds": round(time.time() - t0, 2),
+        "provenance": result_record(record, scorer_version()),
     }
     write_json(out_json, result)
-    log(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in score.columns.items()) + f" over {score.n_samples}")
+    log(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in score.columns.items()) + f" over {score.n_samples} "
+        f"({time.time() - t0:.1f}s)")
     return result

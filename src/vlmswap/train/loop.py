@@ -22,6 +22,7 @@ import torch
 from vlmswap.atomic import atomic_path, write_json, write_text
 from vlmswap.data.instruct import InstructDataset, collate, micro_batches, split_modality_batches
 from vlmswap.language import load_llm, load_tokenizer
+from vlmswap.provenance import differences, file_sha256, model_record, move_aside
 from vlmswap.study import Cell, Study
 from vlmswap.train.engine import deepspeed_config, distributed_env, init_deepspeed, on_gpu, parameter_groups
 from vlmswap.train.schedule import accumulation_steps, schedule_for
@@ -68,6 +69,8 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     rank, world, local_rank = distributed_env()
     say = log if rank == 0 else (lambda _msg: None)
     recipe = study.recipe(cell)
+    # what this run is: config, input files and code; resume state of any other run is set aside
+    provenance = model_record(study, cell, paths.checkpoint_files, paths.llm_dir, paths.instruct_json)
     device = torch.device("cuda", local_rank) if on_gpu() else torch.device("cpu")
     torch.manual_seed(int(recipe["seed"]))
 
@@ -102,6 +105,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
 
     history: list[dict] = []
     start = 0
+    _set_aside_foreign_state(paths.ckpt_dir, provenance, rank, say)
     if (paths.ckpt_dir / "latest").is_file():
         loaded, client = engine.load_checkpoint(str(paths.ckpt_dir))
         if loaded is None:
@@ -156,7 +160,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             say(f"step {step + 1}/{schedule.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
                 f"({record['seconds']:.2f}s)")
         if (step + 1) % every == 0 and step + 1 < schedule.steps:
-            _save_checkpoint(engine, paths.ckpt_dir, step + 1, history)
+            _save_checkpoint(engine, paths.ckpt_dir, step + 1, history, provenance)
     wall = time.time() - t0
 
     state = engine._zero3_consolidated_16bit_state_dict()
@@ -170,6 +174,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         losses = [h["loss"] for h in history]
         summary = {
             "cell": cell.id, "study": study.name, "recipe": recipe, "git": git_hash(),
+            "provenance": provenance, "model_sha256": file_sha256(paths.out_dir / "model.safetensors"),
             "world_size": world, "device": str(device), "steps": schedule.steps, "warmup_steps": schedule.warmup,
             "resumed_from_step": start, "examples": len(dataset), "visual_tokens": n_visual,
             "loss_first": losses[0] if losses else None, "loss_final": losses[-1] if losses else None,
@@ -184,9 +189,24 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     return {}
 
 
-def _save_checkpoint(engine, ckpt_dir: Path, step: int, history: list[dict]) -> None:
+def _set_aside_foreign_state(ckpt_dir: Path, provenance: dict, rank: int, say: Callable[[str], None]) -> None:
+    """Resume only a run of exactly this cell, config, inputs and code: anything else in the resume
+    folder (another recipe, a new backbone file, a torn first save) is moved aside, never deleted."""
+    if ckpt_dir.exists():
+        record_file = ckpt_dir / "provenance.json"
+        recorded = json.loads(record_file.read_text()) if record_file.is_file() else None
+        why = differences(recorded, provenance)
+        if why and rank == 0:
+            move_aside(ckpt_dir, why, say)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank looks at the folder before rank 0 has decided
+
+
+def _save_checkpoint(engine, ckpt_dir: Path, step: int, history: list[dict], provenance: dict) -> None:
     """Save resume state, then drop older tags (DeepSpeed writes `latest` after the tag)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if engine.global_rank == 0 and not (ckpt_dir / "provenance.json").is_file():
+        write_json(ckpt_dir / "provenance.json", provenance)  # before any tag: no state without its record
     tag = f"step-{step:07d}"
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "history": history})
     if engine.global_rank == 0:
