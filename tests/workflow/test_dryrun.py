@@ -62,7 +62,7 @@ def test_train_jobs_carry_the_cluster_resources(paper_jobs):
     assert res["cpus_per_task"] == spec["cpus_per_gpu"] * gpus
     assert res["mem_mb"] == spec["mem_mb_per_gpu"] * gpus
     assert res["runtime"] == spec["runtime_min"]
-    assert f"torch.distributed.run --standalone --nproc-per-node {gpus} -m vlmswap.cli" in train[0].params.launcher
+    assert f"torch.distributed.run --standalone --nproc-per-node {gpus} -m vlmswap.cli" in train[0].shellcmd
 
 
 def test_one_table_schedules_only_what_it_needs(tmp_path):
@@ -70,10 +70,25 @@ def test_one_table_schedules_only_what_it_needs(tmp_path):
     cells = study["tables"]["table-5"]["cells"]
     jobs = dry_run(PAPER, targets=["results/paper/tables/table-5.md"], workdir=tmp_path)
     counts = Counter(job.rule.name for job in jobs)
-    assert counts["train"] == len(cells)
-    assert counts["evaluate"] == len(cells) * len(study["benchmarks"])
+    assert study["tables"]["table-5"]["columns"] == "vqa"
+    vqa = {"vqa-v2", "gqa", "vizwiz", "textvqa", "pope", "tallyqa"}  # Table 5 shows VQA columns only
+    assert counts["train"] == len(cells) == 14
+    assert counts["evaluate"] == len(cells) * len(vqa) == 84
+    assert {(j.wildcards["cell"], j.wildcards["benchmark"]) for j in jobs if j.rule.name == "evaluate"} == {
+        (c, b) for c in cells for b in vqa}
+    for rule in ("prepare_benchmark", "baselines", "fetch_benchmark"):  # no localization download or index
+        assert {j.wildcards["benchmark"] for j in jobs if j.rule.name == rule} == vqa
     assert counts["table"] == 1 and "correlation" not in counts
     assert {j.wildcards["cell"] for j in jobs if j.rule.name == "train"} == set(cells)
+
+
+def test_a_localization_table_plans_every_benchmark_for_its_overall_average(tmp_path):
+    study = yaml.safe_load(PAPER.read_text())
+    loc = next(t for t, spec in study["tables"].items() if spec["columns"] == "loc")
+    cells = study["tables"][loc]["cells"]
+    jobs = dry_run(PAPER, targets=[f"results/paper/tables/{loc}.md"], workdir=tmp_path)
+    assert {(j.wildcards["cell"], j.wildcards["benchmark"]) for j in jobs if j.rule.name == "evaluate"} == {
+        (c, b) for c in cells for b in study["benchmarks"]}
 
 
 def test_two_node_training_generates_an_srun_launch(tmp_path):
@@ -85,7 +100,7 @@ def test_two_node_training_generates_an_srun_launch(tmp_path):
     train = next(j for j in jobs if j.rule.name == "train")
     assert train.resources["mpi"] == "srun" and train.resources["tasks"] == 2
     assert train.resources["gres"] == "gpu:4" and train.resources["nodes"] == 2
-    assert train.params.launcher.startswith("srun --nodes 2 --ntasks-per-node 1")
+    assert " srun --nodes 2 --ntasks-per-node 1 " in train.shellcmd
 
 
 def test_slurm_profile_dry_run_from_the_repository_root():
