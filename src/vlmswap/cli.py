@@ -2,6 +2,7 @@
 
     vlmswap cells --config config/experiments.yaml        # list the grid
     vlmswap validate --config config/mini.yaml
+    vlmswap status --config config/mini.yaml [--json]     # which results are current, stale or missing
     vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
     vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
     vlmswap train --config C --cell ID ...
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from vlmswap.evaluate.errors import PredictionsFileError
 from vlmswap.study import ConfigError, load_study
 
 
@@ -40,6 +42,43 @@ def cmd_validate(args) -> None:
 def cmd_cells(args) -> None:
     for cell_id in _study(args).cell_ids:
         print(cell_id)
+
+
+def cmd_status(args) -> None:
+    """Per cell: is the model trained, and is each result current, stale (another model's) or missing."""
+    from vlmswap.analysis.report import staleness_against
+
+    study = _study(args)
+    results = Path(args.results or f"results/{study.name}")
+    check = staleness_against(results)
+    rows, totals = [], {"current": 0, "stale": 0, "missing": 0}
+    for cell in study.cells:
+        trained = (results / "models" / cell.id / "train.json").is_file()
+        row = {"cell": cell.id, "model": "trained" if trained else "missing", "results": {}}
+        for benchmark in study.benchmarks:
+            path = results / "evals" / cell.id / f"{benchmark}.json"
+            if not path.is_file():
+                state, why = "missing", None
+            else:
+                why = check(cell.id, json.loads(path.read_text()))
+                state = "stale" if why else "current"
+            totals[state] += 1
+            row["results"][benchmark] = {"state": state, **({"why": why} if why else {})}
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"study": study.name, "results": str(results), "cells": rows, "totals": totals}, indent=2))
+        return
+    width = max(len(c.id) for c in study.cells)
+    print(f"{'cell'.ljust(width)}  model    " + "  ".join(b.ljust(8) for b in study.benchmarks))
+    for row in rows:
+        print(f"{row['cell'].ljust(width)}  {row['model'].ljust(7)}  "
+              + "  ".join(row["results"][b]["state"].ljust(8) for b in study.benchmarks))
+    for row in rows:
+        for benchmark, r in row["results"].items():
+            if r["state"] == "stale":
+                print(f"stale: {row['cell']} {benchmark}: {r['why']}")
+    print(f"{totals['current']} current, {totals['stale']} stale, {totals['missing']} missing results "
+          f"under {results}; `snakemake` reruns what is stale or missing")
 
 
 def cmd_mini_world(args) -> None:
@@ -324,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("validate", cmd_validate, "check a study config")
     verb("cells", cmd_cells, "list the cell ids of a study")
+    p = verb("status", cmd_status, "which results are current, stale or missing")
+    p.add_argument("--results", help="the study's results folder (default results/<study>)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     verb("mini-world", cmd_mini_world, "generate the mini world", "out")
     verb("pretrain-mini", cmd_pretrain_mini, "pretrain a tiny backbone on the mini world",
          "backbone", "objective", "world", "out")
@@ -353,6 +395,9 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except ConfigError as e:
         print(f"vlmswap: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except PredictionsFileError as e:
+        print(f"vlmswap: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -116,3 +116,36 @@ def test_bf16_with_activation_checkpointing_trains(setup):
 
     summary = json.loads((base / "bf16" / "train.json").read_text())
     assert summary["recipe"]["grad_checkpointing"] is True and summary["steps"] == 3
+
+
+@pytest.mark.slow
+def test_resume_state_of_another_recipe_is_moved_aside_and_training_restarts(setup):
+    """A recipe edit after an interrupted run never continues the old recipe's optimizer state."""
+    import json
+
+    base = setup
+    proc = subprocess.Popen(train_cmd(base, "edited"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = base / "edited-ckpt" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert latest.exists(), "no resume checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    recorded = json.loads((base / "edited-ckpt" / "provenance.json").read_text())
+
+    study = yaml.safe_load((base / "study.yaml").read_text())
+    study["recipe"]["lr"] = study["recipe"]["lr"] / 2
+    (base / "study-lr.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    run = subprocess.run(train_cmd(base, "edited", "study-lr.yaml"), env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "resumed from" not in run.stdout
+    moved = [line for line in run.stdout.splitlines() if "moved aside" in line]
+    assert len(moved) == 1 and "spec.recipe.lr" in moved[0]
+    (aside,) = base.glob("edited-ckpt.stale-*")
+    assert (aside / "latest").is_file()  # the old state is kept for the user, not deleted
+    summary = json.loads((base / "edited" / "train.json").read_text())
+    assert summary["resumed_from_step"] == 0
+    assert summary["provenance"]["fingerprint"] != recorded["fingerprint"]
+    assert summary["provenance"]["spec"]["recipe"]["lr"] == study["recipe"]["lr"]

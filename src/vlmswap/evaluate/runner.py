@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from vlmswap.atomic import write_json, write_text
+from vlmswap.evaluate.errors import PredictionsFileError
 from vlmswap.evaluate.registry import Example, Skipped, get_benchmark
 from vlmswap.language import eval_prompt
 from vlmswap.provenance import differences, move_aside, result_record, scorer_version
@@ -46,10 +47,6 @@ def read_index(path: Path) -> tuple[str, str, list[Example], list[Skipped]]:
     data = json.loads(Path(path).read_text())
     examples = [Example(**{**e, "image": Path(e["image"])}) for e in data["examples"]]
     return data["benchmark"], data["subset"], examples, [Skipped(**s) for s in data["skipped"]]
-
-
-class PredictionsFileError(ValueError):
-    """A predictions file that cannot be trusted; the message names the file, the line and the fix."""
 
 
 def _read_predictions(path: Path) -> tuple[dict | None, dict[str, str]]:
@@ -130,8 +127,14 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
         done.update(own)
     else:
         own = done
-    # rewrite the valid prefix so that a torn last line never stays in the file
-    _write_predictions(mine, record, {e.id: done[e.id] for e in examples if e.id in own})
+    # Keep whole batches only, so that the resumed run batches (and pads) every example exactly as
+    # an uninterrupted run would: greedy outputs then match byte for byte. Rewriting the kept
+    # prefix also drops a torn last line.
+    mine_ids = [e.id for i, e in enumerate(examples) if i % world == rank and e.id in own]
+    kept = mine_ids[:len(mine_ids) - len(mine_ids) % batch_size]
+    for dropped in mine_ids[len(kept):]:
+        done.pop(dropped, None)
+    _write_predictions(mine, record, {k: own[k] for k in kept})
     known = {e.id for e in examples}
     strangers = sorted(set(done) - known)
     if strangers:
