@@ -1,6 +1,7 @@
 """Shared test setup: the --run-slow switch for the end-to-end runs, CPU-only environment."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+PAPER_DIR = Path(__file__).resolve().parents[2] / "shared" / "paper"
+
+
+def require_paper() -> Path:
+    """The paper's CSVs (../shared/paper beside the repository). Missing on a laptop clone: the
+    test is skipped; missing in CI (CI=true): the test fails, since CI always has them."""
+    if (PAPER_DIR / "paper_results.csv").is_file():
+        return PAPER_DIR
+    message = f"the paper's CSVs are not at {PAPER_DIR} (the shared folder next to the repository)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + "; CI must provide them")
+    pytest.skip(message)

@@ -33,6 +33,10 @@ def vlm():
                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
     tok.padding_side = "left"
+    # a random LM often ends at once; with a zero EOS row its logit is 0 while the best other
+    # token's is almost surely positive, so generations are non-empty and comparable
+    with torch.no_grad():
+        llm.lm_head.weight[tok.eos_token_id] = 0.0
     return VLM(TinyVision(), VLMHead("mlp2", 8, llm).eval(), tok)
 
 
@@ -61,7 +65,27 @@ def test_batched_generation_equals_one_at_a_time(vlm):
     prompts = ["USER: what ASSISTANT:", "USER: what color is it ASSISTANT:", "USER: it ASSISTANT:"]
     batched = vlm.generate(pixels, prompts, max_new_tokens=6)
     single = [vlm.generate(pixels[i:i + 1], [p], max_new_tokens=6)[0] for i, p in enumerate(prompts)]
+    assert all(len(text) > 0 for text in batched)  # an empty == empty comparison proves nothing
+    assert len(set(batched)) > 1  # the outputs depend on the input
     assert batched == single
+
+
+def test_training_and_evaluation_splice_visual_tokens_identically(vlm):
+    """The sequence the LLM sees for an image and a prompt is the same whether it comes through the
+    training head (one unpadded row) or the evaluation batch (left-padded, several rows)."""
+    torch.manual_seed(2)
+    pixels = torch.randn(3, 3, 16, 16)
+    prompts = ["USER: what ASSISTANT:", "USER: what color is it ASSISTANT: red", "USER: it ASSISTANT:"]
+    embeds, attn = vlm._inputs(pixels, prompts)
+    features = vlm.features(pixels)
+    for i, prompt in enumerate(prompts):
+        ids = torch.tensor([vlm.tokenizer(prompt, add_special_tokens=True).input_ids])
+        train_embeds, train_mask, _ = vlm.head.embed(features[i:i + 1], ids, torch.ones_like(ids), ids.clone(),
+                                                     torch.tensor([True]))
+        n = int(train_mask.sum())
+        assert int(attn[i].sum()) == n
+        # (a batched matmul may round differently in the last bit of the projected features)
+        torch.testing.assert_close(embeds[i, attn[i].bool()], train_embeds[0, :n], rtol=0, atol=1e-6)
 
 
 def test_choice_probabilities_are_renormalized(vlm):

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import require_paper
+
 from vlmswap.analysis.tables import ResultFileError, Row, build_table, collect, to_markdown, write_table
 
 # Full benchmark sizes, as the paper weights them (one TextVQA run scored twice: 5000 each).
@@ -144,8 +146,8 @@ def test_build_table_rejects_bad_arguments(tmp_path):
         build_table(rows(A, A), scores, "vqa", ["vqa-v2"])
 
 
-@pytest.mark.skipif(not PAPER_RESULTS.exists(), reason=f"{PAPER_RESULTS} not present")
 def test_weighted_columns_reproduce_every_paper_row():
+    require_paper()
     paper = pd.read_csv(PAPER_RESULTS)
     ids = [f"row{i}" for i in paper.index]
     scores = paper[ALL].set_axis(ids)

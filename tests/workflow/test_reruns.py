@@ -56,25 +56,33 @@ def snakemake(workdir: Path, config: Path, *args: str, python: str = sys.executa
 
 
 def planned(workdir: Path, study: dict, tmp: Path, name: str, python: str = sys.executable) -> set[tuple]:
-    """The jobs a dry run of `study` plans in the finished `workdir`: {(rule, wildcard values...)}."""
+    """The jobs a dry run of `study` plans in the finished `workdir`: {(rule, wildcard values...)}.
+    `python` stands for the interpreter Snakemake runs under (the rules' shell commands name it)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
+                                          ResourceSettings, StorageSettings)
+
     config = tmp / f"{name}.yaml"
     config.write_text(yaml.safe_dump(study, sort_keys=False))
-    run = snakemake(workdir, config, "-n", python=python)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    jobs, rule = set(), None
-    for line in (run.stdout + run.stderr).splitlines():
-        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
-        if m:
-            rule = m.group(1)
-            if rule not in ("all",):
-                jobs.add((rule,))  # replaced below when the job has wildcards
-            continue
-        m = re.match(r"^wildcards: (.*)$", line.strip())
-        if m and rule:
-            jobs.discard((rule,))
-            values = tuple(v.split("=", 1)[1] for v in m.group(1).split(", "))
-            jobs.add((rule, *values))
-    return jobs
+    real, sys.executable = sys.executable, python
+    try:
+        with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+            workflow_api = api.workflow(
+                resource_settings=ResourceSettings(cores=2),
+                config_settings=ConfigSettings(configfiles=[config]),
+                storage_settings=StorageSettings(),
+                snakefile=ROOT / "Snakefile",
+                workdir=workdir,
+            )
+            dag_api = workflow_api.dag(DAGSettings())
+            dag_api.execute_workflow(executor="dryrun")
+            dag = workflow_api._workflow.dag
+            jobs = list(dag.needrun_jobs(exclude_finished=False))
+            assert all(sys.executable in j.shellcmd for j in jobs if j.rule.name == "train")
+    finally:
+        sys.executable = real
+        os.chdir(ROOT)  # the API changes into the workdir
+    return {(j.rule.name, *j.wildcards_dict.values()) for j in jobs if j.rule.name != "all"}
 
 
 def evals(cells, benchmarks=BENCH):
