@@ -66,8 +66,12 @@ def test_trimmed_mini_study_runs_end_to_end(tmp_path):
     md = (out / "tables" / "tiny.md").read_text()
     assert "VMamba-mini(f)" in md and "OCID-Ref" in md and "Trivial baseline on pope" in md
     assert len(list(csv.DictReader((out / "tables" / "tiny-loc.csv").open()))) == 2
-    baselines = json.loads((out / "baselines.json").read_text())
+    baselines = {p.stem: json.loads(p.read_text()) for p in (out / "baselines").glob("*.json")}
     assert set(baselines) == set(BENCHMARK_COLUMNS)
+    # every cell learned to use the image beyond the majority answer of each question type
+    majority = baselines["vqa-v2"]["columns"]["vqa-v2"]
+    for row in rows:
+        assert float(row["vqa-v2"]) > majority, f"{row['cell_id']}: VQA-v2 {row['vqa-v2']} <= baseline {majority:.2f}"
     assert (out / "correlation.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "resources" / "tiny" / "checkpoints" / "vit-mini@cls.ckpt.source.json").exists()
 
