@@ -37,6 +37,23 @@ def test_sha256_mismatch_keeps_the_file_aside_and_says_how_to_fix(tmp_path):
     assert not dest.exists() and dest.with_name("w.ckpt.bad-sha256").exists()
 
 
+def test_a_fetched_file_survives_a_failed_refetch(tmp_path):
+    # the old file stays until its replacement is complete and verified: a wrong sha256, a missing
+    # local source and an interrupted download all leave it (and the cells trained on it) untouched
+    dest = tmp_path / "out" / "w.ckpt"
+    good, digest = _file(tmp_path, "good.pth", b"good weights")
+    fetch({"url": good.as_uri(), "sha256": digest}, dest, log=lambda m: None)
+    other, _ = _file(tmp_path, "other.pth", b"other weights")
+    with pytest.raises(FetchError, match=r"sha256 mismatch.*w\.ckpt was left as it was"):
+        fetch({"url": other.as_uri(), "sha256": digest}, dest, log=lambda m: None)
+    assert dest.read_bytes() == b"good weights"
+    assert dest.with_name("w.ckpt.bad-sha256").read_bytes() == b"other weights"
+    with pytest.raises(FetchError, match="does not exist"):
+        fetch({"path": str(tmp_path / "missing.pth")}, dest, log=lambda m: None)
+    assert dest.read_bytes() == b"good weights"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["w.ckpt", "w.ckpt.bad-sha256", "w.ckpt.source.json"]
+
+
 def test_mirror_is_used_first_for_url_hub_and_timm(tmp_path):
     mirror = tmp_path / "mirror"
     (mirror / "url" / "example.org" / "releases").mkdir(parents=True)

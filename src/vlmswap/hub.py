@@ -115,27 +115,57 @@ def fetch(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     source = dict(source)
-    origin = None
-    if mirror:
-        for candidate in _mirror_candidates(source, Path(mirror)):
-            if candidate.exists():
-                _copy(candidate, dest)
-                origin = str(candidate)
-                break
-    if origin is None:
-        origin = _fetch_direct(source, dest, _offline(offline), mirror, log)
-    digest = sha256_file(dest) if dest.is_file() else ""
-    if source.get("sha256") and digest != source["sha256"]:
-        bad = dest.with_name(dest.name + ".bad-sha256")
-        os.replace(dest, bad)
-        raise FetchError(
-            f"sha256 mismatch for {origin}: expected {source['sha256']}, got {digest}. The file was kept "
-            f"as {bad} for inspection; fix the config's sha256 or the mirror copy."
-        )
-    size = dest.stat().st_size if dest.is_file() else sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    # everything lands in a staging path first: a file fetched before (and the cells trained on it)
+    # survives a failed download, a missing source or a wrong sha256 until the new one is verified
+    staging = dest.with_name(f".{dest.name}.incoming")
+    _remove(staging)
+    try:
+        origin = None
+        if mirror:
+            for candidate in _mirror_candidates(source, Path(mirror)):
+                if candidate.exists():
+                    _copy(candidate, staging)
+                    origin = str(candidate)
+                    break
+        if origin is None:
+            origin = _fetch_direct(source, staging, _offline(offline), mirror, log)
+        digest = sha256_file(staging) if staging.is_file() else ""
+        if source.get("sha256") and digest != source["sha256"]:
+            bad = dest.with_name(dest.name + ".bad-sha256")
+            _remove(bad)
+            os.replace(staging, bad)
+            kept = f"; {dest} was left as it was" if dest.exists() else ""
+            raise FetchError(
+                f"sha256 mismatch for {origin}: expected {source['sha256']}, got {digest}. The file was kept "
+                f"as {bad} for inspection{kept}; fix the config's sha256 or the mirror copy."
+            )
+        size = staging.stat().st_size if staging.is_file() else sum(
+            p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        _install(staging, dest)
+    finally:
+        _remove(staging)
     record = Fetched(source, str(dest), digest, size, origin)
     write_json(dest.with_name(dest.name + ".source.json"), asdict(record))
     return record
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _install(staging: Path, dest: Path) -> None:
+    """Put a complete, verified fetch in place of `dest` (a file: one atomic rename)."""
+    if staging.is_dir() and dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        _remove(old)
+        os.replace(dest, old)
+        os.replace(staging, dest)
+        _remove(old)
+    else:
+        os.replace(staging, dest)
 
 
 def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log) -> str:
