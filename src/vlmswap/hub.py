@@ -223,7 +223,11 @@ def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log
 # names, checked call and build targets, no persistent ids) applied to every opcode.
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupted, refused); the message names it."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that names a global outside the allow-list; it was not unpickled further."""
 
 
@@ -378,7 +382,7 @@ def read_checkpoint(path: str | Path) -> Any:
     torch's zip format or torch's legacy (pre-1.6) format through `torch.load(weights_only=True)`,
     or a plain pickle (detectron2's `.pkl`) through `_WeightsOnlyUnpickler`; both admit only
     torch's allow-list plus `safe_globals()`. Raises `UnsafeCheckpointError` naming the file and
-    the refused global, ValueError naming the file when it is not a readable checkpoint (truncated,
+    the refused global, CheckpointError naming the file when it is not a readable checkpoint (truncated,
     corrupted, torch's pre-1.0 tar format), FileNotFoundError when it is missing."""
     path = Path(path)
     if not path.is_file():
@@ -389,7 +393,7 @@ def read_checkpoint(path: str | Path) -> Any:
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error classes for a cut or corrupted header
-            raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
                              "fetch it again (delete it and rerun the fetch step)") from e
     with open(path, "rb") as f:
         head = f.read(4)
@@ -410,7 +414,7 @@ def read_checkpoint(path: str | Path) -> Any:
         ) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          "it may be truncated or corrupted, or hold objects a weights-only reader refuses: fetch it again "
                          "(delete it and rerun the fetch step)") from e
 

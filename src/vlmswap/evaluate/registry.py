@@ -47,6 +47,9 @@ class Benchmark(Protocol):
     name: str  # registry key
     mode: str  # "generate" (free-form greedy text) or "choice" (first-token probabilities)
     columns: tuple[str, ...]  # the table columns this benchmark fills
+    # the official files (relative to the root) its index is read from, images aside; the workflow
+    # declares them as inputs of the benchmark's preparation (alternative locations: all listed)
+    annotation_files: tuple[str, ...]
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]: ...
 
