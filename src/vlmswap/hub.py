@@ -387,6 +387,7 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run the fetch step first)")
+    _check_fetched_digest(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -412,11 +413,26 @@ def read_checkpoint(path: str | Path) -> Any:
             "checkpoints hold (torch's weights-only list + vlmswap.hub.safe_globals()). Nothing from it was run. "
             "If the file is genuine, add exactly that class to safe_globals() after checking it cannot run code."
         ) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+    except Exception as e:  # a damaged file fails anywhere in an unpickler (struct, EOF, index, ...)
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          "it may be truncated or corrupted, or hold objects a weights-only reader refuses: fetch it again "
                          "(delete it and rerun the fetch step)") from e
+
+
+def _check_fetched_digest(path: Path) -> None:
+    """A fetched file must still be the bytes that were fetched: torch does not check the CRCs of a
+    zip's tensor records, so a file corrupted on disk would otherwise load as wrong weights."""
+    record = path.with_name(path.name + ".source.json")
+    if not record.is_file():
+        return
+    try:
+        expected = json.loads(record.read_text()).get("sha256")
+    except (OSError, ValueError):
+        return  # a record we cannot read says nothing about the file
+    if expected and (actual := sha256_file(path)) != expected:
+        raise CheckpointError(f"{path}: changed since it was fetched (sha256 {actual}, {record} records "
+                              f"{expected}): corrupted on disk or replaced; fetch it again (delete it and rerun "
+                              "the fetch step)")
 
 
 def _torch_load(path: Path) -> Any:
