@@ -100,6 +100,9 @@ def _payloads(sentinel) -> dict[str, bytes]:
         # admitted globals misused: state written into a function or a class, calls of non-globals
         "build-on-admitted-function": _proto(2, _global("torch._utils", "_rebuild_tensor") + b"N}"
                                              + _str("__kwdefaults__") + b"}s\x86b"),
+        # a tensor's state carries its backward hooks: callables that run later, in backward
+        "build-on-tensor-hooks": _proto(2, _global("torch", "Tensor") + b")R" + b"(\x89N}" + _str("h")
+                                        + _global("_codecs", "encode") + b"stb"),
         "build-on-admitted-class": _proto(2, _global("argparse", "Namespace") + b"N}" + _str("__repr__")
                                           + _global("collections", "Counter") + b"s\x86b"),
         "reconstruct-object-from-bytes": _proto(2, _global("numpy.core.multiarray", "_reconstruct") + b"("

@@ -290,6 +290,12 @@ class _WeightsOnlyUnpickler(pickle._Unpickler):  # the pure-Python unpickler: ev
         super().__init__(file, encoding="latin1")  # py2-era detectron2 files hold latin1 strings
         self.allowed = allowed
         self.allowed_ids = {id(v) for v in allowed.values()}
+        # state may be set only on instances of the containers official files hold (numpy arrays and
+        # dtypes, namespaces, the stand-ins); never on torch objects (a tensor's state carries its
+        # backward hooks), functions or classes
+        import collections
+
+        self.buildable = {e[0] if isinstance(e, tuple) else e for e in safe_globals()} | {collections.OrderedDict}
         self.blocked = ("os", "posix", "nt", "sys", "subprocess")  # never, whatever the list says (as torch)
 
     def find_class(self, module: str, name: str) -> Any:
@@ -319,11 +325,9 @@ class _WeightsOnlyUnpickler(pickle._Unpickler):  # the pure-Python unpickler: ev
         pickle._Unpickler.load_newobj_ex(self)
 
     def _build(self) -> None:
-        import collections
-
         inst = self.stack[-2]
-        if type(inst) is not collections.OrderedDict:
-            self._admitted(type(inst), "setting the state")
+        if type(inst) not in self.buildable:
+            raise pickle.UnpicklingError(f"setting the state of a {type(inst).__name__}, which no checkpoint needs")
         pickle._Unpickler.load_build(self)
 
     def _container(kinds: tuple[type, ...], depth: int, opcode: Callable) -> Callable:  # noqa: N805
