@@ -58,3 +58,18 @@ def test_editing_an_annotation_file_reruns_exactly_its_preparation(tmp_path):
     instruct = tmp_path / "resources/tiny/world/llava/llava_v1_5_mix665k.json"
     instruct.write_text(json.dumps(json.loads(instruct.read_text()), indent=1))
     assert planned(snakemake(tmp_path, config, "-n", *prepared)) == {"prepare_benchmark": 1, "prepare_instruct": 1}
+
+
+def test_hand_placed_paper_files_are_inputs_of_their_preparation(tmp_path):
+    from tests.workflow.test_dryrun import PAPER, dry_run
+
+    placed = tmp_path / "resources" / "paper" / "data" / "ocid-ref" / "val_expressions.json"
+    placed.parent.mkdir(parents=True)
+    placed.write_text("{}")
+    jobs = dry_run(PAPER, targets=["resources/paper/prepared/ocid-ref.json", "resources/paper/prepared/vqa-v2.json"],
+                   workdir=tmp_path)
+    inputs = {job.wildcards["benchmark"]: [str(f) for f in job.input] for job in jobs
+              if job.rule.name == "prepare_benchmark"}
+    assert "resources/paper/data/ocid-ref/val_expressions.json" in inputs["ocid-ref"]
+    # a fetched benchmark's files are not a rule's declared outputs: it depends on its fetch record
+    assert inputs["vqa-v2"] == ["resources/paper/data/vqa-v2.fetched.json"]

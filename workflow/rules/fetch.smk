@@ -191,7 +191,7 @@ def _index_inputs(wildcards):
         return [world_flag()] + _mini_index_sources(wildcards.benchmark)
     # RefCOCO+ and RefCOCOg read the files fetched for RefCOCO (one REFER folder)
     inputs = [f"{RES}/data/{data_folder(wildcards.benchmark)}.fetched.json"]
-    if not config["benchmarks"][data_folder(wildcards.benchmark)].get("files"):
+    if not config["benchmarks"].get(data_folder(wildcards.benchmark), {}).get("files"):
         # files placed by hand exist before any job: declared as they are (a fetched file is not a
         # rule's declared output, so it is tracked through the fetch record instead)
         inputs += [f for f in index_sources(wildcards.benchmark) if os.path.exists(f)]
