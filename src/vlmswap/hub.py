@@ -1,4 +1,4 @@
-"""Downloads with sha256, local mirrors, offline mode, and tolerant checkpoint reading.
+"""Downloads with sha256, local mirrors, offline mode, and checkpoint reading that never runs code.
 
 One downloader for every kind of source a study names (see workflow/schemas/):
 - `url`    http(s):// or file:// (file:// is what the tests use; no test touches the network)
