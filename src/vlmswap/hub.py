@@ -217,10 +217,11 @@ def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log
 # Torch files are read by torch.load(weights_only=True), whose unpickler resolves a global only by
 # its exact name in an allow-list and checks every REDUCE/NEWOBJ/BUILD target against it. To it we
 # add the short list below: what the official layouts hold besides tensors (backbones.md 1.5, 2.4,
-# 4.3, 6.x). Plain pickles (detectron2's `.pkl`) use protocol 3+ opcodes (raw bytes of numpy
-# arrays, frames) that torch's unpickler does not implement, so they go through
-# `_WeightsOnlyUnpickler`: Python's own unpickler with torch's rules (the same allow-list, exact
-# names, checked call and build targets, no persistent ids) applied to every opcode.
+# 4.3, 5.1, 5.2). Plain pickles (detectron2's `.pkl`) written by Python 3 with its default protocol
+# use opcodes torch's unpickler does not implement (protocol 3+: raw bytes of numpy arrays, frames,
+# dotted names), so they go through `_WeightsOnlyUnpickler`: Python's own unpickler with torch's
+# rules (the same allow-list, exact names, checked call and build targets, no persistent ids)
+# applied to every opcode.
 
 
 class CheckpointError(ValueError):
