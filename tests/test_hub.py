@@ -1,4 +1,5 @@
-"""Downloads (file:// URLs, mirrors, sha256, offline) and tolerant reading of official checkpoints."""
+"""Downloads (file:// URLs, mirrors, sha256, offline) and weights-only reading of official checkpoints
+(the malicious corpus is in test_hub_unsafe.py)."""
 
 import hashlib
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmswap.hub import FetchError, Placeholder, fetch, read_checkpoint
+from vlmswap.hub import FetchError, UnsafeCheckpointError, fetch, read_checkpoint
 
 
 def _file(tmp_path, name="w.pth", data=b"weights" * 100):
@@ -34,6 +35,23 @@ def test_sha256_mismatch_keeps_the_file_aside_and_says_how_to_fix(tmp_path):
     with pytest.raises(FetchError, match="sha256 mismatch"):
         fetch({"url": src.as_uri(), "sha256": "0" * 64}, dest, log=lambda m: None)
     assert not dest.exists() and dest.with_name("w.ckpt.bad-sha256").exists()
+
+
+def test_a_fetched_file_survives_a_failed_refetch(tmp_path):
+    # the old file stays until its replacement is complete and verified: a wrong sha256, a missing
+    # local source and an interrupted download all leave it (and the cells trained on it) untouched
+    dest = tmp_path / "out" / "w.ckpt"
+    good, digest = _file(tmp_path, "good.pth", b"good weights")
+    fetch({"url": good.as_uri(), "sha256": digest}, dest, log=lambda m: None)
+    other, _ = _file(tmp_path, "other.pth", b"other weights")
+    with pytest.raises(FetchError, match=r"sha256 mismatch.*w\.ckpt was left as it was"):
+        fetch({"url": other.as_uri(), "sha256": digest}, dest, log=lambda m: None)
+    assert dest.read_bytes() == b"good weights"
+    assert dest.with_name("w.ckpt.bad-sha256").read_bytes() == b"other weights"
+    with pytest.raises(FetchError, match="does not exist"):
+        fetch({"path": str(tmp_path / "missing.pth")}, dest, log=lambda m: None)
+    assert dest.read_bytes() == b"good weights"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["w.ckpt", "w.ckpt.bad-sha256", "w.ckpt.source.json"]
 
 
 def test_mirror_is_used_first_for_url_hub_and_timm(tmp_path):
@@ -67,47 +85,66 @@ def test_offline_without_mirror_copy_is_a_clear_error(tmp_path):
         fetch({"path": str(tmp_path / "missing.pth")}, tmp_path / "y", log=lambda m: None)
 
 
-def _save_with_foreign_class(path):
-    """Pickle an object of a class from a package the reader does not have (like yacs)."""
-    fake = types.ModuleType("yacs_fake.config")
-    class CfgNode(dict):
-        pass
-    CfgNode.__module__ = "yacs_fake.config"
-    CfgNode.__qualname__ = "CfgNode"
-    fake.CfgNode = CfgNode
-    sys.modules["yacs_fake"] = types.ModuleType("yacs_fake")
-    sys.modules["yacs_fake.config"] = fake
+def _fake_module(name, cls_name, base=object, init=None):
+    """A class pickled under the module name of a package the reader does not have (yacs, mmengine)."""
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    cls = type(cls_name, (base,), {"__module__": name, **({"__init__": init} if init else {})})
+    cls.__qualname__ = cls_name
+    setattr(sys.modules[name], cls_name, cls)
+    return cls, [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def test_a_yacs_config_is_read_without_yacs(tmp_path):
+    # yacs' CfgNode is a dict subclass keeping flags in its __dict__ (VMamba's classification files)
+    def init(self, *args, **kwargs):
+        dict.__init__(self, *args, **kwargs)
+        self.__dict__["__immutable__"] = False
+
+    CfgNode, modules = _fake_module("yacs.config", "CfgNode", dict, init)
+    path = tmp_path / "ckpt.pth"
     try:
-        cfg = CfgNode(MODEL={"NAME": "vssm"})
-        cfg.frozen = True
+        cfg = CfgNode(MODEL=CfgNode(NAME="vssm"))
         torch.save({"model": {"w": torch.ones(2, 2)}, "config": cfg, "epoch": 3}, path)
     finally:
-        del sys.modules["yacs_fake"], sys.modules["yacs_fake.config"]
-
-
-def test_foreign_classes_become_placeholders(tmp_path):
-    path = tmp_path / "ckpt.pth"
-    _save_with_foreign_class(path)
+        for name in modules:
+            del sys.modules[name]
     obj = read_checkpoint(path)
     assert torch.equal(obj["model"]["w"], torch.ones(2, 2)) and obj["epoch"] == 3
-    assert isinstance(obj["config"], Placeholder) and obj["config"]["MODEL"] == {"NAME": "vssm"}
+    assert obj["config"]["MODEL"]["NAME"] == "vssm"
+    assert type(obj["config"]).__module__ == "collections"  # an OrderedDict, nothing of the file's own
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/vlmswap-pwned",))
+def test_the_containers_of_official_files_are_read(tmp_path):
+    import argparse
 
-
-def test_no_code_from_the_file_runs(tmp_path):
-    path = tmp_path / "evil.pkl"
-    with open(path, "wb") as f:
-        pickle.dump({"model": {"w": np.zeros(3)}, "x": _Exploit()}, f)
-    if os.path.exists("/tmp/vlmswap-pwned"):
-        os.remove("/tmp/vlmswap-pwned")
+    HistoryBuffer, modules = _fake_module("mmengine.logging.history_buffer", "HistoryBuffer")
+    buffer = HistoryBuffer()
+    buffer.__dict__.update(_log_history=np.arange(3.0), max_length=10)
+    path = tmp_path / "mmseg.pth"
+    try:
+        torch.save({"state_dict": {"backbone.w": torch.ones(1)}, "args": argparse.Namespace(lr=0.1),
+                    "meta": {"message_hub": {"log_scalars": {"loss": buffer}}, "best": np.float64(0.5),
+                             "classes": ("a", "b"), "palette": [[0, 0, 0]], "seen": {1, 2}}}, path)
+    finally:
+        for name in modules:
+            del sys.modules[name]
     obj = read_checkpoint(path)
-    assert not os.path.exists("/tmp/vlmswap-pwned")
-    assert isinstance(obj["x"], Placeholder)
-    assert np.array_equal(obj["model"]["w"], np.zeros(3))  # detectron2 files are numpy pickles
+    assert obj["args"].lr == 0.1 and obj["meta"]["best"] == 0.5 and obj["meta"]["seen"] == {1, 2}
+    assert obj["meta"]["message_hub"]["log_scalars"]["loss"]._log_history.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_an_unknown_class_is_refused_by_name(tmp_path):
+    Foreign, modules = _fake_module("somepkg.things", "Foreign")
+    path = tmp_path / "ckpt.pth"
+    try:
+        torch.save({"model": {"w": torch.ones(2)}, "x": Foreign()}, path)
+    finally:
+        for name in modules:
+            del sys.modules[name]
+    with pytest.raises(UnsafeCheckpointError, match=r"ckpt\.pth: refused.*somepkg\.things\.Foreign"):
+        read_checkpoint(path)
 
 
 def test_safetensors_and_unreadable_files(tmp_path):

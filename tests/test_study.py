@@ -136,3 +136,27 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("study: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_study(bad)
+
+
+def test_a_checkpoint_source_that_is_a_missing_local_file_fails_validation(mini_raw, tmp_path, capsys):
+    # caught before any job: a fetch job failing later would first lose the file Snakemake removes
+    raw = copy.deepcopy(mini_raw)
+    raw["backbones"]["vit-mini"]["checkpoints"]["cls"] = {"path": str(tmp_path / "nowhere" / "vit.pth")}
+    error = _error(raw)
+    assert error.key_path == "backbones.vit-mini.checkpoints.cls.path"
+    assert "nowhere/vit.pth does not exist" in str(error) and "correct the path" in str(error)
+    raw["backbones"]["vit-mini"]["checkpoints"]["cls"] = {"url": (tmp_path / "gone.pth").as_uri()}
+    assert _error(raw).key_path == "backbones.vit-mini.checkpoints.cls.url"
+
+    from vlmswap.cli import main
+
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", "--config", str(config)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "backbones.vit-mini.checkpoints.cls.url" in err and "gone.pth" in err
+
+    (tmp_path / "gone.pth").write_bytes(b"x")  # once the file is there, the config is valid
+    assert load_study(config).name == raw["study"]

@@ -42,8 +42,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Parent directories are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
+    except OSError as e:
+        raise _naming(e, path, None) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -52,9 +55,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb") as f:  # the writer closed it; make the bytes durable before the rename
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _naming(e, path, tmp) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _naming(error: OSError, path: Path, tmp: Path | None) -> OSError:
+    """A failed write (full disk, read-only folder) reported under the destination's name, not the
+    temporary file's: the message a user sees names the file they asked for."""
+    if error.errno is None or (error.filename not in (None, str(tmp), str(path.parent)) and tmp is not None):
+        return error  # some other file the writer was reading: its own name is the right one
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

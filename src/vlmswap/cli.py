@@ -221,24 +221,29 @@ def cmd_fetch_instruct(args) -> None:
 
 
 def cmd_prepare_instruct(args) -> None:
-    from vlmswap.atomic import write_json
-    from vlmswap.data.instruct import check_instruct
+    import os
 
-    json_path, image_root = Path(args.json), Path(args.image_root)
+    from vlmswap.atomic import write_json
+    from vlmswap.data.instruct import InstructError, check_instruct
+
+    json_path, image_root, out = Path(args.json), Path(args.image_root), Path(args.out)
     log(f"checking {json_path} and the images under {image_root}")
     check = check_instruct(json_path, image_root, log=log)
-    report = {"json": str(json_path), "image_root": str(image_root), "n_records": check.n_records,
-              "n_multimodal": check.n_multimodal, "missing": check.missing, "unreadable": check.unreadable,
-              "malformed": check.malformed}
-    problems = len(check.missing) + len(check.unreadable) + len(check.malformed)
+    here = os.path.abspath(out.parent)  # paths relative to the report, so a copied study is self-consistent
+    report = {"json": Path(os.path.relpath(os.path.abspath(json_path), here)).as_posix(),
+              "image_root": Path(os.path.relpath(os.path.abspath(image_root), here)).as_posix(),
+              "n_records": check.n_records, "n_multimodal": check.n_multimodal, "missing": check.missing,
+              "unreadable": check.unreadable, "malformed": check.malformed}
+    problems = check.missing + check.unreadable + check.malformed
     if problems:
-        bad = Path(args.out).with_suffix(".problems.json")
+        bad = out.with_suffix(".problems.json")
         write_json(bad, report)
         for kind in ("missing", "unreadable", "malformed"):
             for item in getattr(check, kind)[:10]:
                 log(f"  {kind}: {item}")
-        raise SystemExit(f"{problems} problems in the instruction set (full list in {bad}); fix them before training")
-    write_json(Path(args.out), report)
+        raise InstructError(f"{json_path}: {len(problems)} problems in the instruction set, first {problems[0]} "
+                            f"(all in {bad}); fix them before training")
+    write_json(out, report)
     log(f"instruction set OK: {check.n_records} records, {check.n_multimodal} with images")
 
 
@@ -389,7 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that name a bad input (file, id or key, and the fix) and so need no traceback."""
+    from vlmswap.data.instruct import InstructError
+    from vlmswap.evaluate.registry import AnnotationFileError
+    from vlmswap.hub import CheckpointError, FetchError
+
+    return (FetchError, CheckpointError, AnnotationFileError, InstructError)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one verb. A bad input or a failed write ends in one line on stderr and a non-zero exit;
+    whatever was finished before stays as it was (every output is written atomically)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
@@ -399,6 +415,15 @@ def main(argv: list[str] | None = None) -> None:
     except PredictionsFileError as e:
         print(f"vlmswap: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:  # a full disk, a read-only folder, a file that is not there
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"vlmswap: {where}{e.strerror or e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as e:
+        if not isinstance(e, _input_errors()):
+            raise
+        print(f"vlmswap: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Downloads with sha256, local mirrors, offline mode, and tolerant checkpoint reading.
+"""Downloads with sha256, local mirrors, offline mode, and checkpoint reading that never runs code.
 
 One downloader for every kind of source a study names (see workflow/schemas/):
 - `url`    http(s):// or file:// (file:// is what the tests use; no test touches the network)
@@ -10,10 +10,10 @@ A `mirror` folder (offline clusters) is looked up first: `<mirror>/url/<host>/<p
 With `offline=True` (or VLMSWAP_OFFLINE=1) nothing but the mirror and local paths is consulted.
 
 Official checkpoints pickle more than tensors: VMamba's classification files carry a yacs
-config, mmengine files carry mmengine classes, detectron2 files are plain pickles of numpy arrays.
-`read_checkpoint` reads all of them without importing those packages and without executing code
-from the file: torch/numpy/container globals come from an allowlist, every other global becomes
-an inert placeholder object that only records what it was given.
+config, timm-trainer files an argparse Namespace, mmengine files HistoryBuffers, detectron2 files
+are plain pickles of numpy arrays. `read_checkpoint` reads all of them without importing those
+packages and without running code from the file: torch's weights-only unpickler and its rules, an
+explicit allow-list for the rest (`safe_globals`), and anything else refused by name.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import pickle
 import shutil
 import sys
 import time
-import types
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -116,27 +115,57 @@ def fetch(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     source = dict(source)
-    origin = None
-    if mirror:
-        for candidate in _mirror_candidates(source, Path(mirror)):
-            if candidate.exists():
-                _copy(candidate, dest)
-                origin = str(candidate)
-                break
-    if origin is None:
-        origin = _fetch_direct(source, dest, _offline(offline), mirror, log)
-    digest = sha256_file(dest) if dest.is_file() else ""
-    if source.get("sha256") and digest != source["sha256"]:
-        bad = dest.with_name(dest.name + ".bad-sha256")
-        os.replace(dest, bad)
-        raise FetchError(
-            f"sha256 mismatch for {origin}: expected {source['sha256']}, got {digest}. The file was kept "
-            f"as {bad} for inspection; fix the config's sha256 or the mirror copy."
-        )
-    size = dest.stat().st_size if dest.is_file() else sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    # everything lands in a staging path first: a file fetched before (and the cells trained on it)
+    # survives a failed download, a missing source or a wrong sha256 until the new one is verified
+    staging = dest.with_name(f".{dest.name}.incoming")
+    _remove(staging)
+    try:
+        origin = None
+        if mirror:
+            for candidate in _mirror_candidates(source, Path(mirror)):
+                if candidate.exists():
+                    _copy(candidate, staging)
+                    origin = str(candidate)
+                    break
+        if origin is None:
+            origin = _fetch_direct(source, staging, _offline(offline), mirror, log)
+        digest = sha256_file(staging) if staging.is_file() else ""
+        if source.get("sha256") and digest != source["sha256"]:
+            bad = dest.with_name(dest.name + ".bad-sha256")
+            _remove(bad)
+            os.replace(staging, bad)
+            kept = f"; {dest} was left as it was" if dest.exists() else ""
+            raise FetchError(
+                f"sha256 mismatch for {origin}: expected {source['sha256']}, got {digest}. The file was kept "
+                f"as {bad} for inspection{kept}; fix the config's sha256 or the mirror copy."
+            )
+        size = staging.stat().st_size if staging.is_file() else sum(
+            p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        _install(staging, dest)
+    finally:
+        _remove(staging)
     record = Fetched(source, str(dest), digest, size, origin)
     write_json(dest.with_name(dest.name + ".source.json"), asdict(record))
     return record
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _install(staging: Path, dest: Path) -> None:
+    """Put a complete, verified fetch in place of `dest` (a file: one atomic rename)."""
+    if staging.is_dir() and dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        _remove(old)
+        os.replace(dest, old)
+        os.replace(staging, dest)
+        _remove(old)
+    else:
+        os.replace(staging, dest)
 
 
 def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log) -> str:
@@ -182,133 +211,247 @@ def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log
 
 
 # ----------------------------------------------------------------------------------------------
-# Tolerant checkpoint reading
+# Checkpoint reading that never runs code from the file
+#
+# Every downloaded or mirrored checkpoint is untrusted: a pickle can call any global it names.
+# Torch files are read by torch.load(weights_only=True), whose unpickler resolves a global only by
+# its exact name in an allow-list and checks every REDUCE/NEWOBJ/BUILD target against it. To it we
+# add the short list below: what the official layouts hold besides tensors (backbones.md 1.5, 2.4,
+# 4.3, 5.1, 5.2). Plain pickles (detectron2's `.pkl`) written by Python 3 with its default protocol
+# use opcodes torch's unpickler does not implement (protocol 3+: raw bytes of numpy arrays, frames,
+# dotted names), so they go through `_WeightsOnlyUnpickler`: Python's own unpickler with torch's
+# rules (the same allow-list, exact names, checked call and build targets, no persistent ids)
+# applied to every opcode.
 
 
-class Placeholder(dict):
-    """Stands in for any pickled object whose class we do not import (yacs CfgNode, argparse
-    Namespace, mmengine classes, ...). It records constructor args, dict items and state."""
-
-    _qualname = "?"
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__()
-        self.args, self.kwargs, self.items_list, self.state = args, kwargs, [], None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def append(self, item: Any) -> None:
-        self.items_list.append(item)
-
-    def extend(self, items: Any) -> None:
-        self.items_list.extend(items)
-
-    def __repr__(self) -> str:
-        return f"<placeholder for {self._qualname}>"
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupted, refused); the message names it."""
 
 
-_PLACEHOLDERS: dict[str, type] = {}
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that names a global outside the allow-list; it was not unpickled further."""
 
 
-def _placeholder(module: str, name: str) -> type:
-    key = f"{module}.{name}"
-    if key not in _PLACEHOLDERS:
-        _PLACEHOLDERS[key] = type(name, (Placeholder,), {"_qualname": key, "__module__": "vlmswap.hub.placeholders"})
-    return _PLACEHOLDERS[key]
+class _ConfigNode:
+    """Stands in for yacs' `CfgNode` (VMamba's classification files carry the training config as
+    one). A CfgNode is a dict subclass pickled as NEWOBJ + SETITEMS + BUILD of its flags; building
+    it as an OrderedDict keeps the entries (and the flags as attributes) without importing yacs, and
+    OrderedDict is a type torch's unpickler already lets SETITEMS and BUILD touch."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        import collections
+
+        return collections.OrderedDict()
 
 
-def _allowed_globals() -> dict[str, Any]:
-    import torch._weights_only_unpickler as wo
+class _InertRecord:
+    """Stands in for a plain record class of a training framework (mmengine's HistoryBuffer in a
+    checkpoint's `meta.message_hub`): its state lands in `__dict__`, it has no behaviour."""
 
-    allowed = dict(wo._get_allowed_globals())
+
+def safe_globals() -> list[Any]:
+    """What official checkpoints need besides torch's own allow-list, by exact pickled name."""
+    import argparse
+    import types
+
     import numpy
 
-    for name in ("ndarray", "dtype"):
-        allowed[f"numpy.{name}"] = getattr(numpy, name)
     core = getattr(numpy, "_core", None) or numpy.core
-    allowed["numpy.core.multiarray._reconstruct"] = core.multiarray._reconstruct
-    allowed["numpy._core.multiarray._reconstruct"] = core.multiarray._reconstruct
-    allowed["numpy.core.multiarray.scalar"] = core.multiarray.scalar
-    # pickle protocol 5 writes arrays through numeric._frombuffer (buffer, dtype, shape, order)
-    allowed["numpy.core.numeric._frombuffer"] = core.numeric._frombuffer
-    allowed["numpy._core.numeric._frombuffer"] = core.numeric._frombuffer
-    allowed["numpy._core.multiarray.scalar"] = core.multiarray.scalar
-    for dtype in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool_"):
-        allowed[f"numpy.{dtype}"] = getattr(numpy, dtype)
-    allowed["numpy.dtypes.Float32DType"] = type(numpy.dtype("float32"))
-    allowed["numpy.dtypes.Float64DType"] = type(numpy.dtype("float64"))
-    allowed["numpy.dtypes.Int64DType"] = type(numpy.dtype("int64"))
-    allowed["collections.defaultdict"] = __import__("collections").defaultdict
-    allowed["builtins.slice"] = slice
-    allowed["builtins.frozenset"] = frozenset
-    allowed["builtins.tuple"] = tuple
-    allowed["builtins.list"] = list
-    allowed["builtins.dict"] = dict
-    allowed["builtins.object"] = object
-    allowed["copyreg._reconstructor"] = __import__("copyreg")._reconstructor
-    return allowed
+    entries: list[Any] = [numpy.ndarray, numpy.dtype, argparse.Namespace, types.SimpleNamespace]
+    # arrays are pickled as _reconstruct + BUILD (protocol <= 4) or _frombuffer (5); scalars as
+    # scalar(dtype, bytes). numpy 1.x wrote `numpy.core.*`, numpy 2 writes `numpy._core.*`.
+    for package in ("numpy.core", "numpy._core"):
+        entries += [(core.multiarray._reconstruct, f"{package}.multiarray._reconstruct"),
+                    (core.multiarray.scalar, f"{package}.multiarray.scalar"),
+                    (core.numeric._frombuffer, f"{package}.numeric._frombuffer")]
+    # BUILD sets a dtype's state, so each concrete dtype class must be admitted (numpy.dtypes.*)
+    for name in ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                 "float16", "float32", "float64", "complex64", "complex128"):
+        entries.append(type(numpy.dtype(name)))
+    entries += [(_ConfigNode, "yacs.config.CfgNode"),
+                (_InertRecord, "mmengine.logging.history_buffer.HistoryBuffer")]
+    return entries
 
 
-class TolerantUnpickler(pickle.Unpickler):
-    """Resolves only allowlisted globals; everything else becomes an inert Placeholder class."""
+def _allowed() -> dict[str, Any]:
+    """torch's weights-only allow-list plus `safe_globals()`, full pickled name -> object."""
+    import torch._weights_only_unpickler as wo
+    import torch.serialization
 
-    _allowed: dict[str, Any] | None = None
+    with torch.serialization.safe_globals(safe_globals()):
+        return {**wo._get_allowed_globals(), **wo._get_user_allowed_globals()}
+
+
+class _WeightsOnlyUnpickler(pickle._Unpickler):  # the pure-Python unpickler: every opcode is ours to check
+    """Torch's weights-only rules on an unpickler that reads every pickle protocol."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: Any, allowed: dict[str, Any]):
+        super().__init__(file, encoding="latin1")  # py2-era detectron2 files hold latin1 strings
+        self.allowed = allowed
+        self.allowed_ids = {id(v) for v in allowed.values()}
+        # state may be set only on instances of the containers official files hold (numpy arrays and
+        # dtypes, namespaces, the stand-ins); never on torch objects (a tensor's state carries its
+        # backward hooks), functions or classes
+        import collections
+
+        self.buildable = {e[0] if isinstance(e, tuple) else e for e in safe_globals()} | {collections.OrderedDict}
+        self.blocked = ("os", "posix", "nt", "sys", "subprocess")  # never, whatever the list says (as torch)
 
     def find_class(self, module: str, name: str) -> Any:
-        if TolerantUnpickler._allowed is None:
-            TolerantUnpickler._allowed = _allowed_globals()
-        key = f"{module}.{name}"
-        if key in self._allowed:
-            return self._allowed[key]
-        if module.startswith("torch") and ("Storage" in name or name.startswith("_rebuild")):
-            # storage types and tensor rebuild helpers of this torch build (torch's own
-            # weights_only allowlist names the same families)
-            return super().find_class(module, name)
-        return _placeholder(module, name)
+        full = f"{module}.{name}"
+        # exact names only: no attribute walk through dotted names (protocol 4), nothing imported
+        if module.split(".")[0] in self.blocked or full not in self.allowed:
+            raise UnsafeCheckpointError(full)
+        return self.allowed[full]
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("a plain pickle with persistent ids (torch storages outside a torch file)")
+
+    def _admitted(self, obj: Any, what: str) -> None:
+        if id(obj) not in self.allowed_ids:
+            raise pickle.UnpicklingError(f"{what} of {type(obj).__name__} {obj!r:.80}, which is not an allowed global")
+
+    def _reduce(self) -> None:
+        self._admitted(self.stack[-2], "a call")
+        pickle._Unpickler.load_reduce(self)
+
+    def _newobj(self) -> None:
+        self._admitted(self.stack[-2], "an instance")
+        pickle._Unpickler.load_newobj(self)
+
+    def _newobj_ex(self) -> None:
+        self._admitted(self.stack[-3], "an instance")
+        pickle._Unpickler.load_newobj_ex(self)
+
+    def _build(self) -> None:
+        inst = self.stack[-2]
+        if type(inst) not in self.buildable:
+            raise pickle.UnpicklingError(f"setting the state of a {type(inst).__name__}, which no checkpoint needs")
+        pickle._Unpickler.load_build(self)
+
+    def _container(kinds: tuple[type, ...], depth: int, opcode: Callable) -> Callable:  # noqa: N805
+        def check(self: "_WeightsOnlyUnpickler") -> None:
+            target = self.stack[-depth] if depth else self.metastack[-1][-1]
+            if type(target) not in kinds:
+                raise pickle.UnpicklingError(f"{opcode.__name__} on a {type(target).__name__}")
+            opcode(self)
+        return check
+
+    def _refuse(self) -> None:
+        raise pickle.UnpicklingError("an opcode no checkpoint needs (class instantiation or the extension registry)")
 
 
-_tolerant_pickle = types.SimpleNamespace(
-    Unpickler=TolerantUnpickler,
-    load=lambda f, **kw: TolerantUnpickler(f, **kw).load(),
-    __name__="vlmswap_tolerant_pickle",
-)
+def _install_checks() -> None:
+    import collections
 
+    d, U = _WeightsOnlyUnpickler.dispatch, pickle._Unpickler
+    mappings = (dict, collections.OrderedDict, collections.Counter)
+    d[pickle.REDUCE[0]] = _WeightsOnlyUnpickler._reduce
+    d[pickle.NEWOBJ[0]] = _WeightsOnlyUnpickler._newobj
+    d[pickle.NEWOBJ_EX[0]] = _WeightsOnlyUnpickler._newobj_ex
+    d[pickle.BUILD[0]] = _WeightsOnlyUnpickler._build
+    d[pickle.APPEND[0]] = _WeightsOnlyUnpickler._container((list,), 2, U.load_append)
+    d[pickle.APPENDS[0]] = _WeightsOnlyUnpickler._container((list,), 0, U.load_appends)
+    d[pickle.SETITEM[0]] = _WeightsOnlyUnpickler._container(mappings, 3, U.load_setitem)
+    d[pickle.SETITEMS[0]] = _WeightsOnlyUnpickler._container(mappings, 0, U.load_setitems)
+    d[pickle.ADDITEMS[0]] = _WeightsOnlyUnpickler._container((set,), 0, U.load_additems)
+    for opcode in (pickle.INST, pickle.OBJ, pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        d[opcode[0]] = _WeightsOnlyUnpickler._refuse
+
+
+_install_checks()
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read any official checkpoint file into plain Python objects, tensors on the CPU.
+def _refused_global(error: BaseException) -> str | None:
+    """The global torch's weights-only unpickler refused, from its message."""
+    import re
+
+    text = str(error)
+    for pattern in (r"GLOBAL (\S+) was not an allowed global", r"unsupported GLOBAL (\S+) whose module",
+                    r"unrecognized function (.+?)(?: which belongs|$)", r"allowlisted via `add_safe_globals` but got (.+)"):
+        match = re.search(pattern, text, re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return None
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """Read any official checkpoint file into plain Python objects, tensors on the CPU, without
+    running code from it.
 
     `.safetensors` -> dict of tensors. Anything else is read by its content, whatever its suffix:
-    torch's zip format, torch's legacy (pre-1.6) pickle format, or a plain pickle (detectron2's
-    `.pkl`) -> whatever the file holds, with foreign classes replaced by Placeholders. (Torch's
-    pre-1.0 tarfile format, which nothing in the study uses, is not read.) Raises ValueError naming
-    the file when it is none of those."""
+    torch's zip format or torch's legacy (pre-1.6) format through `torch.load(weights_only=True)`,
+    or a plain pickle (detectron2's `.pkl`) through `_WeightsOnlyUnpickler`; both admit only
+    torch's allow-list plus `safe_globals()`. Raises `UnsafeCheckpointError` naming the file and
+    the refused global, CheckpointError naming the file when it is not a readable checkpoint (truncated,
+    corrupted, torch's pre-1.0 tar format), FileNotFoundError when it is missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run the fetch step first)")
+    _check_fetched_digest(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    import torch
-
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error classes for a cut or corrupted header
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                             "fetch it again (delete it and rerun the fetch step)") from e
     with open(path, "rb") as f:
         head = f.read(4)
     try:
-        if head[:2] == b"PK":  # torch's zip format
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)
-        # a plain pickle whatever the suffix (detectron2 .pkl; a mini ViTDet saved as .pth), unless
-        # its first object is the magic number of torch's legacy (pre-1.6) serialization
-        with open(path, "rb") as f:
-            obj = TolerantUnpickler(f, encoding="latin1").load()
-        if not (isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC):
-            return obj
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        if head[:2] != b"PK":
+            # a plain pickle whatever the suffix (detectron2 .pkl; a mini ViTDet saved as .pth), unless
+            # its first object is the magic number of torch's legacy (pre-1.6) serialization
+            with open(path, "rb") as f:
+                obj = _WeightsOnlyUnpickler(f, _allowed()).load()
+            if not (isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC):
+                return obj
+        return _torch_load(path)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the file calls or builds `{e}`, which is not on the allow-list of what official "
+            "checkpoints hold (torch's weights-only list + vlmswap.hub.safe_globals()). Nothing from it was run. "
+            "If the file is genuine, add exactly that class to safe_globals() after checking it cannot run code."
+        ) from None
+    except Exception as e:  # a damaged file fails anywhere in an unpickler (struct, EOF, index, ...)
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "it may be truncated or corrupted, or hold objects a weights-only reader refuses: fetch it again "
+                         "(delete it and rerun the fetch step)") from e
+
+
+def _check_fetched_digest(path: Path) -> None:
+    """A fetched file must still be the bytes that were fetched: torch does not check the CRCs of a
+    zip's tensor records, so a file corrupted on disk would otherwise load as wrong weights."""
+    record = path.with_name(path.name + ".source.json")
+    if not record.is_file():
+        return
+    try:
+        expected = json.loads(record.read_text()).get("sha256")
+    except (OSError, ValueError):
+        return  # a record we cannot read says nothing about the file
+    if expected and (actual := sha256_file(path)) != expected:
+        raise CheckpointError(f"{path}: changed since it was fetched (sha256 {actual}, {record} records "
+                              f"{expected}): corrupted on disk or replaced; fetch it again (delete it and rerun "
+                              "the fetch step)")
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+    import torch.serialization
+
+    try:
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = _refused_global(e)
+        if refused is not None:
+            raise UnsafeCheckpointError(refused) from None
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover - manual inspection aid

@@ -260,6 +260,39 @@ def study_from_dict(data: Any, path: str | Path = "<config>") -> Study:
     return _build(data, path)
 
 
+def _local_sources(data: dict[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(key path, source) of every source in the config that is a file or folder on this machine."""
+    found = [(f"backbones.{bid}.checkpoints.{objective}", source)
+             for bid, spec in data["backbones"].items() for objective, source in spec["checkpoints"].items()]
+    found.append(("llm.source", data.get("llm", {}).get("source", {})))
+    instruct = data.get("instruct", {})
+    found.append(("instruct.source", instruct.get("source", {})))
+    found += [(f"instruct.files[{i}]", f) for i, f in enumerate(instruct.get("files", []))]
+    for name, spec in data["benchmarks"].items():
+        if isinstance(spec, Mapping):
+            found += [(f"benchmarks.{name}.files[{i}]", f) for i, f in enumerate(spec.get("files", []))]
+    return [(key, source) for key, source in found if isinstance(source, Mapping)]
+
+
+def _check_local_sources(data: dict[str, Any], path: Path) -> None:
+    """A `path:` or `file://` source that does not exist fails here, before any job: a fetch job that
+    fails later has already had its old output removed by Snakemake, and every cell trained on it
+    would be retrained once the config is fixed."""
+    import urllib.parse
+
+    for key, source in _local_sources(data):
+        if "path" in source:
+            where, field = Path(source["path"]), "path"
+        elif str(source.get("url", "")).startswith("file://"):
+            where, field = Path(urllib.parse.unquote(urllib.parse.urlparse(source["url"]).path)), "url"
+        else:
+            continue
+        if not where.exists():
+            raise ConfigError(path, f"{key}.{field}",
+                              f"local source {where} does not exist (relative paths are read from {Path.cwd()}, "
+                              "where the workflow runs); build or copy it there, or correct the path")
+
+
 def _build(data: dict[str, Any], path: Path) -> Study:
     from vlmswap.vision.registry import FAMILIES  # the registry is the only list of families
 
@@ -287,6 +320,8 @@ def _build(data: dict[str, Any], path: Path) -> Study:
                                   f"(it has {sorted(data['backbones'][m]['checkpoints'])})")
         backbones[bid] = Backbone(bid, spec["family"], spec.get("arch"), spec.get("display", bid),
                                   str(spec.get("params", "")), spec["checkpoints"], members)
+
+    _check_local_sources(data, path)
 
     for name in data["benchmarks"]:
         if name not in BENCHMARK_COLUMNS:

@@ -1,12 +1,37 @@
+import os
+
 # Inputs of training and evaluation: backbone checkpoints, the LLM, the instruction set, the
 # benchmarks. In the mini study the workflow first builds them on the generated mini world; the
 # fetch rules then take them exactly as they take official downloads.
+#
+# Every official file an index is derived from (a benchmark's annotation files, the instruction
+# json) is a declared input of its preparation, so editing one reruns exactly that preparation and
+# the evaluations (or trainings) that read it. The registry's benchmark classes list those files.
+
+
+def index_sources(benchmark):
+    """The annotation files the benchmark's index is read from, under its root."""
+    from vlmswap.evaluate.registry import get_benchmark
+
+    return [f"{benchmark_root(benchmark)}/{name}" for name in get_benchmark(benchmark).annotation_files]
+
+
+def _mini_index_sources(benchmark):
+    # the mini world writes one layout: where a benchmark accepts several, the first one listed
+    from vlmswap.evaluate.registry import get_benchmark
+
+    names = get_benchmark(benchmark).annotation_files
+    return [f"{benchmark_root(benchmark)}/{name}" for name in (names[:1] if benchmark == "vizwiz" else names)]
+
 
 if IS_MINI:
 
     rule mini_world:
         output:
             world_flag(),
+            # the files the preparations are derived from, declared so that they are tracked
+            instruct_paths()[0],
+            sorted({f for b in STUDY.benchmarks for f in _mini_index_sources(b)}),
         params:
             out=f"{RES}/world",
             mini=config["mini"],
@@ -124,7 +149,7 @@ if not IS_MINI:
 
 rule prepare_instruct:
     input:
-        world_flag() if IS_MINI else instruct_paths()[0],
+        [world_flag(), instruct_paths()[0]] if IS_MINI else instruct_paths()[0],
     output:
         f"{RES}/prepared/instruct.json",
     params:
@@ -161,14 +186,21 @@ if not IS_MINI:
             "--out {output} 2>&1 | tee {log}"
 
 
-def _fetched_flag(wildcards):
+def _index_inputs(wildcards):
+    if IS_MINI:
+        return [world_flag()] + _mini_index_sources(wildcards.benchmark)
     # RefCOCO+ and RefCOCOg read the files fetched for RefCOCO (one REFER folder)
-    return [f"{RES}/data/{data_folder(wildcards.benchmark)}.fetched.json"]
+    inputs = [f"{RES}/data/{data_folder(wildcards.benchmark)}.fetched.json"]
+    if not config["benchmarks"].get(data_folder(wildcards.benchmark), {}).get("files"):
+        # files placed by hand exist before any job: declared as they are (a fetched file is not a
+        # rule's declared output, so it is tracked through the fetch record instead)
+        inputs += [f for f in index_sources(wildcards.benchmark) if os.path.exists(f)]
+    return inputs
 
 
 rule prepare_benchmark:
     input:
-        [world_flag()] if IS_MINI else _fetched_flag,
+        _index_inputs,
     output:
         f"{RES}/prepared/{{benchmark}}.json",
     params:

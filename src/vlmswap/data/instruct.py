@@ -23,45 +23,66 @@ from vlmswap.image import Geometry
 from vlmswap.language import IGNORE_INDEX, encode_conversation
 
 
+class InstructError(ValueError):
+    """An instruction set that cannot be trained on; the message names the file and the record."""
+
+
 @dataclass
 class InstructCheck:
     n_records: int
     n_multimodal: int
-    missing: list[str]
-    unreadable: list[str]
-    malformed: list[str]
+    missing: list[str]  # "record i (id X): image PATH not found"
+    unreadable: list[str]  # "record i (id X): PATH: why it does not decode"
+    malformed: list[str]  # "record i (id X): what is wrong"
+
+
+def _turn_problem(record: object) -> str | None:
+    """Why a record's conversation cannot be trained on (Prismatic expects human/gpt turns,
+    alternating, human first), or None."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but a {type(record).__name__}"
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        return "no `conversations` list"
+    for j, turn in enumerate(conv):
+        expected = ("human", "gpt")[j % 2]
+        if not isinstance(turn, dict) or turn.get("from") != expected:
+            got = turn.get("from") if isinstance(turn, dict) else type(turn).__name__
+            return f"turn {j} is from {got!r}, expected {expected!r} (turns alternate human/gpt, human first)"
+        if not isinstance(turn.get("value"), str):
+            return f"turn {j} has no string `value`"
+    return None
 
 
 def check_instruct(json_path: Path, image_root: Path, verify_images: bool = True,
                    log: Callable[[str], None] = print) -> InstructCheck:
-    """Check that every record is well formed and every referenced image exists and opens."""
+    """Check that every record is well formed and every referenced image exists and decodes; each
+    problem names the record (index and id) and the file."""
+    from vlmswap.image import check_image
+
     try:
         records = json.loads(Path(json_path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"instruction set {json_path} does not exist (run the fetch/prepare step)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InstructError(f"{json_path}: not valid JSON ({e})") from None
     if not isinstance(records, list):
-        raise ValueError(f"{json_path}: expected a JSON list of records (LLaVA-665K format)")
+        raise InstructError(f"{json_path}: expected a JSON list of records (LLaVA-665K format)")
     missing, unreadable, malformed = [], [], []
     n_mm = 0
     for i, rec in enumerate(records):
-        conv = rec.get("conversations") if isinstance(rec, dict) else None
-        if not conv or not isinstance(conv, list) or any(t.get("from") != ("human", "gpt")[j % 2]
-                                                          for j, t in enumerate(conv)):
-            malformed.append(f"record {i} (id {rec.get('id') if isinstance(rec, dict) else '?'})")
+        name = f"record {i} (id {rec.get('id') if isinstance(rec, dict) else '?'})"
+        problem = _turn_problem(rec)
+        if problem:
+            malformed.append(f"{name}: {problem}")
             continue
         if "image" in rec:
             n_mm += 1
-            path = image_root / rec["image"]
+            path = image_root / str(rec["image"])
             if not path.is_file():
-                missing.append(str(path))
-            elif verify_images:
-                try:
-                    with Image.open(path) as im:
-                        im.verify()
-                except Exception:
-                    unreadable.append(str(path))
+                missing.append(f"{name}: image {path} not found")
+            elif verify_images and (reason := check_image(path)) is not None:
+                unreadable.append(f"{name}: {path}: {reason}")
         if (i + 1) % 50000 == 0:
             log(f"  checked {i + 1}/{len(records)} records")
     return InstructCheck(len(records), n_mm, missing, unreadable, malformed)

@@ -48,6 +48,7 @@ class GQA:
     name = "gqa"
     mode = "generate"
     columns = ("gqa",)
+    annotation_files = (QUESTIONS_FILE,)
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:
         root = Path(root).absolute()

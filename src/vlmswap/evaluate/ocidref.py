@@ -75,6 +75,7 @@ class OCIDRef:
     name = "ocid-ref"
     mode = "generate"
     columns = ("ocid-ref",)
+    annotation_files = (EXPRESSIONS_FILE,)
     iou_threshold = IOU_THRESHOLD
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:

@@ -214,6 +214,7 @@ class POPE:
     name = "pope"
     mode = "choice"
     columns = ("pope",)
+    annotation_files = tuple(split_file(s) for s in SPLITS)
     choices: tuple[str, ...] = ("Yes", "No")  # vlm-evaluation's return_string_probabilities
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:

@@ -100,6 +100,7 @@ class RefCOCO:
         self.name = name
         self.columns = (name,)
         self.split_by, self.label = DATASETS[name]
+        self.annotation_files = (f"{name}/refs({self.split_by}).p", f"{name}/instances.json")
         self.iou_threshold = iou_threshold  # Acc@IoU >= 0.5 for RefCOCO* (prismatic_spec.md 3.2)
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 @dataclass
 class Example:
     id: str  # stable per benchmark (question_id / sent_id as str)
-    image: Path  # absolute path of the image file
+    image: Path  # the image file (an index stores it relative; read_index resolves it beside the index)
     prompt: str  # the human message, before the model side applies the Vicuna template
     target: Any  # what the scorer needs (the 10 answers; the normalized box)
     meta: dict = field(default_factory=dict)  # question_type, answer_type, split, ...
@@ -47,6 +47,9 @@ class Benchmark(Protocol):
     name: str  # registry key
     mode: str  # "generate" (free-form greedy text) or "choice" (first-token probabilities)
     columns: tuple[str, ...]  # the table columns this benchmark fills
+    # the official files (relative to the root) its index is read from, images aside; the workflow
+    # declares them as inputs of the benchmark's preparation (alternative locations: all listed)
+    annotation_files: tuple[str, ...]
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]: ...
 

@@ -1,7 +1,8 @@
 """Prepare a benchmark index, then evaluate one trained cell on it and write the result contract.
 
-`prepare` reads a benchmark's official files once (through its registry entry) and writes a
-self-contained index (examples + skipped records). `evaluate_cell` runs batched greedy generation
+`prepare` reads a benchmark's official files once (through its registry entry), decodes every
+image, and writes an index (examples + skipped records) whose paths are relative to the study's
+resources folder, resolved by `read_index` at use. `evaluate_cell` runs batched greedy generation
 (or, for choice benchmarks such as POPE and TallyQA, first-token probabilities over the
 choices, stored as a JSON list) over the index, appending per-example predictions to a jsonl as it goes, so an interrupted run
 resumes where it stopped, then scores and writes `{benchmark}.json`:
@@ -11,6 +12,7 @@ resumes where it stopped, then scores and writes `{benchmark}.json`:
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,26 +29,84 @@ from vlmswap.provenance import differences, move_aside, result_record, scorer_ve
 
 
 def prepare(name: str, root: Path, subset: str, out: Path, log: Callable[[str], None] = print) -> dict:
+    """Index a benchmark's official files under `root` into `out`. Every image is decoded once here:
+    one that does not decode becomes a skipped record (id, path, why), counted with the others.
+    Paths are stored relative (the root to the index's folder, images to the root) whenever the
+    root lies in the study's resources folder, so a copied or moved study reads its own files."""
     benchmark = get_benchmark(name)
-    examples, skipped = benchmark.load(Path(root), subset)
+    root, out = Path(root), Path(out)
+    examples, skipped = benchmark.load(root, subset)
+    examples, undecodable = _decodable(examples, log)
+    skipped = skipped + undecodable
     for s in skipped[:20]:
         log(f"  skipped {s.id}: {s.reason} ({s.path})")
     if len(skipped) > 20:
         log(f"  ... and {len(skipped) - 20} more skipped")
+    stored_root = _portable_root(root, out)
+    base = root.absolute()
     index = {
-        "benchmark": name, "subset": subset, "root": str(root),
-        "examples": [{**asdict(e), "image": str(e.image)} for e in examples],
+        "benchmark": name, "subset": subset, "root": stored_root,
+        "examples": [{**asdict(e), "image": _below(Path(e.image), base)} for e in examples],
         "skipped": [asdict(s) for s in skipped],
+        "n_undecodable": len(undecodable),
     }
     write_json(out, index)
-    log(f"{name} ({subset}): {len(examples)} examples, {len(skipped)} skipped -> {out}")
-    return {"n_examples": len(examples), "n_skipped": len(skipped)}
+    log(f"{name} ({subset}): {len(examples)} examples, {len(skipped)} skipped "
+        f"({len(undecodable)} images that do not decode) -> {out}")
+    return {"n_examples": len(examples), "n_skipped": len(skipped), "n_undecodable": len(undecodable)}
+
+
+def _decodable(examples: list[Example], log: Callable[[str], None]) -> tuple[list[Example], list[Skipped]]:
+    """Split examples by whether their image decodes (each distinct file decoded once)."""
+    from vlmswap.image import check_image
+
+    verdicts: dict[Path, str | None] = {}
+    kept, broken = [], []
+    for i, e in enumerate(examples):
+        image = Path(e.image)
+        if image not in verdicts:
+            verdicts[image] = check_image(image)
+            if len(verdicts) % 5000 == 0:
+                log(f"  decoded {len(verdicts)} images ({i + 1}/{len(examples)} examples)")
+        reason = verdicts[image]
+        if reason is None:
+            kept.append(e)
+        else:
+            broken.append(Skipped(e.id, str(image), reason))
+    return kept, broken
+
+
+def _portable_root(root: Path, index: Path) -> str:
+    """The benchmark root as the index stores it: relative to the index's folder when both lie in
+    the study's resources folder (`resources/<study>/prepared/<benchmark>.json` beside
+    `resources/<study>/world/...` or `.../data/...`), else absolute (files kept outside the study,
+    which a copy of the study shares)."""
+    root_abs, folder = Path(os.path.abspath(root)), Path(os.path.abspath(index.parent))
+    if root_abs.is_relative_to(folder.parent):
+        return Path(os.path.relpath(root_abs, folder)).as_posix()
+    return str(root_abs)
+
+
+def _below(path: Path, base: Path) -> str:
+    path = Path(os.path.abspath(path))
+    return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
 
 
 def read_index(path: Path) -> tuple[str, str, list[Example], list[Skipped]]:
-    data = json.loads(Path(path).read_text())
-    examples = [Example(**{**e, "image": Path(e["image"])}) for e in data["examples"]]
-    return data["benchmark"], data["subset"], examples, [Skipped(**s) for s in data["skipped"]]
+    """Read a prepared index; image paths come back resolved against the index's own location, so
+    the files read are those beside the index, wherever the study now lives."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        root = path.parent / data["root"]  # an absolute stored root stays as it is
+        examples = [Example(**{**e, "image": Path(os.path.normpath(root / e["image"]))}) for e in data["examples"]]
+        skipped = [Skipped(**s) for s in data["skipped"]]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"benchmark index {path} does not exist (run the prepare-benchmark step)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a benchmark index ({type(e).__name__}: {e}); delete it and rerun "
+                         "prepare-benchmark") from None
+    return data["benchmark"], data["subset"], examples, skipped
 
 
 def _read_predictions(path: Path) -> tuple[dict | None, dict[str, str]]:

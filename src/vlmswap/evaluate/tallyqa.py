@@ -50,6 +50,7 @@ class TallyQA:
     name = "tallyqa"
     mode = "choice"
     columns = ("tallyqa",)
+    annotation_files = (QUESTIONS_FILE,)
     choices: tuple[str, ...] = LETTERS
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:

@@ -100,6 +100,7 @@ class TextVQA:
     name = "textvqa"
     mode = "generate"
     columns = ("textvqa-ocr", "textvqa-pure")
+    annotation_files = (QUESTIONS_FILE, ANSWERS_FILE)
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:
         root = Path(root).absolute()

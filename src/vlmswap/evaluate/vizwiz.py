@@ -72,6 +72,7 @@ class VizWiz:
     name = "vizwiz"
     mode = "generate"
     columns = ("vizwiz",)
+    annotation_files = ANNOTATIONS_LOCATIONS  # whichever of them is there
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:
         root = Path(root).absolute()

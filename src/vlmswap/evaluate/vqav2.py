@@ -43,6 +43,7 @@ class VQAv2:
     name = "vqa-v2"
     mode = "generate"
     columns = ("vqa-v2",)
+    annotation_files = (QUESTIONS_FILE, ANNOTATIONS_FILE)
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:
         root = Path(root).absolute()

@@ -1,0 +1,116 @@
+"""Every bad input is named in one line on stderr, the exit is non-zero, and what was finished
+before stays as it was."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vlmswap.cli import main
+from vlmswap.hub import CheckpointError, fetch, read_checkpoint
+from vlmswap.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = ROOT / "config" / "mini.yaml"
+
+
+def run(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line, no traceback
+    return exit_.value.code, err
+
+
+def _checkpoint(tmp_path) -> Path:
+    path = tmp_path / "src" / "vit.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"w": torch.arange(4096.0)}, path)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_backbone_checkpoint_is_named_and_the_finished_result_stays(damage, tmp_path, capsys):
+    fetched = tmp_path / "resources" / "vit-mini@cls.ckpt"
+    fetch({"path": str(_checkpoint(tmp_path))}, fetched, log=lambda m: None)
+    data = bytearray(fetched.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # bytes inside the tensor data: torch itself would load them as wrong weights
+        data[len(data) // 2: len(data) // 2 + 8] = b"\xff" * 8
+    fetched.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fetch it again"):
+        read_checkpoint(fetched)
+
+    result = tmp_path / "results" / "evals" / "cell" / "vqa-v2.json"
+    result.parent.mkdir(parents=True)
+    result.write_text('{"finished": true}')
+    cell = load_study(MINI).cell_ids[0]
+    code, err = run(["evaluate", "--config", MINI, "--cell", cell, "--checkpoint", fetched, "--llm", tmp_path / "llm",
+                     "--model", tmp_path / "model", "--index", tmp_path / "index.json", "--out", result], capsys)
+    assert code == 1 and str(fetched) in err and "fetch it again" in err
+    assert result.read_text() == '{"finished": true}'
+
+
+def test_a_checkpoint_with_an_unreadable_layout_is_named(tmp_path):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(b"\x80\x02}q\x00(X\x05")  # a pickle cut short
+    with pytest.raises(CheckpointError, match=r"model\.pkl: not a readable checkpoint"):
+        read_checkpoint(path)
+
+
+def test_a_download_whose_sha256_differs_keeps_the_fetched_file(tmp_path, capsys):
+    source = _checkpoint(tmp_path)
+    config = yaml.safe_load(MINI.read_text())
+    config["backbones"]["vit-mini"]["checkpoints"]["cls"] = {"url": source.as_uri(), "sha256": "0" * 64}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "checkpoints" / "vit-mini@cls.ckpt"
+    out.parent.mkdir()
+    out.write_bytes(b"the file fetched before")
+    code, err = run(["fetch-backbone", "--config", tmp_path / "study.yaml", "--backbone", "vit-mini",
+                     "--objective", "cls", "--out", out], capsys)
+    assert code == 1 and "sha256 mismatch" in err and source.as_uri() in err and "0" * 64 in err
+    assert hashlib.sha256(source.read_bytes()).hexdigest() in err
+    assert out.read_bytes() == b"the file fetched before"
+
+
+def _instruct(tmp_path, records) -> tuple[Path, Path]:
+    root = tmp_path / "llava"
+    (root / "images").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(root / "images" / "ok.png")
+    (root / "mix.json").write_text(json.dumps(records))
+    return root / "mix.json", root
+
+
+TURNS = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A square."}]
+
+
+@pytest.mark.parametrize("bad,named", [
+    ({"id": "r7", "image": "images/gone.png", "conversations": TURNS}, ["r7", "images/gone.png", "not found"]),
+    ({"id": "r8", "conversations": [TURNS[0], TURNS[0]]}, ["r8", "turn 1", "'human'", "expected 'gpt'"]),
+])
+def test_an_instruction_record_that_cannot_be_trained_on_is_named(bad, named, tmp_path, capsys):
+    json_path, root = _instruct(tmp_path, [{"id": "r1", "image": "images/ok.png", "conversations": TURNS}, bad])
+    out = tmp_path / "prepared" / "instruct.json"
+    code, err = run(["prepare-instruct", "--config", MINI, "--json", json_path, "--image-root", root, "--out", out],
+                    capsys)
+    assert code == 1 and str(json_path) in err and "record 1" in err
+    assert all(n in err for n in named), err
+    assert not out.exists()  # training never starts on a set that failed its check
+    problems = json.loads(out.with_suffix(".problems.json").read_text())
+    assert sum(len(problems[k]) for k in ("missing", "unreadable", "malformed")) == 1
+
+
+def test_a_checked_instruction_set_records_paths_relative_to_itself(tmp_path, capsys):
+    json_path, root = _instruct(tmp_path, [{"id": "r1", "image": "images/ok.png", "conversations": TURNS}])
+    out = tmp_path / "prepared" / "instruct.json"
+    main(["prepare-instruct", "--config", str(MINI), "--json", str(json_path), "--image-root", str(root),
+          "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["json"] == "../llava/mix.json" and report["image_root"] == "../llava"
+    assert report["n_records"] == 1 and report["n_multimodal"] == 1
