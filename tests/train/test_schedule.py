@@ -50,10 +50,12 @@ def test_a_modality_smaller_than_one_batch_is_repeated_to_fill_it():
     assert set(language) == {37, 38, 39}
 
 
-def test_micro_batches_split_a_global_batch_across_ranks():
-    gb = list(range(16))
-    assert micro_batches(gb, world_size=2, rank=0, per_device=4) == [[0, 1, 2, 3], [8, 9, 10, 11]]
-    assert micro_batches(gb, world_size=2, rank=1, per_device=4) == [[4, 5, 6, 7], [12, 13, 14, 15]]
+def test_micro_batches_give_each_rank_its_contiguous_block():
+    gb = list(range(16))  # as split_modality_batches lays it out: rank 0's block, then rank 1's
+    assert micro_batches(gb, world_size=2, rank=0, per_device=4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert micro_batches(gb, world_size=2, rank=1, per_device=4) == [[8, 9, 10, 11], [12, 13, 14, 15]]
+    with pytest.raises(ValueError, match="multiple of world size"):
+        micro_batches(list(range(12)), world_size=2, rank=0, per_device=4)
 
 
 def test_deepspeed_config_is_zero3_with_the_recipe():
