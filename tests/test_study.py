@@ -136,3 +136,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("study: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_study(bad)
+
+
+def test_the_recipe_says_where_weight_decay_applies(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    del raw["recipe"]["weight_decay_applied_to"]
+    err = _error(raw)
+    assert err.key_path == "recipe" and "weight_decay_applied_to" in str(err) and "add it" in str(err)
+    raw["recipe"]["weight_decay_applied_to"] = "all"
+    err = _error(raw)
+    assert err.key_path == "recipe.weight_decay_applied_to" and "matrices" in str(err) and "none" in str(err)

@@ -23,7 +23,8 @@ from vlmswap.atomic import atomic_path, write_json, write_text
 from vlmswap.data.instruct import InstructDataset, collate, micro_batches, split_modality_batches
 from vlmswap.language import load_llm, load_tokenizer
 from vlmswap.study import Cell, Study
-from vlmswap.train.engine import deepspeed_config, distributed_env, init_deepspeed, on_gpu, parameter_groups
+from vlmswap.train.engine import (deepspeed_config, distributed_env, effective_weight_decay, init_deepspeed, on_gpu,
+                                  parameter_groups)
 from vlmswap.train.schedule import accumulation_steps, schedule_for
 from vlmswap.vlm import VLMHead, materialize_backbone
 
@@ -96,7 +97,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
 
     engine, _, _, _ = deepspeed.initialize(
         model=head,
-        model_parameters=parameter_groups(head, float(recipe["weight_decay"])),
+        model_parameters=parameter_groups(head, effective_weight_decay(recipe)),
         config=deepspeed_config(recipe, world, accumulation),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
     )
