@@ -153,12 +153,10 @@ def split_modality_batches(lengths: Sequence[int], multimodal: Sequence[bool], g
             continue
         local_lengths = [lengths[i] for i in idx]
         groups = [order[s:s + global_batch] for s in range(0, len(order), global_batch)]
-        if len(groups[-1]) < global_batch:
-            short = global_batch - len(groups[-1])
-            # Prismatic pads from the first slice; when the modality is smaller than half a batch
-            # that is not enough (the reference then fails an assertion): we cycle the slice instead
-            filler = groups[0][:short] if groups[0] is not groups[-1] else list(groups[0])
-            groups[-1] = groups[-1] + (filler * (short // max(1, len(filler)) + 1))[:short]
+        short = global_batch - len(groups[-1])
+        # pad with the first slice's leading indices, as Prismatic; a modality of fewer than half a
+        # batch wraps around its one slice (the reference fails an assertion there)
+        groups[-1] = groups[-1] + [groups[0][k % len(groups[0])] for k in range(short)]
         for g in groups:
             ranked = sorted(g, key=lambda j: local_lengths[j], reverse=True)
             blocks = rank_blocks(ranked, local_lengths, world_size)
@@ -166,7 +164,8 @@ def split_modality_batches(lengths: Sequence[int], multimodal: Sequence[bool], g
     merge = torch.randperm(len(batches), generator=generator).tolist()
     batches = [batches[b] for b in merge]
     sort_lengths = [n + (SORT_PATCHES if m else 0) for n, m in zip(lengths, multimodal)]
-    longest = max(range(len(batches)), key=lambda b: max(sort_lengths[i] for i in batches[b]))  # first on ties, as np.argmax
+    # the first batch on a tie, as np.argmax
+    longest = max(range(len(batches)), key=lambda b: max(sort_lengths[i] for i in batches[b]))
     batches[0], batches[longest] = batches[longest], batches[0]
     return batches
 
