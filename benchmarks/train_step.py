@@ -59,7 +59,7 @@ def main() -> None:
                 torch.randint(3, args.vocab, (args.batch, args.seq), generator=g)) for _ in range(args.steps)]
     tokens_per_step = args.batch * (args.seq + args.visual)
     recipe = {"per_device_batch": args.batch, "max_grad_norm": 1.0, "precision": "bf16" if args.bf16 else "fp32",
-              "lr": 1e-4, "weight_decay": 0.1}
+              "lr": 1e-4, "weight_decay": 0.1, "weight_decay_applied_to": "matrices"}
 
     def run(step_fn) -> float:
         step_fn(*batches[0])  # warm-up (allocations, first-use paths)

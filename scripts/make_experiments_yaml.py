@@ -471,7 +471,9 @@ recipe:
   global_batch: 128
   per_device_batch: 16
   lr: 2.0e-5
-  weight_decay: 0.1
+  weight_decay: 0.1                # Prismatic's configured value ...
+  weight_decay_applied_to: none    # ... which its FSDP run applied to no parameter (README, Fidelity notes);
+                                   # `matrices` applies it to every >= 2-D non-bias parameter
   max_grad_norm: 1.0
   warmup_ratio: 0.03
   max_length: 2048

@@ -18,6 +18,8 @@ def test_turn_templates():
     assert human_turn("<image>\nWhat is it?", first=True) == f"{SYSTEM_PROMPT} USER: What is it? ASSISTANT: "
     assert human_turn("Again?", first=False) == "USER: Again? ASSISTANT: "
     assert assistant_turn("red") == "red</s>" and assistant_turn("") == " </s>"
+    # Prismatic strips every turn, the assistant's too, after removing <image>; empty -> one space
+    assert assistant_turn("  <image> red \n") == "red</s>" and assistant_turn(" <image> ") == " </s>"
     assert eval_prompt("Q?") == f"{SYSTEM_PROMPT} USER: Q? ASSISTANT:"
 
 

@@ -353,3 +353,12 @@ def test_every_row_yields_the_paper_token_count(study, cell_of_row, rows):
         assert built[key] == expected, (f"CSV row {row['index'] + 2} ({cell.id}): {built[key]} tokens, "
                                         f"the paper says {row['vision_tokens']}")
     assert used_differences == set(TOKEN_DIFFERENCES), "a stated difference no longer applies"
+
+
+def test_the_recipe_is_prismatics_as_run(config):
+    # weight decay 0.1 as configured, applied to no parameter as its FSDP run did
+    # (tests/fixtures/prismatic/fsdp_decay.txt); prismatic_spec.md 1.2 for the rest
+    recipe = config["recipe"]
+    assert (recipe["weight_decay"], recipe["weight_decay_applied_to"]) == (0.1, "none")
+    assert (recipe["lr"], recipe["global_batch"], recipe["epochs"], recipe["warmup_ratio"], recipe["seed"]) == (
+        2e-5, 128, 1, 0.03, 7)

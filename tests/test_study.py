@@ -160,3 +160,11 @@ def test_a_checkpoint_source_that_is_a_missing_local_file_fails_validation(mini_
 
     (tmp_path / "gone.pth").write_bytes(b"x")  # once the file is there, the config is valid
     assert load_study(config).name == raw["study"]
+def test_the_recipe_says_where_weight_decay_applies(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    del raw["recipe"]["weight_decay_applied_to"]
+    err = _error(raw)
+    assert err.key_path == "recipe" and "weight_decay_applied_to" in str(err) and "add it" in str(err)
+    raw["recipe"]["weight_decay_applied_to"] = "all"
+    err = _error(raw)
+    assert err.key_path == "recipe.weight_decay_applied_to" and "matrices" in str(err) and "none" in str(err)

@@ -26,14 +26,21 @@ SYSTEM_PROMPT = (
 )
 
 
+def turn_text(message: str) -> str:
+    """What Prismatic's Vicuna prompter keeps of any turn, the assistant's included: `<image>` removed,
+    then stripped (`VicunaV15ChatPromptBuilder.add_turn`)."""
+    return message.replace(IMAGE_TAG, "").strip()
+
+
 def human_turn(message: str, first: bool) -> str:
-    message = message.replace(IMAGE_TAG, "").strip()
+    message = turn_text(message)
     prefix = f"{SYSTEM_PROMPT.strip()} " if first else ""
     return f"{prefix}USER: {message} ASSISTANT: "
 
 
 def assistant_turn(message: str) -> str:
-    return f"{message if message != '' else ' '}</s>"
+    message = turn_text(message)
+    return f"{message if message != '' else ' '}</s>"  # an empty reply becomes one space, as in Prismatic
 
 
 def eval_prompt(message: str) -> str:
@@ -64,24 +71,53 @@ def encode_conversation(tokenizer, conversation: Sequence[Mapping[str, str]], ma
 
 
 def load_tokenizer(llm_dir: str | Path):
-    """Load the LLM's tokenizer and add `<PAD>` as Prismatic does."""
+    """Load the LLM's tokenizer as Prismatic's Llama-2 backbone does (`llama2.py`, `base_llm.py`):
+    `<PAD>` is always added as the pad token (Vicuna's own pad, `<unk>`, is replaced), padding on the
+    right, and BOS must be prepended by `add_special_tokens=True`."""
     from transformers import AutoTokenizer
 
+    llm_dir = Path(llm_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    if (llm_dir / "tokenizer.model").is_file():
+        _sentencepiece_whitespace(tokenizer)
+    tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.padding_side = "right"
+    with_bos = tokenizer("Test 123", add_special_tokens=True).input_ids
+    without = tokenizer("Test 123", add_special_tokens=False).input_ids
+    if tokenizer.bos_token_id is None or with_bos[0] != tokenizer.bos_token_id or without[0] == tokenizer.bos_token_id:
+        raise ValueError(f"{llm_dir}: the tokenizer does not prepend BOS exactly when add_special_tokens=True "
+                         f"(got {with_bos[:3]} / {without[:3]}); the visual tokens are inserted after BOS, so "
+                         "use a Llama-family tokenizer (check add_bos_token in tokenizer_config.json)")
     return tokenizer
 
 
+def _sentencepiece_whitespace(tokenizer) -> None:
+    """Make a tokenizer converted from a SentencePiece `tokenizer.model` treat spaces as SentencePiece does.
+
+    transformers 5 converts Llama's model with a `Metaspace(prepend_scheme="first")` pre-tokenizer,
+    which folds a leading space into the dummy prefix (" x" -> "▁x"); SentencePiece, and the
+    transformers 4.x `LlamaTokenizerFast` that Prismatic ran, prepend "▁" and then map every space to
+    "▁" (" x" -> "▁▁x"). Prismatic tokenizes an empty reply as " </s>", so the two differ there.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace):
+        return
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+
+
 def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32):
-    """Load the causal LM and resize its embeddings to the tokenizer (pad to a multiple of 64)."""
+    """Load the causal LM and resize its embeddings as Prismatic does after adding `<PAD>`:
+    always, to `len(tokenizer)` rounded up to a multiple of 64 (Vicuna: 32001 tokens in 32064 rows)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=dtype)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     model.config.pad_token_id = tokenizer.pad_token_id
+    # new rows drawn from the model's initializer, as transformers 4.x (Prismatic's) did; 5.x would
+    # otherwise initialise them around the mean of the existing rows
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
     return model
 
 

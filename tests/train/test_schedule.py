@@ -1,9 +1,12 @@
 """Schedule, batch order and launcher: the recipe's arithmetic, fixed on CPU."""
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from vlmswap.data.instruct import micro_batches, split_modality_batches
-from vlmswap.train.engine import deepspeed_config
+from vlmswap.train.engine import deepspeed_config, effective_weight_decay, parameter_groups
 from vlmswap.train.launch import launcher, train_resources
 from vlmswap.train.schedule import accumulation_steps, schedule_for
 
@@ -50,19 +53,39 @@ def test_a_modality_smaller_than_one_batch_is_repeated_to_fill_it():
     assert set(language) == {37, 38, 39}
 
 
-def test_micro_batches_split_a_global_batch_across_ranks():
-    gb = list(range(16))
-    assert micro_batches(gb, world_size=2, rank=0, per_device=4) == [[0, 1, 2, 3], [8, 9, 10, 11]]
-    assert micro_batches(gb, world_size=2, rank=1, per_device=4) == [[4, 5, 6, 7], [12, 13, 14, 15]]
+def test_micro_batches_give_each_rank_its_contiguous_block():
+    gb = list(range(16))  # as split_modality_batches lays it out: rank 0's block, then rank 1's
+    assert micro_batches(gb, world_size=2, rank=0, per_device=4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert micro_batches(gb, world_size=2, rank=1, per_device=4) == [[8, 9, 10, 11], [12, 13, 14, 15]]
+    with pytest.raises(ValueError, match="multiple of world size"):
+        micro_batches(list(range(12)), world_size=2, rank=0, per_device=4)
 
 
 def test_deepspeed_config_is_zero3_with_the_recipe():
-    recipe = {"per_device_batch": 16, "max_grad_norm": 1.0, "precision": "bf16", "lr": 2e-5, "weight_decay": 0.1}
+    recipe = {"per_device_batch": 16, "max_grad_norm": 1.0, "precision": "bf16", "lr": 2e-5, "weight_decay": 0.1,
+              "weight_decay_applied_to": "matrices"}
     cfg = deepspeed_config(recipe, world_size=4, accumulation=2)
     assert cfg["zero_optimization"]["stage"] == 3
     assert cfg["train_batch_size"] == 128 and cfg["gradient_accumulation_steps"] == 2
     assert cfg["bf16"]["enabled"] and cfg["gradient_clipping"] == 1.0
     assert cfg["optimizer"]["params"]["weight_decay"] == 0.1 and cfg["optimizer"]["params"]["torch_adam"]
+    as_run = deepspeed_config({**recipe, "weight_decay_applied_to": "none"}, world_size=4, accumulation=2)
+    assert as_run["optimizer"]["params"]["weight_decay"] == 0.0
+
+
+def test_weight_decay_reaches_matrices_only_when_asked():
+    # Prismatic's FSDP run decayed nothing (tests/fixtures/prismatic/fsdp_decay.txt): `none` reproduces it
+    fixture = (Path(__file__).parents[1] / "fixtures/prismatic/fsdp_decay.txt").read_text()
+    assert "elements under weight decay > 0 on any rank: 0" in fixture and "decay group 18 tensors" in fixture
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    recipe = {"weight_decay": 0.1}
+    as_run = parameter_groups(module, effective_weight_decay({**recipe, "weight_decay_applied_to": "none"}))
+    assert [g["weight_decay"] for g in as_run] == [0.0, 0.0]
+    intended = parameter_groups(module, effective_weight_decay({**recipe, "weight_decay_applied_to": "matrices"}))
+    assert [(g["weight_decay"], [tuple(p.shape) for p in g["params"]]) for g in intended] == [
+        (0.1, [(4, 4)]), (0.0, [(4,), (4,), (4,)])]
+    with pytest.raises(ValueError, match="weight_decay_applied_to.*'none'"):
+        effective_weight_decay(recipe)
 
 
 def test_launchers_for_cpu_one_node_and_two_nodes():

@@ -3,15 +3,15 @@
 Record format (prismatic_spec.md 1.7): `{"id", "image"?: relative path, "conversations": [{"from":
 "human"|"gpt", "value"}...]}`; records without `image` are language-only. The batch order is
 Prismatic's split-modality, length-grouped order (`prismatic/util/batching_utils.py`), rebuilt
-here: every global batch holds one modality, examples inside a batch are grouped by length, the
-order is fixed by the seed, and the batch holding the longest example goes first so that an
-out-of-memory shows at step 0.
+index for index (tests/data/test_instruct_order.py checks it against the reference's own output):
+every global batch holds one modality, records inside a batch are grouped by length and dealt to
+the ranks in length-balanced blocks, the order is fixed by the seed and the epoch, and the batch
+holding the longest example goes first so that an out-of-memory shows at step 0.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -106,9 +106,9 @@ class InstructDataset(torch.utils.data.Dataset):
         return ["image" in r for r in self.records]
 
     def lengths(self) -> list[int]:
-        """Word counts (+ visual tokens for multimodal records), as Prismatic's sampler measures."""
-        return [sum(len(t["value"].split()) for t in r["conversations"]) + (self.n_visual if "image" in r else 0)
-                for r in self.records]
+        """Word counts of all turns, `<image>` included, as Prismatic's sampler measures them
+        (`FinetuneDataset.get_modality_lengths`); `split_modality_batches` adds the patches."""
+        return [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
@@ -141,36 +141,77 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Ten
     return batch
 
 
-def split_modality_batches(lengths: Sequence[int], multimodal: Sequence[bool], global_batch: int,
-                           seed: int) -> list[list[int]]:
-    """Global batches of one modality each, length-grouped, in a seed-fixed order (longest first)."""
-    rng = random.Random(seed)
+# Prismatic adds 24 x 24 patches (CLIP@336) to a multimodal record's word count only to find the
+# batch to put first, whatever the backbone (`batching_utils.py`, "Shift max length batch to index 0").
+SORT_PATCHES = 24 * 24
+
+
+def split_modality_batches(lengths: Sequence[int], multimodal: Sequence[bool], global_batch: int, seed: int,
+                           world_size: int = 1) -> list[list[int]]:
+    """Prismatic's `SplitModalitySampler` order for one epoch, seeded with `seed` (= its seed + epoch).
+
+    Each global batch holds one modality; its indices come rank by rank: `world_size` contiguous
+    blocks of `global_batch // world_size`, balanced by length (`rank_blocks`). Steps, in the
+    reference's order (`prismatic/util/batching_utils.py::get_modality_and_length_grouped_indices`):
+    a `torch.randperm` per modality (multimodal first) under a `torch.Generator` seeded with `seed`;
+    slices of `global_batch`; a short last slice padded with the first slice's leading indices;
+    each slice sorted by word count, longest first (a stable sort); the length-balanced rank split;
+    a `torch.randperm` over all batches (multimodal ones first); the batch holding the longest
+    record (word count + 576 patches if multimodal) swapped with batch 0.
+    """
+    if len(lengths) != len(multimodal):
+        raise ValueError(f"{len(lengths)} lengths but {len(multimodal)} modality flags")
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    members = {flag: [i for i, m in enumerate(multimodal) if bool(m) == flag] for flag in (True, False)}
+    shuffled = {flag: torch.randperm(len(members[flag]), generator=generator).tolist() for flag in (True, False)}
     batches: list[list[int]] = []
     for flag in (True, False):
-        idx = [i for i, m in enumerate(multimodal) if m == flag]
+        idx, order = members[flag], shuffled[flag]
         if not idx:
             continue
-        rng.shuffle(idx)
-        groups = [idx[s:s + global_batch] for s in range(0, len(idx), global_batch)]
-        if len(groups[-1]) < global_batch:  # pad the short last batch from the first ones, as Prismatic does
-            # (cycling: a modality with fewer records than one batch repeats them)
-            short = global_batch - len(groups[-1])
-            groups[-1] = groups[-1] + (idx * (short // len(idx) + 1))[:short]
-        batches.extend(sorted(g, key=lambda i: -lengths[i]) for g in groups)
-    rng.shuffle(batches)
-    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
-    batches.insert(0, batches.pop(longest))
+        local_lengths = [lengths[i] for i in idx]
+        groups = [order[s:s + global_batch] for s in range(0, len(order), global_batch)]
+        short = global_batch - len(groups[-1])
+        # pad with the first slice's leading indices, as Prismatic; a modality of fewer than half a
+        # batch wraps around its one slice (the reference fails an assertion there)
+        groups[-1] = groups[-1] + [groups[0][k % len(groups[0])] for k in range(short)]
+        for g in groups:
+            ranked = sorted(g, key=lambda j: local_lengths[j], reverse=True)
+            blocks = rank_blocks(ranked, local_lengths, world_size)
+            batches.append([idx[j] for block in blocks for j in block])
+    merge = torch.randperm(len(batches), generator=generator).tolist()
+    batches = [batches[b] for b in merge]
+    sort_lengths = [n + (SORT_PATCHES if m else 0) for n, m in zip(lengths, multimodal)]
+    # the first batch on a tie, as np.argmax
+    longest = max(range(len(batches)), key=lambda b: max(sort_lengths[i] for i in batches[b]))
+    batches[0], batches[longest] = batches[longest], batches[0]
     return batches
 
 
+def rank_blocks(batch: Sequence[int], lengths: Sequence[int], world_size: int) -> list[list[int]]:
+    """Prismatic's `reindex_batch`: deal a longest-first batch to `world_size` equal blocks, each
+    record going to the block with the smallest total length that is not yet full (ties: lowest rank)."""
+    if len(batch) % world_size:
+        raise ValueError(f"batch of {len(batch)} is not divisible by world size {world_size}")
+    capacity = len(batch) // world_size
+    blocks: list[list[int]] = [[] for _ in range(world_size)]
+    totals: list[float] = [0.0] * world_size
+    for i in batch:
+        k = totals.index(min(totals))
+        blocks[k].append(i)
+        totals[k] = float("inf") if len(blocks[k]) == capacity else totals[k] + lengths[i]
+    return blocks
+
+
 def micro_batches(global_batch: list[int], world_size: int, rank: int, per_device: int) -> list[list[int]]:
-    """This rank's micro-batches of one global batch, in accumulation order."""
-    per_step = world_size * per_device
-    if len(global_batch) % per_step:
+    """This rank's micro-batches of one global batch, in accumulation order: its contiguous block of
+    `len(global_batch) // world_size` (as Prismatic's sampler hands out), cut into `per_device` pieces."""
+    per_rank, rem = divmod(len(global_batch), world_size)
+    if rem or per_rank % per_device:
         raise ValueError(f"global batch {len(global_batch)} is not a multiple of world size x per-device batch "
                          f"({world_size} x {per_device})")
-    out = []
-    for start in range(0, len(global_batch), per_step):
-        lo = start + rank * per_device
-        out.append(global_batch[lo: lo + per_device])
-    return out
+    block = global_batch[rank * per_rank:(rank + 1) * per_rank]
+    return [block[s:s + per_device] for s in range(0, per_rank, per_device)]

@@ -71,15 +71,35 @@ def deepspeed_config(recipe: Mapping[str, Any], world_size: int, accumulation: i
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": float(recipe["lr"]), "betas": [0.9, 0.999], "eps": 1e-8,
-                       "weight_decay": float(recipe["weight_decay"]), "torch_adam": True, "adam_w_mode": True},
+                       "weight_decay": effective_weight_decay(recipe), "torch_adam": True, "adam_w_mode": True},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
+WEIGHT_DECAY_TARGETS = ("none", "matrices")
+
+
+def effective_weight_decay(recipe: Mapping[str, Any]) -> float:
+    """The decay the matrices get: `weight_decay` when `weight_decay_applied_to` is `matrices`, else 0.
+
+    `none` reproduces what Prismatic ran: its FSDP strategy groups parameters after wrapping with
+    `use_orig_params=True`, where each one is a flat 1-D shard, so its `ndim <= 1` test puts them
+    all in the no-decay group and the configured 0.1 never applies (prismatic/training/strategies/
+    fsdp.py; run by scripts/reference/prismatic_fsdp_decay.py, output in
+    tests/fixtures/prismatic/fsdp_decay.txt).
+    """
+    target = recipe.get("weight_decay_applied_to")
+    if target not in WEIGHT_DECAY_TARGETS:
+        raise ValueError(f"recipe.weight_decay_applied_to is {target!r}; set it to 'none' (what Prismatic's "
+                         f"FSDP run applied) or 'matrices' (weight_decay on every >= 2-D non-bias parameter)")
+    return float(recipe["weight_decay"]) if target == "matrices" else 0.0
+
+
 def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Prismatic's two groups: no decay for biases and 1-D parameters, `weight_decay` otherwise."""
+    """Prismatic's two groups: no decay for biases and 1-D parameters, `weight_decay` otherwise
+    (pass `effective_weight_decay(recipe)`)."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:

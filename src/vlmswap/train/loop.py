@@ -24,7 +24,8 @@ from vlmswap.data.instruct import InstructDataset, collate, micro_batches, split
 from vlmswap.language import load_llm, load_tokenizer
 from vlmswap.provenance import differences, file_sha256, model_record, move_aside
 from vlmswap.study import Cell, Study
-from vlmswap.train.engine import deepspeed_config, distributed_env, init_deepspeed, on_gpu, parameter_groups
+from vlmswap.train.engine import (deepspeed_config, distributed_env, effective_weight_decay, init_deepspeed, on_gpu,
+                                  parameter_groups)
 from vlmswap.train.schedule import accumulation_steps, schedule_for
 from vlmswap.vlm import VLMHead, materialize_backbone
 
@@ -51,13 +52,14 @@ def git_hash() -> str:
         return "unknown"
 
 
-def batch_plan(dataset: InstructDataset, global_batch: int, seed: int, steps: int) -> list[list[int]]:
-    """The global batches of every optimizer step; epoch e uses seed + e."""
+def batch_plan(dataset: InstructDataset, global_batch: int, seed: int, steps: int,
+               world_size: int = 1) -> list[list[int]]:
+    """The global batches of every optimizer step; epoch e uses seed + e (Prismatic's `set_epoch`)."""
     plan: list[list[int]] = []
     lengths, multimodal = dataset.lengths(), dataset.multimodal()
     epoch = 0
     while len(plan) < steps:
-        plan.extend(split_modality_batches(lengths, multimodal, global_batch, seed + epoch))
+        plan.extend(split_modality_batches(lengths, multimodal, global_batch, seed + epoch, world_size))
         epoch += 1
     return plan[:steps]
 
@@ -92,13 +94,13 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     schedule = schedule_for(len(dataset), gb, float(recipe["epochs"]), float(recipe["warmup_ratio"]),
                             recipe.get("max_steps"))
     accumulation = accumulation_steps(gb, pdb, world)
-    plan = batch_plan(dataset, gb, int(recipe["seed"]), schedule.steps)
+    plan = batch_plan(dataset, gb, int(recipe["seed"]), schedule.steps, world)
     say(f"cell {cell.id}: {len(dataset)} examples, {schedule.steps} steps ({schedule.warmup} warmup), "
         f"global batch {gb} = {pdb} per device x {accumulation} accumulation x {world} ranks, {n_visual} visual tokens")
 
     engine, _, _, _ = deepspeed.initialize(
         model=head,
-        model_parameters=parameter_groups(head, float(recipe["weight_decay"])),
+        model_parameters=parameter_groups(head, effective_weight_decay(recipe)),
         config=deepspeed_config(recipe, world, accumulation),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
     )
