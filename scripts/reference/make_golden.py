@@ -1,0 +1,300 @@
+"""Regenerate the golden fixtures of tests/vision/test_golden.py by running the OFFICIAL code.
+
+For every vision family vlmswap re-implements (VMamba classification and dense, MambaVision, Vim
+at strides 16 and 8, ViTDet, ViT-Adapter on its DeiT/AugReg and Uni-Perceiver ViTs, BEiT-Adapter),
+this script builds a tiny model with the official class, gives it seeded random weights (every
+floating tensor perturbed, so that no norm is the identity and no bias is zero), runs it in float32
+on seeded inputs of a square and a non-square size, and writes one safetensors file per model to
+tests/vision/golden/:
+
+    weight/<key>        the official module's state_dict, in the official key layout
+    input/<case>        (1, 3, H, W) normalized pixels
+    output/<case>/<tap> what the official code computes for the tap the product reads
+    metadata            family, our arch mapping, the checkpoint container to wrap the weights in,
+                        the official class and its arguments, the source repository and commit
+
+The tests need only these files; this script needs the official repositories, checked out at
+these commits in one folder (default: scripts/reference/official/, git-ignored):
+
+    official/VMamba        github.com/MzeroMiko/VMamba        2ed52ead062a51a64521ed3871d52914bf532876
+    official/MambaVision   github.com/NVlabs/MambaVision      7860a506b2eb844eaaae676f08461ce8c3c26f43
+    official/Vim           github.com/hustvl/Vim              dd0358ad1e42701f22afbefa0717cc8825cf9f45
+    official/detectron2    github.com/facebookresearch/detectron2  02b5c4e295e990042a714712c21dc79b731e8833
+    official/ViT-Adapter   github.com/czczup/ViT-Adapter      fd64a5190f9f4530e8e5961cc87b2a3ad591190b
+
+Run it with a Python that has torch, timm (1.0.31 here), einops and fvcore (VMamba and detectron2
+import it), e.g. a scratch venv beside .venv: `python scripts/reference/make_golden.py
+[--refs DIR] [--only vmamba,vim,...]`. Nothing of the official code is installed or built.
+
+What is stubbed (CUDA kernels and framework plumbing only; every line of the models' math runs as
+written in the official files):
+- `selective_scan_cuda` (mamba_ssm's CUDA extension): `fwd` computes with the fork's own pure-PyTorch
+  `selective_scan_ref` (Vim's mamba-1p1p1/mamba_ssm/ops/selective_scan_interface.py) and returns
+  (out, states, out * silu(z)) as the kernel does, the states holding only the last state (what the
+  forward wrappers read from them). MambaVision's `selective_scan_fn` and Vim's `mamba_inner_fn_no_out_proj` run unchanged
+  on top of it (MambaVision imports mamba_ssm; the Vim fork's package serves it).
+- `causal_conv1d_cuda`: `causal_conv1d_fwd` computes with the package's own `causal_conv1d_ref`
+  (Vim's causal-conv1d/causal_conv1d/causal_conv1d_interface.py).
+- Vim's Triton `rms_norm_fn` (the fused add + RMSNorm of every Block and of norm_f): replaced in
+  models_mamba by the fork's own `rms_norm_ref` (upcast to float32, as the kernel computes); the
+  wrapper also records the last call's output, which is norm_f's: the whole normed sequence, whose
+  patch tokens are the Vim tap (the official forward returns only the cls token).
+- VMamba's csm_triton enters `torch.cuda.device(x.device)` even on its torch path; current torch
+  refuses a CPU device there, so that context is a no-op for CPU devices.
+- `mamba_ssm.utils.generation` (text generation, unused by VisionMamba): an empty GenerationMixin,
+  because the fork's module imports a name transformers 5 no longer has.
+- `MultiScaleDeformableAttention` (ViT-Adapter's CUDA op): `ms_deform_attn_forward` computes with the
+  repository's own `ms_deform_attn_core_pytorch` (detection/ops/functions/ms_deform_attn_func.py).
+- mmcv / mmseg: only the names the backbone files import (BACKBONES.register_module as a plain
+  decorator, get_root_logger, load_checkpoint, mmcv.runner.BaseModule as nn.Module); the package
+  __init__ files of mmseg_custom and detectron2.modeling are bypassed (their submodules are
+  imported from the official folders directly) so that the detectors, datasets and their compiled
+  ops are not needed; `detectron2._C` is an empty module.
+- nn.SyncBatchNorm (ViT-Adapter norm1..4): run as nn.BatchNorm2d, which is what it computes in eval
+  mode on one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = REPO / "tests" / "vision" / "golden"
+SOURCES = {
+    "VMamba": ("github.com/MzeroMiko/VMamba", "2ed52ead062a51a64521ed3871d52914bf532876"),
+    "MambaVision": ("github.com/NVlabs/MambaVision", "7860a506b2eb844eaaae676f08461ce8c3c26f43"),
+    "Vim": ("github.com/hustvl/Vim", "dd0358ad1e42701f22afbefa0717cc8825cf9f45"),
+    "detectron2": ("github.com/facebookresearch/detectron2", "02b5c4e295e990042a714712c21dc79b731e8833"),
+    "ViT-Adapter": ("github.com/czczup/ViT-Adapter", "fd64a5190f9f4530e8e5961cc87b2a3ad591190b"),
+}
+
+
+# --- shared: weights, inputs, writing ----------------------------------------------------------------
+
+@torch.no_grad()
+def perturb(model: nn.Module, seed: int, scale: float = 0.1) -> None:
+    """Seeded random weights: every floating parameter and buffer gets N(0, scale^2) noise (so
+    LayerNorm weights are not 1, biases and zero-initialized tables are not 0), BatchNorm running
+    variances are drawn from [0.5, 1.5). Integer buffers (indices, counters) are left as built."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if not tensor.is_floating_point():
+            continue
+        noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+        if name.endswith("running_var"):
+            tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+        else:
+            tensor.add_(scale * noise)
+
+
+def pixels(seed: int, height: int, width: int) -> Tensor:
+    """A normalized-looking (1, 3, H, W) input."""
+    return torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def write(name: str, family: str, arch: Mapping[str, Any], container: str, official: str, source: str,
+          weights: Mapping[str, Tensor], cases: Mapping[str, tuple[Tensor, Mapping[str, Tensor]]],
+          extra: Mapping[str, Any] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"weight/{k}": v.detach().clone().contiguous() for k, v in weights.items()}
+    for case, (x, outputs) in cases.items():
+        tensors[f"input/{case}"] = x.contiguous()
+        for tap, y in outputs.items():
+            tensors[f"output/{case}/{tap}"] = y.detach().contiguous()
+    repo, commit = SOURCES[source]
+    metadata = {"family": family, "arch": json.dumps(arch), "container": container, "official": official,
+                "source": f"{repo}@{commit}", "extra": json.dumps(extra or {})}
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size / 1024:.0f} KB): "
+          + ", ".join(f"{case} {tuple(x.shape[-2:])}" for case, (x, _) in cases.items()))
+
+
+def capture_input(module: nn.Module) -> dict[str, Tensor]:
+    """Records the input of `module`'s next call under "x" (a forward pre-hook)."""
+    seen: dict[str, Tensor] = {}
+    module.register_forward_pre_hook(lambda _m, args: seen.__setitem__("x", args[0].detach().clone()))
+    return seen
+
+
+def load_file(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def namespace_package(name: str, path: Path) -> types.ModuleType:
+    """A package whose submodules are imported from `path` without running its __init__.py."""
+    package = types.ModuleType(name)
+    package.__path__ = [str(path)]
+    sys.modules[name] = package
+    return package
+
+
+def stub(name: str, **attributes: Any) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attributes)
+    sys.modules[name] = module
+    return module
+
+
+# --- mamba_ssm kernels (MambaVision, Vim) --------------------------------------------------------------
+
+def install_mamba_kernels(refs: Path) -> None:
+    """Make the Vim fork of mamba_ssm (1.1.1) and causal_conv1d importable on a CPU, with the two CUDA
+    extensions computed by the packages' own pure-PyTorch references (module docstring)."""
+    if "selective_scan_cuda" in sys.modules:
+        return
+    vim = refs / "Vim"
+    sys.path[:0] = [str(vim / "mamba-1p1p1"), str(vim / "causal-conv1d")]
+    conv_kernel = stub("causal_conv1d_cuda")
+    scan_kernel = stub("selective_scan_cuda")
+
+    from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref
+
+    def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, final_states_out, silu_activation):
+        assert seq_idx is None and initial_states is None and final_states_out is None
+        return causal_conv1d_ref(x, weight, bias, activation="silu" if silu_activation else None)
+
+    conv_kernel.causal_conv1d_fwd = causal_conv1d_fwd
+
+    # the fork's generation utilities import GreedySearchDecoderOnlyOutput, gone in transformers 5
+    stub("mamba_ssm.utils.generation", GenerationMixin=type("GenerationMixin", (), {}))
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+
+    def fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        out, last = selective_scan_ref(u, delta, A, B, C, D, None, delta_bias, delta_softplus,
+                                       return_last_state=True)
+        # the kernel's chunk states (batch, dim, chunks, 2 * dstate), real and imaginary parts
+        # interleaved; the callers read only the last chunk's real parts (the last state)
+        states = last.new_zeros(*last.shape[:2], 1, 2 * last.shape[-1])
+        states[..., 0, 0::2] = last
+        return (out, states) if z is None else (out, states, out * F.silu(z))
+
+    scan_kernel.fwd = fwd
+
+
+# --- VMamba --------------------------------------------------------------------------------------------
+
+def vmamba(refs: Path) -> None:
+    """VSSM (classification, stage-3 tap) and Backbone_VSSM (mmseg, outnorm2 tap), forward_type v05_noz,
+    as the v2 factories (vmamba_tiny_s1l8: ssm_ratio 1; vmamba_small_s2l15: ssm_ratio 2), scaled down.
+    VMamba needs no stub: csms6s falls back to its own selective_scan_torch and csm_triton to its
+    torch cross scan when no CUDA extension is there."""
+    sys.path.insert(0, str(refs / "VMamba" / "classification" / "models"))
+    official = importlib.import_module("vmamba")
+    # csm_triton enters `torch.cuda.device(x.device)` around its torch path too, which current torch
+    # refuses for a CPU tensor: a no-op context for CPU devices
+    cuda_device = torch.cuda.device
+    torch.cuda.device = lambda device: contextlib.nullcontext() if torch.device(device).type == "cpu" \
+        else cuda_device(device)
+    common = dict(ssm_d_state=1, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3, ssm_conv_bias=False,
+                  ssm_drop_rate=0.0, ssm_init="v0", forward_type="v05_noz", mlp_ratio=2.0, mlp_act_layer="gelu",
+                  mlp_drop_rate=0.0, gmlp=False, drop_path_rate=0.0, patch_norm=True, norm_layer="ln2d",
+                  downsample_version="v3", patchembed_version="v2", posembed=False, patch_size=4, in_chans=3)
+    sizes = {"square": (64, 64), "nonsquare": (70, 98)}  # odd sides: the k3 s2 convs round up
+
+    # classification: the tap is layers[2].blocks' output, the input of layers[2].downsample
+    kwargs = dict(common, depths=[1, 1, 2, 1], dims=8, ssm_ratio=1.0, num_classes=10)
+    torch.manual_seed(0)
+    model = official.VSSM(**kwargs).eval()
+    perturb(model, seed=1)
+    seen = capture_input(model.layers[2].downsample)
+    cases = {}
+    with torch.no_grad():
+        for i, (case, (h, w)) in enumerate(sizes.items()):
+            x = pixels(10 + i, h, w)
+            model(x)
+            cases[case] = (x, {"stage3": seen["x"]})
+    write("vmamba_cls", "vmamba", {"dims": 8, "depths": [1, 1, 2, 1], "ssm_ratio": 1.0, "mlp_ratio": 2.0,
+                                     "num_classes": 10},
+          "vmamba-classification", f"classification/models/vmamba.py VSSM({_args(kwargs)})", "VMamba",
+          model.state_dict(), cases)
+
+    # segmentation (mmseg MM_VSSM = Backbone_VSSM): outs[2] = outnorm2(stage 3), and the plain stage 3
+    kwargs = dict(common, depths=[1, 1, 2, 1], dims=8, ssm_ratio=2.0, out_indices=(0, 1, 2, 3))
+    torch.manual_seed(2)
+    model = official.Backbone_VSSM(**kwargs).eval()
+    perturb(model, seed=3)
+    seen = capture_input(model.layers[2].downsample)
+    cases = {}
+    with torch.no_grad():
+        for i, (case, (h, w)) in enumerate(sizes.items()):
+            x = pixels(20 + i, h, w)
+            outs = model(x)
+            cases[case] = (x, {"stage3": seen["x"], "stage3-outnorm": outs[2]})
+    write("vmamba_seg", "vmamba", {"dims": 8, "depths": [1, 1, 2, 1], "ssm_ratio": 2.0, "mlp_ratio": 2.0}, "mmengine",
+          f"classification/models/vmamba.py Backbone_VSSM({_args(kwargs)})", "VMamba", model.state_dict(), cases)
+
+
+def _args(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+# --- MambaVision ---------------------------------------------------------------------------------------
+
+def mambavision(refs: Path) -> None:
+    """MambaVision with layer scale (as B/L/L2/L3), a mixer level of Mamba then attention blocks, and
+    windows that need padding at both sizes; the tap is levels[2]'s output before its downsample."""
+    install_mamba_kernels(refs)
+    sys.path.insert(0, str(refs / "MambaVision"))
+    official = importlib.import_module("mambavision.models.mamba_vision")
+    kwargs = dict(dim=8, in_dim=4, depths=[1, 1, 3, 1], window_size=[8, 8, 3, 2], mlp_ratio=2.0,
+                  num_heads=[1, 2, 2, 4], drop_path_rate=0.0, num_classes=10, layer_scale=1e-5,
+                  layer_scale_conv=None)
+    torch.manual_seed(4)
+    model = official.MambaVision(**kwargs).eval()
+    perturb(model, seed=5)
+    seen = capture_input(model.levels[2].downsample)
+    sizes = {"square": (80, 80), "nonsquare": (64, 112)}  # stride-16 maps 5x5 and 4x7, window 3
+    cases = {}
+    with torch.no_grad():
+        for i, (case, (h, w)) in enumerate(sizes.items()):
+            x = pixels(30 + i, h, w)
+            model(x)
+            cases[case] = (x, {"stage3": seen["x"]})
+    arch = {k: kwargs[k] for k in ("dim", "in_dim", "depths", "window_size", "mlp_ratio", "num_heads",
+                                   "num_classes", "layer_scale")}
+    write("mambavision", "mambavision", arch, "timm-train", f"mambavision/models/mamba_vision.py MambaVision("
+          f"{_args(kwargs)})", "MambaVision", model.state_dict(), cases)
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+FAMILIES: dict[str, Callable[[Path], None]] = {
+    "vmamba": vmamba, "mambavision": mambavision,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--refs", type=Path, default=Path(__file__).resolve().parent / "official",
+                        help="folder with the official checkouts (VMamba, MambaVision, Vim, detectron2, ViT-Adapter)")
+    parser.add_argument("--only", default=",".join(FAMILIES), help="comma-separated subset of " + ", ".join(FAMILIES))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    for name in args.only.split(","):
+        FAMILIES[name](args.refs.resolve())
+
+
+if __name__ == "__main__":
+    main()
