@@ -277,10 +277,58 @@ def mambavision(refs: Path) -> None:
           f"{_args(kwargs)})", "MambaVision", model.state_dict(), cases)
 
 
+# --- Vim -----------------------------------------------------------------------------------------------
+
+def vim(refs: Path) -> None:
+    """VisionMamba as the released midclstok configs (bimamba v2, divide-out, middle cls token, abs
+    pos embed, RMSNorm, fused add-norm, residual in fp32), at stride 16 and at stride 8 (the "-ft"
+    weights). The official PatchEmbed asserts its img_size, so each geometry is its own model (the
+    weights differ only in pos_embed's length). The tap is norm_f's output over the whole sequence."""
+    install_mamba_kernels(refs)
+    sys.path.insert(0, str(refs / "Vim" / "vim"))
+    official = importlib.import_module("models_mamba")
+    from mamba_ssm.ops.triton.layer_norm import rms_norm_ref
+
+    last: dict[str, Tensor] = {}
+
+    def rms_norm_fn(x, weight, bias, residual=None, eps=1e-6, prenorm=False, residual_in_fp32=False, **unused):
+        # the Triton kernel computes in float32 and returns the residual in float32 when asked
+        out = rms_norm_ref(x, weight, bias, residual=residual, eps=eps, prenorm=prenorm, upcast=True)
+        y, res = out if prenorm else (out, None)
+        y = y.to(x.dtype)
+        last["y"] = y.detach().clone()
+        if not prenorm:
+            return y
+        return y, res.to(torch.float32 if residual_in_fp32 else x.dtype)
+
+    official.rms_norm_fn = rms_norm_fn
+    common = dict(patch_size=16, embed_dim=32, depth=2, rms_norm=True, residual_in_fp32=True, fused_add_norm=True,
+                  final_pool_type="mean", if_abs_pos_embed=True, if_rope=False, if_rope_residual=False,
+                  bimamba_type="v2", if_cls_token=True, if_divide_out=True, use_middle_cls_token=True,
+                  num_classes=10, drop_path_rate=0.0)
+    for stride, sizes in ((16, {"square": (64, 64), "nonsquare": (48, 80)}),     # 4x4 and 3x5 patches
+                          (8, {"square": (48, 48), "nonsquare": (40, 64)})):     # 5x5 and 4x7 patches
+        for i, (case, (h, w)) in enumerate(sizes.items()):
+            kwargs = dict(common, img_size=(h, w), stride=stride)
+            torch.manual_seed(40 + stride)
+            model = official.VisionMamba(**kwargs).eval()
+            perturb(model, seed=41 + stride)
+            x = pixels(50 + stride + i, h, w)
+            with torch.no_grad():
+                cls = model(x)
+            sequence = last["y"]
+            # the cls token the official forward returns is the sequence's middle entry
+            assert torch.equal(model.head(sequence[:, (sequence.shape[1] - 1) // 2]), cls)
+            write(f"vim_stride{stride}_{case}", "vim", {"embed_dim": 32, "depth": 2, "patch_size": 16,
+                  "stride": stride, "num_classes": 10}, "vim-classification",
+                  f"vim/models_mamba.py VisionMamba({_args(kwargs)})", "Vim", model.state_dict(),
+                  {case: (x, {"final-norm": sequence})})
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 FAMILIES: dict[str, Callable[[Path], None]] = {
-    "vmamba": vmamba, "mambavision": mambavision,
+    "vmamba": vmamba, "mambavision": mambavision, "vim": vim,
 }
 
 

@@ -68,13 +68,24 @@ def map_tokens(official: Tensor, case_input: Tensor) -> Tensor:
     return official.flatten(2).transpose(1, 2)
 
 
-# fixture, tap, official output name, how the tap reads the official output
-CASES: list[tuple[str, str, str, Callable[[Tensor, Tensor], Tensor]]] = [
-    ("vmamba_cls", "stage3", "stage3", map_tokens),
-    ("vmamba_seg", "stage3-outnorm", "stage3-outnorm", map_tokens),
-    ("vmamba_seg", "stage3", "stage3", map_tokens),
-    ("mambavision", "stage3", "stage3", map_tokens),
+def drop_middle_cls(official: Tensor, case_input: Tensor) -> Tensor:
+    """Vim: the official norm_f output (B, M + 1, D) without the cls token at M // 2."""
+    middle = (official.shape[1] - 1) // 2
+    return torch.cat([official[:, :middle], official[:, middle + 1:]], dim=1)
+
+
+BOTH = ("square", "nonsquare")
+# fixture, tap, official output name, how the tap reads the official output, input cases
+CASES: list[tuple[str, str, str, Callable[[Tensor, Tensor], Tensor], tuple[str, ...]]] = [
+    ("vmamba_cls", "stage3", "stage3", map_tokens, BOTH),
+    ("vmamba_seg", "stage3-outnorm", "stage3-outnorm", map_tokens, BOTH),
+    ("vmamba_seg", "stage3", "stage3", map_tokens, BOTH),
+    ("mambavision", "stage3", "stage3", map_tokens, BOTH),
+    # Vim models are built for one geometry (pos_embed), so each size is its own file
+    *((f"vim_stride{s}_{case}", "final-norm", "final-norm", drop_middle_cls, (case,)) for s in (16, 8) for case in BOTH),
 ]
+PARAMS = [pytest.param(fixture, tap, output, read, case, id=f"{fixture}-{tap}-{case}")
+          for fixture, tap, output, read, cases in CASES for case in cases]
 
 
 def assert_matches(ours: Tensor, reference: Tensor) -> None:
@@ -83,8 +94,7 @@ def assert_matches(ours: Tensor, reference: Tensor) -> None:
     torch.testing.assert_close(ours, reference, rtol=RTOL, atol=ATOL * max(scale, 1.0))
 
 
-@pytest.mark.parametrize("case", ["square", "nonsquare"])
-@pytest.mark.parametrize("fixture,tap,output,read", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+@pytest.mark.parametrize("fixture,tap,output,read,case", PARAMS)
 def test_matches_the_official_implementation(fixture, tap, output, read, case):
     meta, weights, inputs, outputs = read_golden(fixture)
     x = inputs[case]
@@ -96,6 +106,16 @@ def test_matches_the_official_implementation(fixture, tap, output, read, case):
         ours = model(x)
     assert ours.shape[1] == model.num_tokens(geometry.width, geometry.height)
     assert_matches(ours, read(outputs[case][output], x))
+
+
+def test_square_and_non_square_inputs_for_every_family():
+    sizes: dict[str, set[bool]] = {}
+    for fixture, _, _, _, cases in CASES:
+        family = read_golden(fixture)[0]["family"]
+        for case in cases:
+            h, w = read_golden(fixture)[2][case].shape[-2:]
+            sizes.setdefault(family, set()).add(h == w)
+    assert all(seen == {True, False} for seen in sizes.values()), sizes
 
 
 def test_every_fixture_names_its_official_source():
