@@ -49,7 +49,7 @@ written in the official files):
   decorator, get_root_logger, load_checkpoint, mmcv.runner.BaseModule as nn.Module); the package
   __init__ files of mmseg_custom and detectron2.modeling are bypassed (their submodules are
   imported from the official folders directly) so that the detectors, datasets and their compiled
-  ops are not needed; `detectron2._C` is an empty module.
+  ops are not needed.
 - nn.SyncBatchNorm (ViT-Adapter norm1..4): run as nn.BatchNorm2d, which is what it computes in eval
   mode on one process.
 """
@@ -65,6 +65,7 @@ import logging
 import sys
 import types
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -325,10 +326,41 @@ def vim(refs: Path) -> None:
                   {case: (x, {"final-norm": sequence})})
 
 
+# --- ViTDet --------------------------------------------------------------------------------------------
+
+def vitdet(refs: Path) -> None:
+    """detectron2's ViT as mask_rcnn_vitdet builds it (rel pos, abs pos from a cls-carrying pretraining
+    grid, window and global blocks), scaled down so that both inputs need window padding, a resized
+    abs pos grid and resized global rel-pos tables. The tap is `last_feat`."""
+    root = refs / "detectron2"
+    sys.path.insert(0, str(root))
+    namespace_package("detectron2.modeling", root / "detectron2" / "modeling")
+    namespace_package("detectron2.modeling.backbone", root / "detectron2" / "modeling" / "backbone")
+    official = importlib.import_module("detectron2.modeling.backbone.vit")
+    kwargs = dict(img_size=64, patch_size=16, embed_dim=32, depth=3, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
+                  drop_path_rate=0.0, norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU, use_abs_pos=True,
+                  use_rel_pos=True, rel_pos_zero_init=True, window_size=3, window_block_indexes=[0, 2],
+                  residual_block_indexes=[], use_act_checkpoint=False, pretrain_img_size=48,
+                  pretrain_use_cls_token=True, out_feature="last_feat")
+    torch.manual_seed(60)
+    model = official.ViT(**kwargs).eval()
+    perturb(model, seed=61)
+    sizes = {"square": (80, 80), "nonsquare": (64, 112)}  # 5x5 and 4x7 tokens, window 3, 4x4 rel-pos grid
+    cases = {}
+    with torch.no_grad():
+        for i, (case, (h, w)) in enumerate(sizes.items()):
+            x = pixels(70 + i, h, w)
+            cases[case] = (x, {"last-block": model(x)["last_feat"]})
+    arch = {"embed_dim": 32, "depth": 3, "num_heads": 2, "global_blocks": [1], "window_size": 3, "img_size": 64,
+            "pretrain_img_size": 48, "mlp_ratio": 4.0}
+    write("vitdet", "vitdet", arch, "detectron2", f"detectron2/modeling/backbone/vit.py ViT({_args(kwargs)})",
+          "detectron2", model.state_dict(), cases)
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 FAMILIES: dict[str, Callable[[Path], None]] = {
-    "vmamba": vmamba, "mambavision": mambavision, "vim": vim,
+    "vmamba": vmamba, "mambavision": mambavision, "vim": vim, "vitdet": vitdet,
 }
 
 

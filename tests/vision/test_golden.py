@@ -81,6 +81,7 @@ CASES: list[tuple[str, str, str, Callable[[Tensor, Tensor], Tensor], tuple[str, 
     ("vmamba_seg", "stage3-outnorm", "stage3-outnorm", map_tokens, BOTH),
     ("vmamba_seg", "stage3", "stage3", map_tokens, BOTH),
     ("mambavision", "stage3", "stage3", map_tokens, BOTH),
+    ("vitdet", "last-block", "last-block", map_tokens, BOTH),
     # Vim models are built for one geometry (pos_embed), so each size is its own file
     *((f"vim_stride{s}_{case}", "final-norm", "final-norm", drop_middle_cls, (case,)) for s in (16, 8) for case in BOTH),
 ]
