@@ -357,10 +357,106 @@ def vitdet(refs: Path) -> None:
           "detectron2", model.state_dict(), cases)
 
 
+# --- ViT-Adapter and BEiT-Adapter ---------------------------------------------------------------------
+
+def install_adapter_code(refs: Path) -> types.ModuleType:
+    """The backbones package of ViT-Adapter's segmentation code, importable without mmcv, mmseg and the
+    compiled MSDeformAttn op (module docstring); returns mmseg_custom.models.backbones."""
+    root = refs / "ViT-Adapter"
+    if "mmseg_custom.models.backbones" in sys.modules:
+        return sys.modules["mmseg_custom.models.backbones"]
+    sys.path[:0] = [str(root / "segmentation"), str(root / "detection")]  # `ops` is detection/ops
+
+    class Registry:
+        def register_module(self, *args, **kwargs):
+            return (lambda cls: cls) if not args or not isinstance(args[0], type) else args[0]
+
+    class BaseModule(nn.Module):
+        def __init__(self, init_cfg=None):
+            super().__init__()
+
+    def no_checkpoint(*args, **kwargs):
+        raise RuntimeError("the golden models are built without pretrained weights")
+
+    stub("mmcv")
+    stub("mmcv.runner", BaseModule=BaseModule, load_checkpoint=no_checkpoint)
+    stub("mmseg")
+    stub("mmseg.models")
+    stub("mmseg.models.builder", BACKBONES=Registry())
+    stub("mmseg.utils", get_root_logger=lambda *a, **k: logging.getLogger("mmseg"))
+    stub("mmcv_custom", load_checkpoint=no_checkpoint, my_load_checkpoint=no_checkpoint)
+    kernel = stub("MultiScaleDeformableAttention")
+    functions = importlib.import_module("ops.functions.ms_deform_attn_func")
+
+    def ms_deform_attn_forward(value, spatial_shapes, level_start_index, locations, weights, im2col_step):
+        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+        return functions.ms_deform_attn_core_pytorch(value, shapes, locations, weights)
+
+    kernel.ms_deform_attn_forward = ms_deform_attn_forward
+    # one process in eval mode: SyncBatchNorm computes what BatchNorm2d computes (and refuses CPU tensors)
+    nn.SyncBatchNorm = nn.BatchNorm2d
+    base = root / "segmentation" / "mmseg_custom"
+    namespace_package("mmseg_custom", base)
+    namespace_package("mmseg_custom.models", base / "models")
+    return namespace_package("mmseg_custom.models.backbones", base / "models" / "backbones")
+
+
+ADAPTER_SIZES = {"square": (64, 64), "nonsquare": (64, 96)}
+# our backbone zero-pads other sizes at the bottom/right to multiples of 32 (vit_adapter.py); the
+# official code runs on the padded input
+UNPADDED = ("unpadded", (50, 90))
+
+
+def adapter_cases(model: nn.Module, seed: int, unpadded: bool) -> dict[str, tuple[Tensor, dict[str, Tensor]]]:
+    sizes = dict(ADAPTER_SIZES, **({UNPADDED[0]: UNPADDED[1]} if unpadded else {}))
+    cases = {}
+    with torch.no_grad():
+        for i, (case, (h, w)) in enumerate(sizes.items()):
+            x = pixels(seed + i, h, w)
+            padded = F.pad(x, (0, (-w) % 32, 0, (-h) % 32))
+            f1, f2, f3, f4 = model(padded)
+            cases[case] = (x, {"f1": f1, "f2": f2, "f3": f3, "f4": f4})
+    return cases
+
+
+def vit_adapter(refs: Path) -> None:
+    """ViTAdapter (DeiT/AugReg: TIMMVisionTransformer with layer scale) and UniPerceiverAdapter, four
+    interactions of one block each (the official forward unpacks exactly four), deform_ratio 0.5 as
+    DeiT-B/AugReg-B/L, a pretraining grid (3x3) other than the token grids. Outputs f1..f4."""
+    backbones = install_adapter_code(refs)
+    vit_adapter_module = importlib.import_module("mmseg_custom.models.backbones.vit_adapter")
+    uniperceiver_module = importlib.import_module("mmseg_custom.models.backbones.uniperceiver_adapter")
+    groups = [[0, 0], [1, 1], [2, 2], [3, 3]]
+    adapter = dict(conv_inplane=8, n_points=2, deform_num_heads=2, init_values=0.0, interaction_indexes=groups,
+                   with_cffn=True, cffn_ratio=0.25, deform_ratio=0.5, add_vit_feature=True)
+    ours = {"embed_dim": 16, "depth": 4, "num_heads": 2, "deform_num_heads": 2, "interaction_indexes": groups,
+            "pretrain_size": 48, "conv_inplane": 8, "n_points": 2, "cffn_ratio": 0.25, "deform_ratio": 0.5,
+            "mlp_ratio": 2.0, "init_values": 0.0}
+
+    kwargs = dict(adapter, pretrain_size=48, img_size=48, patch_size=16, embed_dim=16, depth=4, num_heads=2,
+                  mlp_ratio=2, drop_path_rate=0.0, use_extra_extractor=True, with_cp=False,
+                  window_attn=[False] * 4, window_size=[None] * 4)
+    torch.manual_seed(80)
+    model = vit_adapter_module.ViTAdapter(**kwargs).eval()
+    perturb(model, seed=81)
+    write("vit_adapter", "vit-adapter", {"base": "vit", **ours}, "mmengine",
+          f"segmentation/mmseg_custom/models/backbones/vit_adapter.py ViTAdapter({_args(kwargs)})", "ViT-Adapter",
+          model.state_dict(), adapter_cases(model, 90, unpadded=True))
+
+    kwargs = dict(adapter, pretrain_size=48, img_size=48, patch_size=16, embed_dim=16, depth=4, num_heads=2,
+                  mlp_ratio=2, drop_path_rate=0.0, window_attn=[False] * 4, window_size=[None] * 4)
+    torch.manual_seed(82)
+    model = uniperceiver_module.UniPerceiverAdapter(**kwargs).eval()
+    perturb(model, seed=83)
+    write("uniperceiver_adapter", "vit-adapter", {"base": "uniperceiver", **ours}, "mmengine",
+          f"segmentation/mmseg_custom/models/backbones/uniperceiver_adapter.py UniPerceiverAdapter({_args(kwargs)})",
+          "ViT-Adapter", model.state_dict(), adapter_cases(model, 93, unpadded=False))
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 FAMILIES: dict[str, Callable[[Path], None]] = {
-    "vmamba": vmamba, "mambavision": mambavision, "vim": vim, "vitdet": vitdet,
+    "vmamba": vmamba, "mambavision": mambavision, "vim": vim, "vitdet": vitdet, "vit-adapter": vit_adapter,
 }
 
 

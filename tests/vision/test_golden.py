@@ -82,6 +82,9 @@ CASES: list[tuple[str, str, str, Callable[[Tensor, Tensor], Tensor], tuple[str, 
     ("vmamba_seg", "stage3", "stage3", map_tokens, BOTH),
     ("mambavision", "stage3", "stage3", map_tokens, BOTH),
     ("vitdet", "last-block", "last-block", map_tokens, BOTH),
+    # "unpadded": 50x90 pixels, which we zero-pad to 64x96; the official output is of the padded input
+    ("vit_adapter", "adapter-stride32", "f4", map_tokens, (*BOTH, "unpadded")),
+    ("uniperceiver_adapter", "adapter-stride32", "f4", map_tokens, BOTH),
     # Vim models are built for one geometry (pos_embed), so each size is its own file
     *((f"vim_stride{s}_{case}", "final-norm", "final-norm", drop_middle_cls, (case,)) for s in (16, 8) for case in BOTH),
 ]
@@ -125,3 +128,22 @@ def test_every_fixture_names_its_official_source():
     for name in names:
         meta = read_golden(name)[0]
         assert meta["source"].startswith("github.com/") and len(meta["source"].split("@")[1]) == 40
+
+
+ADAPTERS = [pytest.param(fixture, case, id=f"{fixture}-{case}")
+            for fixture, tap, _, _, cases in CASES if tap == "adapter-stride32" for case in cases]
+
+
+@pytest.mark.parametrize("fixture,case", ADAPTERS)
+def test_adapter_feature_pyramid_matches_the_official_outputs(fixture, case):
+    # all four official outputs (f1..f4, strides 4 to 32), not only the tapped f4: the other levels
+    # exercise c1, `up` and norm1..3, which the layout pins but the tap never reads
+    meta, weights, inputs, outputs = read_golden(fixture)
+    x = inputs[case]
+    model = build_backbone(meta["family"], meta["arch"], "adapter-stride32",
+                           Geometry(width=x.shape[-1], height=x.shape[-2])).eval()
+    model.load_official(checkpoint(meta["container"], weights))
+    with torch.no_grad():
+        levels = model.features(x)
+    for level, ours in zip(("f1", "f2", "f3", "f4"), levels, strict=True):
+        assert_matches(ours, outputs[case][level])
