@@ -453,10 +453,41 @@ def vit_adapter(refs: Path) -> None:
           "ViT-Adapter", model.state_dict(), adapter_cases(model, 93, unpadded=False))
 
 
+def beit_adapter(refs: Path) -> None:
+    """BEiTAdapter as the ADE20K configs build it (qkv bias as q_bias/v_bias, relative position bias per
+    block, no abs pos, layer scale, cls token through the blocks only), four interactions of one
+    block. Its attention bias is made for img_size, and the official forward runs only there, so each
+    geometry is its own model: img_size 64 and (64, 96), which the official PatchEmbed accepts."""
+    install_adapter_code(refs)
+    official = importlib.import_module("mmseg_custom.models.backbones.beit_adapter")
+    groups = [[0, 0], [1, 1], [2, 2], [3, 3]]
+    for i, (case, (h, w)) in enumerate(ADAPTER_SIZES.items()):
+        size = h if h == w else (h, w)
+        kwargs = dict(img_size=size, patch_size=16, embed_dim=16, depth=4, num_heads=2, mlp_ratio=2, qkv_bias=True,
+                      use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=1e-6, drop_path_rate=0.0,
+                      conv_inplane=8, n_points=2, deform_num_heads=2, cffn_ratio=0.25, deform_ratio=0.5,
+                      with_cp=False, interaction_indexes=groups)
+        torch.manual_seed(100)
+        model = official.BEiTAdapter(**kwargs).eval()
+        perturb(model, seed=101)
+        x = pixels(110 + i, h, w)
+        with torch.no_grad():
+            f1, f2, f3, f4 = model(x)
+        arch = {"embed_dim": 16, "depth": 4, "num_heads": 2, "deform_num_heads": 2, "interaction_indexes": groups,
+                "img_size": size if h == w else [h, w], "conv_inplane": 8, "n_points": 2, "cffn_ratio": 0.25,
+                "deform_ratio": 0.5, "mlp_ratio": 2.0, "init_values": 1e-6}
+        # released files lack relative_position_index (beit_adapter.py); so does this one
+        weights = {k: v for k, v in model.state_dict().items() if not k.endswith("relative_position_index")}
+        write(f"beit_adapter_{case}", "beit-adapter", arch, "mmengine",
+              f"segmentation/mmseg_custom/models/backbones/beit_adapter.py BEiTAdapter({_args(kwargs)})",
+              "ViT-Adapter", weights, {case: (x, {"f1": f1, "f2": f2, "f3": f3, "f4": f4})})
+
+
 # --- main ----------------------------------------------------------------------------------------------
 
 FAMILIES: dict[str, Callable[[Path], None]] = {
     "vmamba": vmamba, "mambavision": mambavision, "vim": vim, "vitdet": vitdet, "vit-adapter": vit_adapter,
+    "beit-adapter": beit_adapter,
 }
 
 

@@ -85,6 +85,9 @@ CASES: list[tuple[str, str, str, Callable[[Tensor, Tensor], Tensor], tuple[str, 
     # "unpadded": 50x90 pixels, which we zero-pad to 64x96; the official output is of the padded input
     ("vit_adapter", "adapter-stride32", "f4", map_tokens, (*BOTH, "unpadded")),
     ("uniperceiver_adapter", "adapter-stride32", "f4", map_tokens, BOTH),
+    # BEiT's attention bias is made for img_size (64, or [64, 96]): one model per size; the files
+    # lack relative_position_index, as the released ones do
+    *((f"beit_adapter_{case}", "adapter-stride32", "f4", map_tokens, (case,)) for case in BOTH),
     # Vim models are built for one geometry (pos_embed), so each size is its own file
     *((f"vim_stride{s}_{case}", "final-norm", "final-norm", drop_middle_cls, (case,)) for s in (16, 8) for case in BOTH),
 ]
