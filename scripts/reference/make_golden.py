@@ -102,6 +102,19 @@ def perturb(model: nn.Module, seed: int, scale: float = 0.1) -> None:
             tensor.add_(scale * noise)
 
 
+@torch.no_grad()
+def activate_scans(model: nn.Module, seed: int) -> None:
+    """Selective-scan step sizes in the regime where the scan matters: every dt bias (VMamba
+    dt_projs_bias, Mamba dt_proj(_b).bias) set so that softplus(bias) is uniform in [0.2, 1.5]. The
+    official inits leave softplus(bias) at 1e-3..0.1, where the output is nearly D * u and a wrong
+    A, B, C or scan order would change it by less than rounding noise."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if name.endswith(("dt_projs_bias", "dt_proj.bias", "dt_proj_b.bias")):
+            step = 0.2 + 1.3 * torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype)
+            tensor.copy_(step + torch.log(-torch.expm1(-step)))  # inverse softplus
+
+
 def pixels(seed: int, height: int, width: int) -> Tensor:
     """A normalized-looking (1, 3, H, W) input."""
     return torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(seed))
@@ -218,6 +231,7 @@ def vmamba(refs: Path) -> None:
     torch.manual_seed(0)
     model = official.VSSM(**kwargs).eval()
     perturb(model, seed=1)
+    activate_scans(model, seed=1)
     seen = capture_input(model.layers[2].downsample)
     cases = {}
     with torch.no_grad():
@@ -235,6 +249,7 @@ def vmamba(refs: Path) -> None:
     torch.manual_seed(2)
     model = official.Backbone_VSSM(**kwargs).eval()
     perturb(model, seed=3)
+    activate_scans(model, seed=3)
     seen = capture_input(model.layers[2].downsample)
     cases = {}
     with torch.no_grad():
@@ -253,17 +268,20 @@ def _args(kwargs: Mapping[str, Any]) -> str:
 # --- MambaVision ---------------------------------------------------------------------------------------
 
 def mambavision(refs: Path) -> None:
-    """MambaVision with layer scale (as B/L/L2/L3), a mixer level of Mamba then attention blocks, and
-    windows that need padding at both sizes; the tap is levels[2]'s output before its downsample."""
+    """MambaVision with layer scale (as B/L/L2/L3; initialized at 1 rather than 1e-5 so that, after
+    the perturbation, the mixers weigh as much as the residual stream), a mixer level of Mamba then
+    attention blocks, and windows that need padding at both sizes; the tap is levels[2]'s output
+    before its downsample."""
     install_mamba_kernels(refs)
     sys.path.insert(0, str(refs / "MambaVision"))
     official = importlib.import_module("mambavision.models.mamba_vision")
     kwargs = dict(dim=8, in_dim=4, depths=[1, 1, 3, 1], window_size=[8, 8, 3, 2], mlp_ratio=2.0,
-                  num_heads=[1, 2, 2, 4], drop_path_rate=0.0, num_classes=10, layer_scale=1e-5,
+                  num_heads=[1, 2, 2, 4], drop_path_rate=0.0, num_classes=10, layer_scale=1.0,
                   layer_scale_conv=None)
     torch.manual_seed(4)
     model = official.MambaVision(**kwargs).eval()
     perturb(model, seed=5)
+    activate_scans(model, seed=5)
     seen = capture_input(model.levels[2].downsample)
     sizes = {"square": (80, 80), "nonsquare": (64, 112)}  # stride-16 maps 5x5 and 4x7, window 3
     cases = {}
@@ -314,6 +332,7 @@ def vim(refs: Path) -> None:
             torch.manual_seed(40 + stride)
             model = official.VisionMamba(**kwargs).eval()
             perturb(model, seed=41 + stride)
+            activate_scans(model, seed=41 + stride)
             x = pixels(50 + stride + i, h, w)
             with torch.no_grad():
                 cls = model(x)
