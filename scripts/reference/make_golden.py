@@ -136,7 +136,7 @@ def write(name: str, family: str, arch: Mapping[str, Any], container: str, offic
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.safetensors"
     save_file(tensors, str(path), metadata=metadata)
-    print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size / 1024:.0f} KB): "
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB): "
           + ", ".join(f"{case} {tuple(x.shape[-2:])}" for case, (x, _) in cases.items()))
 
 
@@ -511,13 +511,16 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
 
 
 def main() -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--refs", type=Path, default=Path(__file__).resolve().parent / "official",
                         help="folder with the official checkouts (VMamba, MambaVision, Vim, detectron2, ViT-Adapter)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the fixtures (default: %(default)s)")
     parser.add_argument("--only", default=",".join(FAMILIES), help="comma-separated subset of " + ", ".join(FAMILIES))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
+    OUT = args.out.resolve()
     for name in args.only.split(","):
         FAMILIES[name](args.refs.resolve())
 
