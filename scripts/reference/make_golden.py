@@ -19,20 +19,23 @@ these commits in one folder (default: scripts/reference/official/, git-ignored):
     official/VMamba        github.com/MzeroMiko/VMamba        2ed52ead062a51a64521ed3871d52914bf532876
     official/MambaVision   github.com/NVlabs/MambaVision      7860a506b2eb844eaaae676f08461ce8c3c26f43
     official/Vim           github.com/hustvl/Vim              dd0358ad1e42701f22afbefa0717cc8825cf9f45
-    official/detectron2    github.com/facebookresearch/detectron2  02b5c4e295e990042a714712c21dc79b731e8833
+    official/detectron2    github.com/facebookresearch/detectron2 02b5c4e295e990042a714712c21dc79b731e8833
     official/ViT-Adapter   github.com/czczup/ViT-Adapter      fd64a5190f9f4530e8e5961cc87b2a3ad591190b
 
 Run it with a Python that has torch, timm (1.0.31 here), einops and fvcore (VMamba and detectron2
 import it), e.g. a scratch venv beside .venv: `python scripts/reference/make_golden.py
-[--refs DIR] [--only vmamba,vim,...]`. Nothing of the official code is installed or built.
+[--refs DIR] [--out DIR] [--only vmamba,vim,...]`. Nothing of the official code is installed or
+built. A rerun writes the same tensors and metadata (the files' bytes may differ: safetensors does
+not fix the order of its header).
 
 What is stubbed (CUDA kernels and framework plumbing only; every line of the models' math runs as
 written in the official files):
 - `selective_scan_cuda` (mamba_ssm's CUDA extension): `fwd` computes with the fork's own pure-PyTorch
   `selective_scan_ref` (Vim's mamba-1p1p1/mamba_ssm/ops/selective_scan_interface.py) and returns
   (out, states, out * silu(z)) as the kernel does, the states holding only the last state (what the
-  forward wrappers read from them). MambaVision's `selective_scan_fn` and Vim's `mamba_inner_fn_no_out_proj` run unchanged
-  on top of it (MambaVision imports mamba_ssm; the Vim fork's package serves it).
+  forward wrappers read from them). MambaVision's `selective_scan_fn` and Vim's
+  `mamba_inner_fn_no_out_proj` run unchanged on top of it (MambaVision imports mamba_ssm; the Vim
+  fork's package serves it).
 - `causal_conv1d_cuda`: `causal_conv1d_fwd` computes with the package's own `causal_conv1d_ref`
   (Vim's causal-conv1d/causal_conv1d/causal_conv1d_interface.py).
 - Vim's Triton `rms_norm_fn` (the fused add + RMSNorm of every Block and of norm_f): replaced in
@@ -121,8 +124,7 @@ def pixels(seed: int, height: int, width: int) -> Tensor:
 
 
 def write(name: str, family: str, arch: Mapping[str, Any], container: str, official: str, source: str,
-          weights: Mapping[str, Tensor], cases: Mapping[str, tuple[Tensor, Mapping[str, Tensor]]],
-          extra: Mapping[str, Any] | None = None) -> None:
+          weights: Mapping[str, Tensor], cases: Mapping[str, tuple[Tensor, Mapping[str, Tensor]]]) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"weight/{k}": v.detach().clone().contiguous() for k, v in weights.items()}
@@ -132,7 +134,7 @@ def write(name: str, family: str, arch: Mapping[str, Any], container: str, offic
             tensors[f"output/{case}/{tap}"] = y.detach().contiguous()
     repo, commit = SOURCES[source]
     metadata = {"family": family, "arch": json.dumps(arch), "container": container, "official": official,
-                "source": f"{repo}@{commit}", "extra": json.dumps(extra or {})}
+                "source": f"{repo}@{commit}"}
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.safetensors"
     save_file(tensors, str(path), metadata=metadata)
