@@ -144,6 +144,19 @@ def _explicit_attention(attn, x, table, index):
     return attn.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
+def test_a_rectangular_img_size_makes_rectangular_tables():
+    # BEiT's PatchEmbed takes img_size through to_2tuple: [64, 96] gives a 4x6 window, tables of
+    # 7*11 + 3 rows, and the index of a 4x6 grid (tests/vision/test_golden.py runs it against the official code)
+    model = BEiTAdapter({**TINY, "img_size": [64, 96]})
+    attn = model.net.blocks[0].attn
+    assert model.net.window == (4, 6) and model.img_size == (64, 96)
+    assert attn.relative_position_bias_table.shape == (7 * 11 + 3, 2)
+    assert torch.equal(attn.relative_position_index, relative_position_index(4, 6))
+    assert BEiTAdapter(TINY).img_size == 64
+    with pytest.raises(ValueError, match="img_size"):
+        BEiTAdapter({**TINY, "img_size": [64, 96, 3]})
+
+
 def test_attention_at_the_native_grid_uses_the_stored_index():
     attn = _tiny().net.blocks[0].attn
     x = torch.randn(2, 17, 32)

@@ -46,13 +46,14 @@ Normalization: mmseg img_norm_cfg ImageNet mean/std on 0-255 in all four configs
 
 Arch ids: beit-adapter-l-640 (BEiT-L, img_size 640), beit-adapter-l-896 and beitv2-adapter-l-896
 (img_size 896; the BEiTv2 config is the same network). A mapping arch takes embed_dim, depth,
-num_heads, deform_num_heads, interaction_indexes, img_size, and optionally conv_inplane, n_points,
-cffn_ratio, deform_ratio, mlp_ratio, init_values, mean, std.
+num_heads, deform_num_heads, interaction_indexes, img_size (one side, or [height, width] as the
+official PatchEmbed also accepts: the tables are then made for that rectangle), and optionally
+conv_inplane, n_points, cffn_ratio, deform_ratio, mlp_ratio, init_values, mean, std.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -64,8 +65,8 @@ from vlmswap.image import Geometry
 from vlmswap.vision.base import init_linear_and_norms, resolve_arch
 from vlmswap.vision.vit_adapter import IMAGENET_MEAN, IMAGENET_STD, PATCH, TAPS, AdapterBackbone, AdapterNet
 
-__all__ = ["ARCHS", "TAPS", "BEiTAdapter", "BEiTAdapterNet", "BEiTBlock", "build", "relative_position_bias",
-           "relative_position_index"]
+__all__ = ["ARCHS", "TAPS", "BEiTAdapter", "BEiTAdapterNet", "BEiTBlock", "build", "crop_size",
+           "relative_position_bias", "relative_position_index"]
 
 _GROUPS_24 = [[0, 5], [6, 11], [12, 17], [18, 23]]
 _LARGE = {"embed_dim": 1024, "depth": 24, "num_heads": 16, "deform_num_heads": 16, "deform_ratio": 0.5,
@@ -117,6 +118,17 @@ def relative_position_bias(table: Tensor, window: tuple[int, int], grid: tuple[i
     return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
 
 
+def crop_size(img_size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of an `img_size` given as one side or as [height, width] (BEiT's PatchEmbed
+    takes either, through timm's to_2tuple)."""
+    if isinstance(img_size, (int, float, str)):
+        return int(img_size), int(img_size)
+    sides = tuple(int(v) for v in img_size)
+    if len(sides) != 2:
+        raise ValueError(f"img_size must be one side or [height, width], got {list(img_size)}")
+    return sides  # type: ignore[return-value]
+
+
 class BEiTAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: tuple[int, int]):
         super().__init__()
@@ -163,8 +175,8 @@ class BEiTAdapterNet(AdapterNet):
     def __init__(self, spec: Mapping[str, Any]):
         super().__init__()
         dim, depth = int(spec["embed_dim"]), int(spec["depth"])
-        side = int(spec["img_size"]) // PATCH
-        self.window = (side, side)                          # PatchEmbed.patch_shape
+        height, width = crop_size(spec["img_size"])
+        self.window = (height // PATCH, width // PATCH)     # PatchEmbed.patch_shape
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, dim, PATCH, PATCH)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -197,9 +209,11 @@ class BEiTAdapter(AdapterBackbone):
         super().__init__(BEiTAdapterNet(spec), spec, tap, arch if isinstance(arch, str) else None)
 
     @property
-    def img_size(self) -> int:
-        """The crop size the relative position tables were made for (exact official behaviour)."""
-        return int(self.spec["img_size"])
+    def img_size(self) -> int | tuple[int, int]:
+        """The crop size the relative position tables were made for (exact official behaviour): an
+        int for a square crop, else (height, width)."""
+        height, width = crop_size(self.spec["img_size"])
+        return height if height == width else (height, width)
 
     def adapt_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         # released checkpoints carry no relative_position_index (module docstring): where a block's
