@@ -278,18 +278,28 @@ _tolerant_pickle = types.SimpleNamespace(
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 
 
+def _is_safetensors(path: Path) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then that many bytes of JSON."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read any official checkpoint file into plain Python objects, tensors on the CPU.
 
-    `.safetensors` -> dict of tensors. Anything else is read by its content, whatever its suffix:
-    torch's zip format, torch's legacy (pre-1.6) pickle format, or a plain pickle (detectron2's
+    `.safetensors`, or a safetensors file under another name (a timm tag or a hub `model.safetensors`
+    fetched to `<backbone>@<objective>.ckpt`) -> dict of tensors. Anything else is read by its
+    content, whatever its suffix: torch's zip format, torch's legacy (pre-1.6) pickle format, or a plain pickle (detectron2's
     `.pkl`) -> whatever the file holds, with foreign classes replaced by Placeholders. (Torch's
     pre-1.0 tarfile format, which nothing in the study uses, is not read.) Raises ValueError naming
     the file when it is none of those."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run the fetch step first)")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
         return load_file(str(path))

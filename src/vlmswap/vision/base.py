@@ -98,7 +98,8 @@ class VisionBackbone(nn.Module):
     def official_checkpoint(self, kind: str, weights: Mapping[str, Tensor], head: Mapping[str, Tensor],
                             info: Mapping[str, Any]) -> tuple[Any, str]:
         """A checkpoint object in the layout this family's official `kind` files use, and how to
-        write it ("torch": torch.save, "pickle": a plain pickle). Used to save mini members.
+        write it ("torch": torch.save, "pickle": a plain pickle, "safetensors": a safetensors file of
+        the tensors). Used to save mini members.
 
         `weights` is an official-layout state_dict (for classification the whole classifier, head
         included, else `official_module()`'s), `head` the dense pretraining head's tensors (put
