@@ -53,12 +53,12 @@ class Family:
         return self.tap_form if self.tap_pattern else ", ".join(self.taps)
 
     def check(self, arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> int | None:
-        """The visual-token count of `arch` at `tap` and `geometry` from a meta-device run, for families
-        whose module can check a tap before anything is built for real (the generic ones); None for
-        the others. Raises ValueError naming the model, its layers and each one's token count."""
-        module = importlib.import_module(self.module) if self.module else None
+        """The visual-token count of `arch` at `tap` and `geometry` from a meta-device run, for the
+        generic families (their module's `check`); None for the others. Raises ValueError naming the
+        model, its layers and each one's token count."""
+        module = importlib.import_module(self.module) if self.module and self.tap_pattern else None
         if module is None or not hasattr(module, "check"):
-            return None
+            return None  # fixed taps: the list is the check
         return module.check(arch, tap, geometry)
 
     def build(self, arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> "VisionBackbone":
