@@ -29,6 +29,7 @@ Inputs at another size than the config's `image_size` interpolate the position e
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -101,7 +102,15 @@ def resolve(arch: str | Mapping[str, Any]) -> HfModel:
     """The configs and normalization of `arch` (a hub id / snapshot folder, or a mapping)."""
     from transformers import AutoConfig
 
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
     given: Mapping[str, Any] = arch if isinstance(arch, Mapping) else {}
+    model_type = given.get("model_type")
+    if model_type is not None and model_type not in CONFIG_MAPPING_NAMES:
+        close = difflib.get_close_matches(str(model_type), CONFIG_MAPPING_NAMES, n=3)
+        raise ValueError(f"hf arch {dict(given)}: unknown transformers model_type {model_type!r}"
+                         + (f"; close matches: {', '.join(map(repr, close))}" if close else "")
+                         + f" (transformers {transformers.__version__} has {len(CONFIG_MAPPING_NAMES)} types)")
     fields = {k: v for k, v in given.items() if k not in _OWN_KEYS}
     source = arch if isinstance(arch, str) else given.get("pretrained")
     try:
