@@ -172,3 +172,21 @@ def test_the_registry_and_the_module_agree_on_taps():
     assert all(family.accepts(t) for t in family.taps)
     assert parse_tap("index-1+prefix").index == -1 and parse_tap("index-1+prefix").prefix
     assert isinstance(build_backbone("timm", TINY["convnext"], family.taps[0], Geometry.parse("32")), TimmBackbone)
+
+
+def test_a_timm_tag_source_names_the_weights_of_a_mapping_arch_too():
+    # the tag's pretrained_cfg (mean/std) belongs to the weights; a mapping keeps its keyword overrides
+    from types import SimpleNamespace
+
+    from vlmswap.study import Backbone
+    from vlmswap.vlm import backbone_arch
+
+    def arch_for(arch, source):
+        study = SimpleNamespace(backbones={"c": Backbone("c", "timm", arch, "C", "", {"in1k": source})})
+        return backbone_arch(study, SimpleNamespace(backbone="c", objective="in1k"))
+
+    mapping = {"model": "convnext_atto", "drop_path_rate": 0.1}
+    assert arch_for(mapping, {"timm": "convnext_atto.d2_in1k"}) == {**mapping, "model": "convnext_atto.d2_in1k"}
+    assert arch_for(mapping, {"timm": "convnext_femto.d1_in1k"}) == mapping  # another model: not silently swapped
+    assert arch_for(mapping, {"url": "file:///x.pth"}) == mapping
+    assert arch_for("convnext_atto", {"timm": "convnext_atto.d2_in1k"}) == "convnext_atto.d2_in1k"
