@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +40,7 @@ import transformers
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
-from vlmswap.vision.registry import FAMILIES
+from vlmswap.vision.base import LayerTap, VisionBackbone, as_triple
 
 __all__ = ["HfBackbone", "HfModel", "Survey", "build", "check", "classifier", "parse_tap", "resolve", "survey"]
 
@@ -50,18 +48,9 @@ _OWN_KEYS = {"model_type", "pretrained", "mean", "std"}  # mapping keys read her
 _NOT_BACKBONE = ("pooler.",)
 
 
-@dataclass(frozen=True)
-class Tap:
-    index: int      # into hidden_states as written: negative counts from the end
-    prefix: bool    # keep the prefix (class/register) tokens in front of the patch tokens
-
-
-def parse_tap(tap: str) -> Tap:
-    """`layer-2` -> Tap(-2, False); `layer6+prefix` -> Tap(6, True)."""
-    if not re.fullmatch(FAMILIES["hf"].tap_pattern, tap):
-        raise ValueError(f"unknown tap {tap!r} for family 'hf'; allowed: {FAMILIES['hf'].tap_form}")
-    body, _, suffix = tap.partition("+")
-    return Tap(int(body[len("layer"):]), suffix == "prefix")
+def parse_tap(tap: str) -> LayerTap:
+    """`layer2` -> LayerTap(2, False); `layer-1+prefix` -> LayerTap(-1, True)."""
+    return LayerTap.parse("hf", tap)
 
 
 @dataclass(frozen=True)
@@ -212,7 +201,7 @@ def survey(spec: HfModel, geometry: Geometry) -> Survey:
     return Survey(spec.name, geometry, tuple(tokens), tuple(channels), tuple(prefix))
 
 
-def _resolve_tap(tap: str, facts: Survey) -> tuple[Tap, int]:
+def _resolve_tap(tap: str, facts: Survey) -> tuple[LayerTap, int]:
     parsed = parse_tap(tap)
     n = len(facts.tokens)
     index = parsed.index + n if parsed.index < 0 else parsed.index

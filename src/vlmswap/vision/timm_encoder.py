@@ -29,7 +29,6 @@ has and the tokens each would give at the cell's geometry (`check`, run by `vlms
 from __future__ import annotations
 
 import inspect
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,26 +40,16 @@ import torch
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
-from vlmswap.vision.registry import FAMILIES
+from vlmswap.vision.base import LayerTap, VisionBackbone, as_triple
 
-__all__ = ["TimmBackbone", "Tap", "build", "build_model", "check", "classifier", "parse_tap", "survey"]
+__all__ = ["TimmBackbone", "build", "build_model", "check", "classifier", "parse_tap", "survey"]
 
 _OWN_KEYS = {"model", "mean", "std"}  # mapping keys read here; every other one goes to create_model
 
 
-@dataclass(frozen=True)
-class Tap:
-    index: int      # as written: negative counts from the end
-    prefix: bool    # keep the prefix (class/register) tokens in front of the patch tokens
-
-
-def parse_tap(tap: str) -> Tap:
-    """`index2` -> Tap(2, False); `index-1+prefix` -> Tap(-1, True)."""
-    if not re.fullmatch(FAMILIES["timm"].tap_pattern, tap):
-        raise ValueError(f"unknown tap {tap!r} for family 'timm'; allowed: {FAMILIES['timm'].tap_form}")
-    body, _, suffix = tap.partition("+")
-    return Tap(int(body[len("index"):]), suffix == "prefix")
+def parse_tap(tap: str) -> LayerTap:
+    """`index2` -> LayerTap(2, False); `index-1+prefix` -> LayerTap(-1, True)."""
+    return LayerTap.parse("timm", tap)
 
 
 def _name_and_kwargs(arch: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -153,7 +142,7 @@ def survey(arch: str | Mapping[str, Any], geometry: Geometry) -> Survey:
     return Survey(name, geometry, tuple(o.shape[1] for o in outs), tuple(o.shape[2] for o in outs), prefix)
 
 
-def _resolve(tap: str, facts: Survey) -> tuple[Tap, int]:
+def _resolve(tap: str, facts: Survey) -> tuple[LayerTap, int]:
     """The tap and its absolute index, or an error naming what the model offers at this geometry."""
     parsed = parse_tap(tap)
     n = len(facts.tokens)
