@@ -150,6 +150,7 @@ def test_a_hub_id_is_read_from_the_hub_cache_offline(tmp_path):
     # the cache layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<revision>/...}
     snapshot = tmp_path / "hub" / "models--acme--tiny-siglip" / "snapshots" / "0123abcd"
     _reference("siglip").save_pretrained(snapshot)
+    SiglipImageProcessor().save_pretrained(snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
     code = ("from vlmswap.image import Geometry; from vlmswap.vision.registry import build_backbone; "
@@ -172,6 +173,16 @@ def test_normalization_from_the_model_types_image_processor():
     assert resolve(ARCHS["dinov2"][0]).mean == tuple(IMAGENET[0])     # given in the arch
     with pytest.raises(ValueError, match="no image processor for model type 'dinov2_with_registers'.*add `mean"):
         resolve({k: v for k, v in ARCHS["dinov2-reg"][0].items() if k not in ("mean", "std")})
+    with pytest.raises(ValueError, match="give both `mean` and `std`"):
+        resolve({**ARCHS["vit"][0], "mean": [0.5] * 3})
+
+
+def test_a_snapshot_without_its_processors_mean_std_is_refused(tmp_path):
+    # the weights' normalization is never guessed from the model type's defaults
+    _reference("vit").config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no preprocessor_config.json with image_mean/image_std"):
+        resolve(str(tmp_path))
+    assert resolve({"pretrained": str(tmp_path), "mean": [0.5] * 3, "std": [0.5] * 3}).std == (0.5, 0.5, 0.5)
 
 
 def test_a_tap_the_model_does_not_have_names_its_layers_and_their_token_counts():

@@ -14,8 +14,9 @@ become h*w row-major tokens. Prefix tokens are counted as the tokens beyond the 
 `preprocessor_config.json`; offline, the hub cache is read: HF_HUB_OFFLINE=1), or a mapping: either
 `{model_type: <type>, <config field>: <value>, ...}` (a config built in place, e.g. a tiny
 `{model_type: vit, hidden_size: 64, ...}` mini-world member, or `{model_type: siglip, vision_config:
-{...}}`), or `{pretrained: <hub id or folder>, <field>: <override>, ...}`; both may carry `mean`/`std`,
-else they are the model type's image-processor defaults. Only the normalization comes from the
+{...}}`), or `{pretrained: <hub id or folder>, <field>: <override>, ...}`; both may carry `mean` and
+`std`, else a hub id or folder must have them in its preprocessor_config.json, and a config built in
+place takes its model type's image-processor defaults. Only the normalization comes from the
 image processor: resizing stays ours (Prismatic's letterbox).
 
 Weights are a transformers checkpoint (`model.safetensors` of the model, of its classifier, or of the
@@ -65,17 +66,21 @@ class HfModel:
     std: tuple[float, float, float]
 
 
-def _processor_norm(source: str | None, model_types: list[str]) -> tuple[Any, Any] | None:
-    """mean/std of a snapshot's preprocessor_config.json, else of the model type's image processor."""
-    if source is not None:
-        from transformers.image_processing_base import ImageProcessingMixin
+def _snapshot_norm(source: str) -> tuple[Any, Any] | None:
+    """mean/std of the preprocessor_config.json of a snapshot folder or a hub id (the hub cache offline)."""
+    from transformers.image_processing_base import ImageProcessingMixin
 
-        try:
-            settings, _ = ImageProcessingMixin.get_image_processor_dict(source)
-        except OSError:
-            settings = {}
-        if settings.get("image_mean") is not None and settings.get("image_std") is not None:
-            return settings["image_mean"], settings["image_std"]
+    try:
+        settings, _ = ImageProcessingMixin.get_image_processor_dict(source)
+    except OSError:
+        return None
+    if settings.get("image_mean") is None or settings.get("image_std") is None:
+        return None
+    return settings["image_mean"], settings["image_std"]
+
+
+def _model_type_norm(model_types: list[str]) -> tuple[Any, Any] | None:
+    """mean/std of the default image processor of the first of `model_types` that has one."""
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
     for model_type in model_types:
@@ -90,7 +95,6 @@ def _processor_norm(source: str | None, model_types: list[str]) -> tuple[Any, An
 def resolve(arch: str | Mapping[str, Any]) -> HfModel:
     """The configs and normalization of `arch` (a hub id / snapshot folder, or a mapping)."""
     from transformers import AutoConfig
-
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     given: Mapping[str, Any] = arch if isinstance(arch, Mapping) else {}
@@ -119,10 +123,18 @@ def resolve(arch: str | Mapping[str, Any]) -> HfModel:
         raise ValueError(f"bad hf arch {dict(given)}: {error}") from None
     vision = getattr(config, "vision_config", None) or config
     types = [config.model_type, vision.model_type, vision.model_type.removesuffix("_vision_model")]
-    if "mean" in given or "std" in given:
-        mean, std = given.get("mean", (0.5, 0.5, 0.5)), given.get("std", (0.5, 0.5, 0.5))
-    else:
-        norm = _processor_norm(str(source) if source is not None else None, types)
+    if ("mean" in given) != ("std" in given):
+        raise ValueError(f"hf arch {name}: give both `mean` and `std`, or neither")
+    if "mean" in given:
+        mean, std = given["mean"], given["std"]
+    elif source is not None:  # the weights' own processor, never a guess
+        norm = _snapshot_norm(str(source))
+        if norm is None:
+            raise ValueError(f"hf arch {name}: no preprocessor_config.json with image_mean/image_std (in the folder "
+                             "or the hub cache); add `mean: [...]` and `std: [...]` to the arch")
+        mean, std = norm
+    else:  # a config built in place: the defaults of its model type's image processor
+        norm = _model_type_norm(types)
         if norm is None:
             raise ValueError(f"hf arch {name}: no image processor for model type {config.model_type!r} gives a "
                              "mean/std; add `mean: [...]` and `std: [...]` to the arch")

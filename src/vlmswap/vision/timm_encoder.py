@@ -183,6 +183,8 @@ class TimmBackbone(VisionBackbone):
         self._surveys = {(geometry.width, geometry.height): facts}
         cfg = self.model.pretrained_cfg
         given = arch if isinstance(arch, Mapping) else {}
+        if ("mean" in given) != ("std" in given):
+            raise ValueError(f"timm arch {dict(given)}: give both `mean` and `std`, or neither")
         self.mean = as_triple(given.get("mean", cfg.get("mean", (0.5, 0.5, 0.5))), "mean")
         self.std = as_triple(given.get("std", cfg.get("std", (0.5, 0.5, 0.5))), "std")
         self.classifier_keys = _classifier_keys(self.model)
