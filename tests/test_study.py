@@ -103,6 +103,25 @@ def test_unknown_family_and_tap(mini_raw):
     assert err.key_path == "cells[0].tap" and "block-2" in str(err)
 
 
+def test_generic_families_take_any_well_formed_layer_index(mini_raw):
+    # timm / hf taps name a layer of the model; reading a config checks their form only (no import of
+    # the library), `vlmswap validate` then checks the layer exists (tests/test_compare_your_encoder.py)
+    raw = copy.deepcopy(mini_raw)
+    raw["backbones"]["convnext-t"] = {"family": "timm", "arch": "convnext_tiny", "checkpoints": {"cls": {"mini": {}}}}
+    raw["cells"] = [{"backbone": "convnext-t", "objective": "cls", "geometry": "96", "tap": "", "connector": "mlp2"}]
+    raw["tables"] = {}
+    for tap in ("index2", "index-1", "index0+prefix"):
+        raw["cells"][0]["tap"] = tap
+        assert study_from_dict(raw).cells[0].tap == tap
+    raw["cells"][0]["tap"] = "stage3"
+    err = _error(raw)
+    assert err.key_path == "cells[0].tap" and "family 'timm' has no tap 'stage3'" in str(err)
+    assert "allowed: index<N> or index<N>+prefix" in str(err)
+    raw["backbones"]["convnext-t"]["family"] = "hf"
+    raw["cells"][0]["tap"] = "index2"
+    assert "allowed: layer<N> or layer<N>+prefix" in str(_error(raw))
+
+
 def test_duplicate_cells_and_bad_table_cell(mini_raw):
     raw = copy.deepcopy(mini_raw)
     raw["cells"].append(dict(raw["cells"][0]))

@@ -35,8 +35,31 @@ def _study(args):
 
 def cmd_validate(args) -> None:
     study = _study(args)
+    for line in _check_generic_taps(study):
+        print(line)
     print(f"{args.config}: study {study.name!r} is valid: {len(study.cells)} cells, {len(study.backbones)} backbones, "
           f"{len(study.benchmarks)} benchmarks, {len(study.tables)} tables")
+
+
+def _check_generic_taps(study) -> list[str]:
+    """Cells of the generic families (timm, hf) name a layer of the model by index; whether the model
+    has it, and the tokens it gives at the cell's geometry, needs the model: built on the meta device
+    here (no weights, no download for timm names and config mappings)."""
+    from vlmswap.vision.registry import FAMILIES
+
+    lines = []
+    for i, cell in enumerate(study.cells):
+        family = FAMILIES[study.backbones[cell.backbone].family]
+        if family.tap_pattern is None:
+            continue
+        from vlmswap.vlm import backbone_arch
+
+        try:
+            tokens = family.check(backbone_arch(study, cell), cell.tap, cell.geometry)
+        except ValueError as error:
+            raise ConfigError(study.path, f"cells[{i}]", f"{cell.id}: {error}") from None
+        lines.append(f"{cell.id}: {tokens} visual tokens")
+    return lines
 
 
 def cmd_cells(args) -> None:

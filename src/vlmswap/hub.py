@@ -366,6 +366,15 @@ _install_checks()
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 
 
+def _is_safetensors(path: Path) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then that many bytes of JSON."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
 def _refused_global(error: BaseException) -> str | None:
     """The global torch's weights-only unpickler refused, from its message."""
     import re
@@ -383,7 +392,8 @@ def read_checkpoint(path: str | Path) -> Any:
     """Read any official checkpoint file into plain Python objects, tensors on the CPU, without
     running code from it.
 
-    `.safetensors` -> dict of tensors. Anything else is read by its content, whatever its suffix:
+    `.safetensors`, or a safetensors file under another name (a timm tag or a hub `model.safetensors`
+    fetched to `<backbone>@<objective>.ckpt`) -> dict of tensors. Anything else is read by its content, whatever its suffix:
     torch's zip format or torch's legacy (pre-1.6) format through `torch.load(weights_only=True)`,
     or a plain pickle (detectron2's `.pkl`) through `_WeightsOnlyUnpickler`; both admit only
     torch's allow-list plus `safe_globals()`. Raises `UnsafeCheckpointError` naming the file and
@@ -393,7 +403,7 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run the fetch step first)")
     _check_fetched_digest(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _is_safetensors(path):
         from safetensors.torch import load_file
 
         try:

@@ -341,9 +341,9 @@ def _build(data: dict[str, Any], path: Path) -> Study:
                               f"backbone {bid!r} has no checkpoint for objective {objective!r}; "
                               f"add one under backbones.{bid}.checkpoints", sorted(backbones[bid].checkpoints))
         family = FAMILIES[backbones[bid].family]
-        if family.taps and spec["tap"] not in family.taps:
+        if not family.accepts(spec["tap"]):
             raise ConfigError(path, f"{key}.tap", f"family {family.name!r} has no tap {spec['tap']!r}",
-                              sorted(family.taps))
+                              family.allowed_taps if family.tap_pattern else sorted(family.taps))
         try:
             geometry = Geometry.parse(spec["geometry"])
         except ValueError as e:

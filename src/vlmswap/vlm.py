@@ -149,7 +149,13 @@ def backbone_arch(study, cell):
 
 def _weights_arch(spec, objective):
     source = spec.checkpoints.get(objective, {})
-    return source["timm"] if "timm" in source and isinstance(spec.arch, str) else spec.arch
+    if "timm" not in source:
+        return spec.arch
+    if isinstance(spec.arch, str):
+        return source["timm"]
+    if spec.family == "timm" and spec.arch.get("model") == source["timm"].split(".")[0]:
+        return {**spec.arch, "model": source["timm"]}  # a timm mapping arch: keyword overrides, the tag's cfg
+    return spec.arch
 
 
 def materialize_backbone(study, cell, checkpoint_files):

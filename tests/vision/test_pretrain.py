@@ -25,6 +25,9 @@ ARCHS = {
                     "interaction_indexes": [[0, 0], [1, 1]], "conv_inplane": 8, "n_points": 2, "deform_ratio": 0.5},
     "beit-adapter": {"embed_dim": 32, "depth": 2, "num_heads": 2, "deform_num_heads": 2, "img_size": 32,
                      "interaction_indexes": [[0, 0], [1, 1]], "conv_inplane": 8, "n_points": 2, "deform_ratio": 0.5},
+    "timm": {"model": "convnext_atto", "depths": [1, 1, 1, 1], "dims": [16, 24, 32, 48]},
+    "hf": {"model_type": "dinov2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "image_size": 32, "patch_size": 8, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
 }
 TAPS = {"vit": "block-2", "vmamba": "stage3", "maxvit": "stage3", "mambavision": "stage3", "vim": "final-norm",
         "vitdet": "last-block", "vit-adapter": "adapter-stride32", "beit-adapter": "adapter-stride32"}
@@ -96,6 +99,9 @@ OBJECTIVES = [
     ("vitdet", "detection", "last-block", {"model", "__author__"}),                        # detectron2 .pkl
     ("vit-adapter", "segmentation", "adapter-stride32", {"meta", "state_dict"}),           # mmseg UperNet
     ("beit-adapter", "segmentation", "adapter-stride32", {"meta", "state_dict"}),
+    ("timm", "classification", "index2", {"head.fc.weight", "head.norm.weight"}),               # timm hub weights
+    ("timm", "segmentation", "index1", {"meta", "state_dict"}),
+    ("hf", "classification", "layer-2", {"classifier.weight", "dinov2.embeddings.cls_token"}),  # model.safetensors
 ]
 
 
@@ -112,6 +118,11 @@ def test_every_family_and_objective_pretrains_into_its_official_layout(family, k
 
     checkpoint = read_checkpoint(out)  # the same reader as for a downloaded file
     assert markers <= set(checkpoint)
+    if summary["format"] == "safetensors":  # transformers' file format, whatever the file is named
+        from safetensors import safe_open
+
+        with safe_open(str(out), "pt") as f:
+            assert set(f.keys()) == set(checkpoint)
     if summary["format"] == "pickle":  # detectron2: numpy arrays under backbone.net. and the heads
         with open(out, "rb") as f:
             raw = pickle.load(f)

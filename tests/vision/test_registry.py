@@ -10,12 +10,21 @@ from vlmswap.vision.registry import FAMILIES, Family, build_backbone
 def test_families_and_taps():
     # every family of the paper study has its module; the registry is the only list of them
     assert set(FAMILIES) == {"vit", "vmamba", "maxvit", "mambavision", "vim", "vitdet", "vit-adapter",
-                             "beit-adapter", "fused"}
+                             "beit-adapter", "fused", "timm", "hf"}
     assert all(family.implemented for family in FAMILIES.values())
     assert FAMILIES["vit"].taps == ("block-2",)
     assert FAMILIES["vmamba"].taps == ("stage3", "stage3-outnorm")
     assert FAMILIES["vit-adapter"].taps == FAMILIES["beit-adapter"].taps == ("adapter-stride32",)
     assert all(name == family.name for name, family in FAMILIES.items())
+    # the generic families index the model's own layers: a form, not a list
+    assert {n for n, f in FAMILIES.items() if f.tap_pattern} == {"timm", "hf"}
+    assert FAMILIES["timm"].accepts("index7") and not FAMILIES["vit"].accepts("index7")
+
+
+def test_only_generic_families_are_checked_on_the_meta_device():
+    g = Geometry.parse("224")
+    assert FAMILIES["vmamba"].check("vmamba-t", "stage3", g) is None  # fixed taps: the list is the check
+    assert FAMILIES["timm"].check("convnext_tiny", "index2", g) == 196
 
 
 def test_unknown_family_names_the_allowed_ones():

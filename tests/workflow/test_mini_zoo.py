@@ -63,6 +63,11 @@ def test_every_family_pretrains_loads_trains_and_scores(tmp_path):
     assert "state_dict_ema" in layouts["mambavision", "classification"]
     assert "args" in layouts["vim", "classification"]
     assert all(isinstance(v, torch.Tensor) for v in layouts["maxvit", "classification"].values())
+    assert "head.fc.weight" in layouts["timm", "classification"]  # timm hub weights, classifier included
+    hf_file = res / "checkpoints" / "dinov2-hf-mini@cls.ckpt"  # transformers' model.safetensors
+    with open(hf_file, "rb") as f:
+        assert f.read(9)[8:9] == b"{"  # the safetensors header, not a pickle
+    assert {"classifier.weight", "dinov2.embeddings.cls_token"} <= set(layouts["hf", "classification"])
 
     for cell in study["tables"]["zoo"]["cells"]:
         summary = json.loads((out / "models" / cell / "train.json").read_text())
@@ -72,5 +77,5 @@ def test_every_family_pretrains_loads_trains_and_scores(tmp_path):
             assert result["n_samples"] > 0 and result["n_skipped"] == 0, (cell, bench)
     md = (out / "tables" / "zoo.md").read_text()
     for display in ("MaxViT-mini", "Vim-mini", "ViTDet-mini", "DeiT-Adapter-mini", "BEiT-Adapter-mini",
-                    "DINO-mini/ViT-mini(f)"):
+                    "DINO-mini/ViT-mini(f)", "ConvNeXt-mini", "DINOv2-HF-mini"):
         assert display in md

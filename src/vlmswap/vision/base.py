@@ -9,7 +9,9 @@ unwrap the checkpoint container, drop those keys, and require an exact key match
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
     from vlmswap.image import Geometry, PixelTransform
 
-__all__ = ["VisionBackbone", "as_triple", "init_linear_and_norms", "resolve_arch", "unwrap_checkpoint"]
+__all__ = ["LayerTap", "VisionBackbone", "as_triple", "init_linear_and_norms", "resolve_arch", "unwrap_checkpoint"]
 
 _SHOWN = 10  # offending keys listed in an error message
 
@@ -98,7 +100,8 @@ class VisionBackbone(nn.Module):
     def official_checkpoint(self, kind: str, weights: Mapping[str, Tensor], head: Mapping[str, Tensor],
                             info: Mapping[str, Any]) -> tuple[Any, str]:
         """A checkpoint object in the layout this family's official `kind` files use, and how to
-        write it ("torch": torch.save, "pickle": a plain pickle). Used to save mini members.
+        write it ("torch": torch.save, "pickle": a plain pickle, "safetensors": a safetensors file of
+        the tensors). Used to save mini members.
 
         `weights` is an official-layout state_dict (for classification the whole classifier, head
         included, else `official_module()`'s), `head` the dense pretraining head's tensors (put
@@ -143,6 +146,26 @@ class VisionBackbone(nn.Module):
         except RuntimeError as error:  # shape mismatches
             raise ValueError(f"{type(self).__name__}: the checkpoint does not match the backbone "
                              f"(container: {container}): {error}") from None
+
+
+@dataclass(frozen=True)
+class LayerTap:
+    """A tap of the generic families (timm, hf): the index of one of the model's own layers (negative
+    counts from the end) and whether the prefix (class/register) tokens are kept: `index2`, `layer-2`,
+    `layer-2+prefix`."""
+
+    index: int
+    prefix: bool
+
+    @classmethod
+    def parse(cls, family: str, tap: str) -> "LayerTap":
+        from vlmswap.vision.registry import FAMILIES
+
+        spec = FAMILIES[family]
+        if spec.tap_pattern is None or not re.fullmatch(spec.tap_pattern, tap):
+            raise ValueError(f"unknown tap {tap!r} for family {family!r}; allowed: {spec.allowed_taps}")
+        body, _, suffix = tap.partition("+")
+        return cls(int(re.sub(r"^[a-z]+", "", body)), suffix == "prefix")
 
 
 def as_triple(values: Any, what: str) -> tuple[float, float, float]:

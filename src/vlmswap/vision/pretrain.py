@@ -218,6 +218,10 @@ def pretrain_backbone(family: str, arch: Any, tap: str, kind: str, data: Pretrai
         if fmt == "pickle":
             with open(tmp, "wb") as f:
                 pickle.dump(payload, f, protocol=2)  # detectron2's model zoo files are protocol-2 pickles
+        elif fmt == "safetensors":  # transformers' model.safetensors
+            from safetensors.torch import save_file
+
+            save_file(payload, str(tmp))
         else:
             torch.save(payload, tmp)
     seconds = time.perf_counter() - start

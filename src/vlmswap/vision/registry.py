@@ -7,11 +7,18 @@ config (which Snakemake does on every dry run) does not import timm or torch.
 
 Families the paper study names whose module does not exist yet have `module=None`: a config may
 use them (the paper grid dry-runs), and building one says plainly that it is not implemented.
+
+Most families offer a fixed list of taps. The generic families (`timm`, `hf`) wrap any model of a
+library, so their taps index the model's own layers: `tap_pattern` says which ids are well formed
+(checked when a config is read, without importing the library), and the module's `check` says,
+on the meta device, whether the model has that layer and how many tokens it gives (`vlmswap
+validate` and every build).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,11 +35,31 @@ __all__ = ["FAMILIES", "Family", "build_backbone"]
 class Family:
     name: str
     module: str | None      # the module with `build(arch, tap, geometry)`; None: not implemented yet
-    taps: tuple[str, ...]   # the feature taps a cell may ask for
+    taps: tuple[str, ...]   # the feature taps a cell may ask for (generic families: the default one)
+    tap_pattern: str | None = None  # generic families: every tap id matching this regex is accepted
+    tap_form: str = ""      # what `tap_pattern` accepts, in words (for error messages)
 
     @property
     def implemented(self) -> bool:
         return self.module is not None
+
+    def accepts(self, tap: str) -> bool:
+        """Whether `tap` is a well-formed tap id of this family (not yet whether the model has it)."""
+        return tap in self.taps or (self.tap_pattern is not None and re.fullmatch(self.tap_pattern, tap) is not None)
+
+    @property
+    def allowed_taps(self) -> str:
+        """The taps this family accepts, for error messages."""
+        return self.tap_form if self.tap_pattern else ", ".join(self.taps)
+
+    def check(self, arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> int | None:
+        """The visual-token count of `arch` at `tap` and `geometry` from a meta-device run, for the
+        generic families (their module's `check`); None for the others. Raises ValueError naming the
+        model, its layers and each one's token count."""
+        module = importlib.import_module(self.module) if self.module and self.tap_pattern else None
+        if module is None or not hasattr(module, "check"):
+            return None  # fixed taps: the list is the check
+        return module.check(arch, tap, geometry)
 
     def build(self, arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> "VisionBackbone":
         if self.module is None:
@@ -68,6 +95,13 @@ FAMILIES: dict[str, Family] = {
     "vit-adapter": Family("vit-adapter", "vlmswap.vision.vit_adapter", ("adapter-stride32",)),
     "beit-adapter": Family("beit-adapter", "vlmswap.vision.beit_adapter", ("adapter-stride32",)),
     "fused": Family("fused", "vlmswap.vision.fused", ("block-2",)),
+    # any timm model / any transformers vision model, tapped by the index of one of its own layers
+    "timm": Family("timm", "vlmswap.vision.timm_encoder", ("index-1",), r"index-?[0-9]+(\+prefix)?",
+                   "index<N> or index<N>+prefix (N: an index of the model's forward_intermediates, negative "
+                   "from the end, e.g. index2, index-1; +prefix keeps the class/register tokens)"),
+    "hf": Family("hf", "vlmswap.vision.hf_encoder", ("layer-2",), r"layer-?[0-9]+(\+prefix)?",
+                 "layer<N> or layer<N>+prefix (N: an index of the model's hidden_states, 0 = the embeddings, "
+                 "negative from the end, e.g. layer-2; +prefix keeps the class/register tokens)"),
 }
 
 
@@ -76,6 +110,6 @@ def build_backbone(family: str, arch: str | Mapping[str, Any], tap: str, geometr
     if family not in FAMILIES:
         raise ValueError(f"unknown backbone family {family!r}; allowed: {', '.join(sorted(FAMILIES))}")
     spec = FAMILIES[family]
-    if tap not in spec.taps:
-        raise ValueError(f"unknown tap {tap!r} for family {family!r}; allowed: {', '.join(spec.taps)}")
+    if not spec.accepts(tap):
+        raise ValueError(f"unknown tap {tap!r} for family {family!r}; allowed: {spec.allowed_taps}")
     return spec.build(arch, tap, geometry)
