@@ -64,6 +64,7 @@ def _built_input(source, built):
 
 
 rule fetch_backbone:
+    localrule: True  # downloads run on the submit host (compute nodes are often offline)
     input:
         built=lambda wc: _built_input(
             STUDY.checkpoint_source(wc.backbone, wc.objective), f"{RES}/pretrained/{wc.backbone}@{wc.objective}.pth"
@@ -86,6 +87,7 @@ rule fetch_backbone:
 
 
 rule fetch_llm:
+    localrule: True  # downloads run on the submit host (compute nodes are often offline)
     input:
         built=_built_input(config["llm"]["source"], f"{RES}/llm-build"),
     output:
@@ -107,6 +109,7 @@ rule fetch_llm:
 if not IS_MINI:
 
     rule fetch_instruct:
+        localrule: True  # downloads run on the submit host (compute nodes are often offline)
         output:
             instruct_paths()[0],
         params:
@@ -144,6 +147,7 @@ rule prepare_instruct:
 if not IS_MINI:
 
     rule fetch_benchmark:
+        localrule: True  # downloads run on the submit host (compute nodes are often offline)
         output:
             f"{RES}/data/{{benchmark}}.fetched.json",
         params:
