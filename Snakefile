@@ -19,6 +19,7 @@ if not config:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

@@ -3,6 +3,7 @@
     vlmswap cells --config config/experiments.yaml        # list the grid
     vlmswap validate --config config/mini.yaml
     vlmswap status --config config/mini.yaml [--json]     # which results are current, stale or missing
+    vlmswap preflight --config config/experiments.yaml    # hand-placed inputs, disk, credentials, GPU-hours
     vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
     vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
     vlmswap train --config C --cell ID ...
@@ -80,6 +81,20 @@ def cmd_status(args) -> None:
                 print(f"stale: {row['cell']} {benchmark}: {r['why']}")
     print(f"{totals['current']} current, {totals['stale']} stale, {totals['missing']} missing results "
           f"under {results}; `snakemake` reruns what is stale or missing")
+
+
+def cmd_preflight(args) -> None:
+    """What would fail later (hand-placed inputs, disk, credentials), and the grid's cost; exits 1 on a problem."""
+    from vlmswap.atomic import write_json
+    from vlmswap.preflight import format_report, run_preflight
+
+    study = _study(args)
+    report = run_preflight(study, Path(args.resources or f"resources/{study.name}"))
+    print(format_report(report))
+    if args.out and not report.problems:
+        write_json(Path(args.out), report.as_dict())
+    if report.problems:
+        raise SystemExit(1)
 
 
 def cmd_mini_world(args) -> None:
@@ -377,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("status", cmd_status, "which results are current, stale or missing")
     p.add_argument("--results", help="the study's results folder (default results/<study>)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = verb("preflight", cmd_preflight, "check hand-placed inputs, disk and credentials before any job")
+    p.add_argument("--resources", help="the study's resources folder (default resources/<study>)")
+    p.add_argument("--out", help="write the report (JSON) here when there is no problem")
     verb("mini-world", cmd_mini_world, "generate the mini world", "out")
     verb("pretrain-mini", cmd_pretrain_mini, "pretrain a tiny backbone on the mini world",
          "backbone", "objective", "world", "out")
