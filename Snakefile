@@ -1,20 +1,25 @@
 # vlmswap: which vision encoder should a VLM use? Controlled backbone swaps, end to end.
 #
-#   snakemake --cores 2                                        # the mini study (config/mini.yaml)
-#   snakemake -n --configfile config/experiments.yaml          # preview the paper grid
-#   snakemake --profile slurm                                  # the paper grid on a SLURM cluster
-#   snakemake results/paper/tables/table-1.md --profile slurm  # one table, and only what it needs
+#   snakemake --cores 2                                          # the mini study (config/mini.yaml)
+#   snakemake -n --configfile config/experiments.yaml            # preview the paper grid
+#   snakemake --profile slurm --configfile config/experiments.yaml              # the paper grid on SLURM
+#   snakemake --profile slurm --configfile config/experiments.yaml results/paper/tables/table-1.md
+#   snakemake -s /path/to/vlmswap/Snakefile --directory /scratch/work --configfile study.yaml ...  # anywhere
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 # The embedded default is the mini study. A --configfile replaces it (it is not merged into it).
+# (resolved against this file's folder, so `-s /path/to/Snakefile` works from any directory)
 if not config:
 
-    configfile: "config/mini.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "mini.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/preflight.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

@@ -451,7 +451,7 @@ seed: 7
 
 llm:
   id: vicuna-7b-v1.5
-  source: {hub: lmsys/vicuna-7b-v1.5}
+  source: {hub: lmsys/vicuna-7b-v1.5, size_gb: 13.5}
 
 instruct:
   id: llava-v15-665k
@@ -459,11 +459,30 @@ instruct:
   # image folders beside the json (prismatic_spec.md 1.7); ocr_vqa/images comes from the HF dataset
   # with GIF/PNG converted to JPG and must be placed by hand or in the mirror
   files:
-    - {url: "http://images.cocodataset.org/zips/train2017.zip", into: coco, extract: true}
-    - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", into: gqa, extract: true}
-    - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", into: textvqa, extract: true}
-    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", into: vg, extract: true}
-    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", into: vg, extract: true}
+    - {url: "http://images.cocodataset.org/zips/train2017.zip", into: coco, extract: true, size_gb: 18.0}
+    - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", into: gqa, extract: true, size_gb: 20.3}
+    - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", into: textvqa, extract: true, size_gb: 6.6}
+    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", into: vg, extract: true, size_gb: 9.2}
+    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", into: vg, extract: true, size_gb: 5.5}
+
+# Inputs no download brings; `vlmswap preflight` (the workflow's first rule) checks them first.
+placed_by_hand:
+  - path: data/llava-v1.5-instruct/ocr_vqa/images
+    what: "OCR-VQA images of the LLaVA-1.5 mix (about 80k files, JPG)"
+    get: "the OCR-VQA images of LLaVA's data instructions (GIF/PNG converted to JPG), or a mirror"
+    needed_by: [instruct]
+  - path: data/textvqa/textvqa_val_v051_ocr.jsonl
+    what: "TextVQA val questions with reference OCR tokens (LLaVA-1.5 eval file)"
+    get: "LLaVA-1.5's evaluation data (playground/data/eval/textvqa/llava_textvqa_val_v051_ocr.jsonl), renamed"
+    needed_by: [textvqa]
+  - path: data/ocid-ref/val_expressions.json
+    what: "OCID-Ref validation expressions"
+    get: "the OCID-Ref release (Google Drive link in the OCID-Ref repository); unpack OCID-dataset/ beside it"
+    needed_by: [ocid-ref]
+  - path: data/ocid-ref/OCID-dataset
+    what: "OCID scenes (the images OCID-Ref refers to)"
+    get: "the OCID dataset archive from its publisher, unpacked here"
+    needed_by: [ocid-ref]
 
 # Prismatic one-stage finetune recipe (../shared/reference/prismatic_spec.md 1.2; paper App. A).
 recipe:
@@ -497,12 +516,12 @@ benchmarks:
     files:
       - {url: "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Questions_Val_mscoco.zip", extract: true}
       - {url: "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Annotations_Val_mscoco.zip", extract: true}
-      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true}
+      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true, size_gb: 6.2}
   gqa:
     subset: full
     files:
       - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/questions1.2.zip", extract: true}
-      - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", extract: true}
+      - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", extract: true, size_gb: 20.3}
   vizwiz:
     subset: full
     files:
@@ -512,27 +531,27 @@ benchmarks:
     subset: full
     files:
       - {url: "https://dl.fbaipublicfiles.com/textvqa/data/TextVQA_0.5.1_val.json"}
-      - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", extract: true}
+      - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", extract: true, size_gb: 6.6}
   pope:
     subset: full
     files:
       - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_adversarial.json"}
       - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_popular.json"}
       - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_random.json"}
-      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true}
+      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true, size_gb: 6.2}
   tallyqa:
     subset: full
     files:
       - {url: "https://github.com/manoja328/tallyqa/raw/master/tallyqa.zip", extract: true}
-      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", extract: true}
-      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", extract: true}
+      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", extract: true, size_gb: 9.2}
+      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", extract: true, size_gb: 5.5}
   refcoco:
     subset: full
     files:
       - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco.zip", extract: true}
       - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco+.zip", extract: true}
       - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcocog.zip", extract: true}
-      - {url: "http://images.cocodataset.org/zips/train2014.zip", extract: true}
+      - {url: "http://images.cocodataset.org/zips/train2014.zip", extract: true, size_gb: 12.6}
   refcoco+: {subset: full}         # shares resources/paper/data/refcoco with refcoco
   refcocog: {subset: full}
   ocid-ref: {subset: full}         # val_expressions.json + OCID-dataset/: place by hand

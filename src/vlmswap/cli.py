@@ -3,10 +3,11 @@
     vlmswap cells --config config/experiments.yaml        # list the grid
     vlmswap validate --config config/mini.yaml
     vlmswap status --config config/mini.yaml [--json]     # which results are current, stale or missing
+    vlmswap preflight --config config/experiments.yaml    # hand-placed inputs, disk, credentials, GPU-hours
     vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
     vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
     vlmswap train --config C --cell ID ...
-    vlmswap evaluate --config C --cell ID --benchmark B ...
+    vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
     vlmswap table | correlation
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,6 +104,20 @@ def cmd_status(args) -> None:
                 print(f"stale: {row['cell']} {benchmark}: {r['why']}")
     print(f"{totals['current']} current, {totals['stale']} stale, {totals['missing']} missing results "
           f"under {results}; `snakemake` reruns what is stale or missing")
+
+
+def cmd_preflight(args) -> None:
+    """What would fail later (hand-placed inputs, disk, credentials), and the grid's cost; exits 1 on a problem."""
+    from vlmswap.atomic import write_json
+    from vlmswap.preflight import format_report, run_preflight
+
+    study = _study(args)
+    report = run_preflight(study, Path(args.resources or f"resources/{study.name}"))
+    print(format_report(report))
+    if args.out and not report.problems:
+        write_json(Path(args.out), report.as_dict())
+    if report.problems:
+        raise SystemExit(1)
 
 
 def cmd_mini_world(args) -> None:
@@ -309,6 +325,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    """Evaluate one cell on several benchmarks with one model load (one job per cell and column
+    group on the cluster); each benchmark keeps its own predictions, resume and result file."""
+    import os
+
     import torch
 
     from vlmswap.evaluate.runner import evaluate_cell
@@ -316,20 +336,23 @@ def cmd_evaluate(args) -> None:
 
     study = _study(args)
     cell = study.cell(args.cell)
-    import os
-
+    if not len(args.index) == len(args.out):
+        raise SystemExit(f"evaluate: {len(args.index)} --index files but {len(args.out)} --out files; "
+                         "give one result path per prepared index, in the same order")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:  # one process per GPU under torchrun: each evaluates a shard
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model_dir = Path(args.model)
-    record = _predictions_record(study, cell, model_dir, Path(args.index))
+    records = [_predictions_record(study, cell, model_dir, Path(index)) for index in args.index]
     vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), model_dir, device, dtype)
-    settings = record["eval"]
-    evaluate_cell(cell.id, vlm, cell.geometry, Path(args.index), Path(args.out), record,
-                  batch_size=int(settings["batch_size"]), max_new_tokens=int(settings["max_new_tokens"]),
-                  log=log, rank=rank, world=world)
+    for n, (index, out, record) in enumerate(zip(args.index, args.out, records), start=1):
+        log(f"[{n}/{len(records)}] {cell.id} on {Path(index).stem}")
+        settings = record["eval"]
+        evaluate_cell(cell.id, vlm, cell.geometry, Path(index), Path(out), record,
+                      batch_size=int(settings["batch_size"]), max_new_tokens=int(settings["max_new_tokens"]),
+                      log=log, rank=rank, world=world)
 
 
 def _predictions_record(study, cell, model_dir: Path, index: Path) -> dict:
@@ -380,12 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    def verb(name, func, help, *args):
+    def verb(name, func, help, *args, multi=("checkpoint",)):
         p = sub.add_parser(name, help=help)
-        p.add_argument("--config", required=True, help="study config (config/mini.yaml, config/experiments.yaml)")
+        # under Snakemake the workflow names its config in VLMSWAP_CONFIG (no path in any rule's text)
+        p.add_argument("--config", default=os.environ.get("VLMSWAP_CONFIG"),
+                       required=os.environ.get("VLMSWAP_CONFIG") is None,
+                       help="study config (config/mini.yaml, config/experiments.yaml; default $VLMSWAP_CONFIG)")
         for a in args:
-            # a fused backbone arrives as several checkpoint files, one per member
-            p.add_argument(f"--{a}", required=True, **({"nargs": "+"} if a == "checkpoint" else {}))
+            # several values: a fused backbone's checkpoint files; an evaluation's indexes and results
+            p.add_argument(f"--{a}", required=True, **({"nargs": "+"} if a in multi else {}))
         p.set_defaults(func=func)
         return p
 
@@ -394,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("status", cmd_status, "which results are current, stale or missing")
     p.add_argument("--results", help="the study's results folder (default results/<study>)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = verb("preflight", cmd_preflight, "check hand-placed inputs, disk and credentials before any job")
+    p.add_argument("--resources", help="the study's resources folder (default resources/<study>)")
+    p.add_argument("--out", help="write the report (JSON) here when there is no problem")
     verb("mini-world", cmd_mini_world, "generate the mini world", "out")
     verb("pretrain-mini", cmd_pretrain_mini, "pretrain a tiny backbone on the mini world",
          "backbone", "objective", "world", "out")
@@ -406,10 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     verb("prepare-instruct", cmd_prepare_instruct, "check the instruction set", "json", "image-root", "out")
     verb("fetch-benchmark", cmd_fetch_benchmark, "fetch a benchmark's official files", "benchmark", "dest", "out")
     verb("prepare-benchmark", cmd_prepare_benchmark, "index a benchmark's official files", "benchmark", "root", "out")
-    verb("train", cmd_train, "train one cell", "cell", "checkpoint", "llm", "instruct-json", "image-root", "out",
+    p = verb("train", cmd_train, "train one cell", "cell", "checkpoint", "llm", "instruct-json", "image-root", "out",
          "ckpt-dir")
-    verb("evaluate", cmd_evaluate, "evaluate one cell on one benchmark", "cell", "checkpoint", "llm", "model",
-         "index", "out")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of the job (several: srun + torchrun)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs of the job in all (>1: one process per GPU)")
+    p = verb("evaluate", cmd_evaluate, "evaluate one cell on one or more benchmarks", "cell", "checkpoint", "llm", "model",
+         "index", "out", multi=("checkpoint", "index", "out"))
+    p.add_argument("--gpus", type=int, default=0, help="GPUs of the job (>1: shard over one process per GPU)")
     verb("baselines", cmd_baselines, "score the trivial baseline of one prepared benchmark", "benchmark", "index",
          "out")
     verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
@@ -426,10 +458,29 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return (FetchError, CheckpointError, AnnotationFileError, InstructError)
 
 
+def _launch_args(argv: list[str]) -> list[str]:
+    """`argv` without the launch flags, as each rank runs it."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--nodes", "--gpus"):
+            skip = True
+        elif not a.startswith(("--nodes=", "--gpus=")):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one verb. A bad input or a failed write ends in one line on stderr and a non-zero exit;
     whatever was finished before stays as it was (every output is written atomically)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.verb in ("train", "evaluate"):
+        from vlmswap.train.launch import relaunch_if_distributed
+
+        nodes = getattr(args, "nodes", 1)
+        relaunch_if_distributed(_launch_args(argv), nodes, args.gpus // max(nodes, 1))
     try:
         args.func(args)
     except ConfigError as e:

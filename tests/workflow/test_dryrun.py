@@ -31,6 +31,17 @@ def dry_run(configfile: Path, targets=(), executor="dryrun", pseudo=None, workdi
         return list(workflow_api._workflow.dag.jobs)
 
 
+def evaluations(jobs) -> set[tuple[str, str]]:
+    """(cell, benchmark) of every result the evaluation jobs write (one job per cell and column group)."""
+    out = set()
+    for job in jobs:
+        if job.rule.name.startswith("evaluate_"):
+            for path in job.output:
+                cell, name = Path(path).parts[-2:]
+                out.add((cell, name.removesuffix(".json")))
+    return out
+
+
 @pytest.fixture(scope="module")
 def paper_jobs(tmp_path_factory):
     return dry_run(PAPER, workdir=tmp_path_factory.mktemp("paper"))
@@ -42,7 +53,9 @@ def test_paper_grid_lists_every_job(paper_jobs):
     n_cells, n_bench = len(study["cells"]), len(study["benchmarks"])
     assert n_cells == 99
     assert counts["train"] == 99
-    assert counts["evaluate"] == n_cells * n_bench == 990
+    assert len(evaluations(paper_jobs)) == n_cells * n_bench == 990
+    # one model load per cell and column group, not per benchmark
+    assert counts["evaluate_vqa"] == counts["evaluate_loc"] == n_cells
     assert counts["table"] == len(study["tables"])
     assert counts["correlation"] == 1 and counts["fetch_llm"] == 1 and counts["prepare_instruct"] == 1
     assert counts["prepare_benchmark"] == n_bench
@@ -62,7 +75,9 @@ def test_train_jobs_carry_the_cluster_resources(paper_jobs):
     assert res["cpus_per_task"] == spec["cpus_per_gpu"] * gpus
     assert res["mem_mb"] == spec["mem_mb_per_gpu"] * gpus
     assert res["runtime"] == spec["runtime_min"]
-    assert f"torch.distributed.run --standalone --nproc-per-node {gpus} -m vlmswap.cli" in train[0].shellcmd
+    # the rule names the job's size; `vlmswap train` starts torchrun itself (tests/train/test_launch.py)
+    assert f" vlmswap train --nodes 1 --gpus {gpus} " in train[0].shellcmd
+    assert sys.executable not in train[0].shellcmd  # moving the venv changes no rule text
 
 
 def test_one_table_schedules_only_what_it_needs(tmp_path):
@@ -73,9 +88,8 @@ def test_one_table_schedules_only_what_it_needs(tmp_path):
     assert study["tables"]["table-5"]["columns"] == "vqa"
     vqa = {"vqa-v2", "gqa", "vizwiz", "textvqa", "pope", "tallyqa"}  # Table 5 shows VQA columns only
     assert counts["train"] == len(cells) == 14
-    assert counts["evaluate"] == len(cells) * len(vqa) == 84
-    assert {(j.wildcards["cell"], j.wildcards["benchmark"]) for j in jobs if j.rule.name == "evaluate"} == {
-        (c, b) for c in cells for b in vqa}
+    assert counts["evaluate_vqa"] == len(cells) and "evaluate_loc" not in counts
+    assert evaluations(jobs) == {(c, b) for c in cells for b in vqa} and len(evaluations(jobs)) == 84
     for rule in ("prepare_benchmark", "baselines", "fetch_benchmark"):  # no localization download or index
         assert {j.wildcards["benchmark"] for j in jobs if j.rule.name == rule} == vqa
     assert counts["table"] == 1 and "correlation" not in counts
@@ -87,8 +101,7 @@ def test_a_localization_table_plans_every_benchmark_for_its_overall_average(tmp_
     loc = next(t for t, spec in study["tables"].items() if spec["columns"] == "loc")
     cells = study["tables"][loc]["cells"]
     jobs = dry_run(PAPER, targets=[f"results/paper/tables/{loc}.md"], workdir=tmp_path)
-    assert {(j.wildcards["cell"], j.wildcards["benchmark"]) for j in jobs if j.rule.name == "evaluate"} == {
-        (c, b) for c in cells for b in study["benchmarks"]}
+    assert evaluations(jobs) == {(c, b) for c in cells for b in study["benchmarks"]}
 
 
 def test_two_node_training_generates_an_srun_launch(tmp_path):
@@ -100,19 +113,43 @@ def test_two_node_training_generates_an_srun_launch(tmp_path):
     train = next(j for j in jobs if j.rule.name == "train")
     assert train.resources["mpi"] == "srun" and train.resources["tasks"] == 2
     assert train.resources["gres"] == "gpu:4" and train.resources["nodes"] == 2
-    assert " srun --nodes 2 --ntasks-per-node 1 " in train.shellcmd
+    assert " vlmswap train --nodes 2 --gpus 8 " in train.shellcmd
+
+
+def _rule_counts(out: subprocess.CompletedProcess) -> dict[str, str]:
+    import re
+
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M))
 
 
 def test_slurm_profile_dry_run_from_the_repository_root():
-    """`snakemake -n --profile slurm` as a user types it: the profile at ./slurm selects the paper
-    config and the SLURM executor (which needs no SLURM installation for a dry run)."""
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--quiet", "rules"],
+    """`snakemake -n --profile slurm --configfile config/experiments.yaml` as a user types it: the
+    example profile selects the SLURM executor (which needs no SLURM installation for a dry run)."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", "--configfile",
+                          "config/experiments.yaml", "--quiet", "rules"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    import re
+    counts = _rule_counts(out)
+    assert counts["train"] == "99" and counts["evaluate_vqa"] == counts["evaluate_loc"] == "99"
+    assert counts["table"] == "24"
 
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M))
-    assert counts["train"] == "99" and counts["evaluate"] == "990" and counts["table"] == "24"
+
+def test_the_workflow_runs_from_any_directory_with_a_copied_profile(tmp_path):
+    """A scratch work directory holding a copy of the profile and of the config; the workflow is
+    named by path. Nothing may depend on the repository being the current directory."""
+    import shutil
+
+    work = tmp_path / "scratch work"
+    shutil.copytree(ROOT / "slurm", work / "my-site")
+    shutil.copy(PAPER, work / "study.yaml")
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--profile",
+                          "my-site", "--configfile", "study.yaml", "--quiet", "rules"],
+                         cwd=work, capture_output=True, text=True, timeout=300)
+    assert _rule_counts(out)["train"] == "99"
+    # the mini study, its config found beside the Snakefile, from elsewhere
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--cores", "1",
+                          "--quiet", "rules"], cwd=work, capture_output=True, text=True, timeout=300)
+    assert _rule_counts(out)["train"] == "7"
 
 
 def test_a_wrong_config_value_stops_the_dry_run_with_the_key_path(tmp_path):

@@ -85,8 +85,9 @@ def planned(workdir: Path, study: dict, tmp: Path, name: str, python: str = sys.
     return {(j.rule.name, *j.wildcards_dict.values()) for j in jobs if j.rule.name != "all"}
 
 
-def evals(cells, benchmarks=BENCH):
-    return {("evaluate", c, b) for c in cells for b in benchmarks}
+def evals(cells, groups=("vqa", "loc")):
+    """Evaluation jobs: one per cell and column group (VQA-v2 is a VQA column, RefCOCO a loc one)."""
+    return {(f"evaluate_{g}", c) for c in cells for g in groups}
 
 
 def trains(*cells):
@@ -146,7 +147,7 @@ def test_every_edit_reruns_exactly_what_it_affects(finished):
         "benchmark subset": (
             lambda s: s["benchmarks"]["refcoco"].update(subset="slim-8"),
             {("prepare_benchmark", "refcoco"), ("baselines", "refcoco")}
-            | evals([A, B, C], ["refcoco"]) | tables("all3") | CORR),
+            | evals([A, B, C], ["loc"]) | tables("all3") | CORR),
         "table membership": (lambda s: s["tables"]["all3"]["cells"].remove(A), tables("all3")),
         "display name": (lambda s: s["backbones"]["vit-mini"].update(display="ViT-tiny"), tables("all3")),
         "number of GPUs": (
@@ -191,7 +192,7 @@ def test_a_deleted_result_is_rebuilt_by_the_default_target(finished, tmp_path):
     shutil.copytree(workdir, copy_dir, symlinks=True)
     (copy_dir / "results" / "rerun" / "evals" / B / "refcoco.json").unlink()
     got = planned(copy_dir, study_config(), tmp_path, "deleted")
-    assert got == {("evaluate", B, "refcoco"), ("table", "all3"), ("correlation",)}
+    assert got == {("evaluate_loc", B), ("table", "all3"), ("correlation",)}
 
 
 def _files(root: Path, pattern: str) -> dict[str, bytes]:

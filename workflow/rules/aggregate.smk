@@ -15,7 +15,7 @@ rule baselines:
     message:
         "score the trivial baseline of {wildcards.benchmark} (majority answer, fixed central box)"
     shell:
-        "{VLMSWAP} baselines --config {CFG} --benchmark {wildcards.benchmark} --index {input} --out {output} "
+        "vlmswap baselines --benchmark {wildcards.benchmark} --index {input} --out {output} "
         "2>&1 | tee {log}"
 
 
@@ -28,7 +28,7 @@ rule table:
         csv=f"{OUT}/tables/{{table}}.csv",
         md=f"{OUT}/tables/{{table}}.md",
     params:
-        results=OUT,
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.csv)),
         spec=table_spec,
     log:
         f"{LOGS}/table/{{table}}.log",
@@ -37,7 +37,7 @@ rule table:
     message:
         "table {wildcards.table}"
     shell:
-        "{VLMSWAP} table --config {CFG} --table {wildcards.table} --results {params.results} "
+        "vlmswap table --table {wildcards.table} --results {params.results} "
         "--out-csv {output.csv} --out-md {output.md} 2>&1 | tee {log}"
 
 
@@ -49,7 +49,7 @@ rule correlation:
         csv=f"{OUT}/correlation.csv",
         png=f"{OUT}/correlation.png",
     params:
-        results=OUT,
+        results=lambda wc, output: os.path.dirname(output.csv),
     log:
         f"{LOGS}/correlation.log",
     conda:
@@ -57,5 +57,5 @@ rule correlation:
     message:
         "benchmark x benchmark Pearson correlation over all cells"
     shell:
-        "{VLMSWAP} correlation --config {CFG} --results {params.results} --out-csv {output.csv} "
+        "vlmswap correlation --results {params.results} --out-csv {output.csv} "
         "--out-png {output.png} 2>&1 | tee {log}"

@@ -1,5 +1,6 @@
 # Config -> paths. The study is validated by vlmswap.study (the JSON schema in
 # workflow/schemas/experiments.schema.yaml plus cross-reference checks); the rules only wire paths.
+import os
 import re
 import sys
 
@@ -7,7 +8,7 @@ import yaml
 
 from vlmswap.provenance import canonical_json, eval_settings, model_spec
 from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study
-from vlmswap.train.launch import launcher, train_resources
+from vlmswap.train.launch import job_environment, train_resources
 
 CONFIG_FILE = str(workflow.configfiles[-1])
 try:
@@ -25,11 +26,12 @@ RES = f"resources/{STUDY.name}"
 OUT = f"results/{STUDY.name}"
 LOGS = f"logs/{STUDY.name}"
 IS_MINI = "mini" in config
-VLMSWAP = f"{sys.executable} -m vlmswap.cli"  # the interpreter running Snakemake: no activation needed
-CFG = CONFIG_FILE
-# How jobs start (interpreter, torchrun, GPU count) is not what they compute: these are globals of
-# the shell text, never `params`, so moving the venv or changing the GPU count reruns nothing.
-TRAIN_LAUNCHER = launcher(config.get("train_resources", {}))
+# Every rule's shell calls `vlmswap` by name: the console script of the environment that runs
+# Snakemake (its bin folder goes first on PATH), or of the rule's conda env under `--sdm conda`.
+# The study config reaches the jobs through VLMSWAP_CONFIG. Neither the interpreter's path nor
+# the GPU count is part of any rule's text or params, so moving the venv or changing the GPUs
+# reruns nothing; `vlmswap train|evaluate --gpus N` starts torchrun / srun itself (train/launch.py).
+job_environment(CONFIG_FILE)
 
 
 def _alternatives(values):
@@ -132,6 +134,29 @@ def pretrain_spec(wildcards):
     })
 
 
+def eval_resources():
+    """Snakemake resources of an evaluation job (mapped by the SLURM plugin to sbatch flags);
+    `eval_gpus` is ours: the shell passes it to `vlmswap evaluate --gpus`."""
+    spec = config.get("eval_resources", {})
+    gpus = int(spec.get("gpus", 0))
+    resources = {"runtime": int(spec.get("runtime_min", 60)), "mem_mb": int(spec.get("mem_mb", 8000)),
+                 "eval_gpus": gpus}
+    if gpus:
+        resources["gpu"] = gpus
+        resources["cpus_per_task"] = int(spec.get("cpus", 8))
+    if spec.get("partition"):
+        resources["slurm_partition"] = spec["partition"]
+    return resources
+
+
+# column group -> the study's benchmarks that fill it: one evaluation job per cell and group
+EVAL_GROUPS = {
+    group: [b for b in STUDY.benchmarks if set(BENCHMARK_COLUMNS[b]) <= set(columns)]
+    for group, columns in (("vqa", VQA_COLUMNS), ("loc", LOC_COLUMNS))
+}
+EVAL_GROUPS = {g: bs for g, bs in EVAL_GROUPS.items() if bs}
+
+
 def all_evals():
     return [eval_json(c, b) for c in STUDY.cell_ids for b in STUDY.benchmarks]
 
@@ -140,5 +165,6 @@ def all_targets():
     # every result is a target itself, so that a deleted one is rebuilt even though the tables
     # that were made from it are newer than everything else
     targets = all_evals() + [f"{OUT}/tables/{t}.md" for t in STUDY.tables]
-    targets += [f"{OUT}/correlation.csv", f"{OUT}/correlation.png"]
+    if len(STUDY.cells) >= 3:  # a Pearson r over fewer cells says nothing (analysis/correlation.py)
+        targets += [f"{OUT}/correlation.csv", f"{OUT}/correlation.png"]
     return targets

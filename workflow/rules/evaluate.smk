@@ -1,49 +1,33 @@
-# One evaluation job per (cell, benchmark): batched greedy generation, the benchmark's own scorer,
-# and the result contract {OUT}/evals/{cell}/{benchmark}.json (scores in percent, n_samples).
+# Evaluation: one job per cell and column group (the VQA benchmarks, the localization benchmarks),
+# so the model is loaded once for all the benchmarks a table needs, and a VQA-only table plans no
+# localization run. Each benchmark keeps its own predictions (resumable), result contract
+# {OUT}/evals/{cell}/{benchmark}.json and log. Helpers live in common.smk.
 
+for _group, _benchmarks in EVAL_GROUPS.items():
 
-def _eval_resources():
-    spec = config.get("eval_resources", {})
-    resources = {"runtime": int(spec.get("runtime_min", 60)), "mem_mb": int(spec.get("mem_mb", 8000))}
-    if int(spec.get("gpus", 0)):
-        resources["gpu"] = int(spec["gpus"])
-        resources["cpus_per_task"] = int(spec.get("cpus", 8))
-    if spec.get("partition"):
-        resources["slurm_partition"] = spec["partition"]
-    return resources
-
-
-def _eval_launcher():
-    gpus = int(config.get("eval_resources", {}).get("gpus", 0))
-    if gpus > 1:  # shard the benchmark over the job's GPUs, one process each
-        return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {gpus} -m vlmswap.cli"
-    return VLMSWAP
-
-
-EVAL_LAUNCHER = _eval_launcher()  # a shell global, not a param: how it starts is not what it computes
-
-
-rule evaluate:
-    input:
-        model=f"{OUT}/models/{{cell}}/model.safetensors",
-        checkpoints=cell_checkpoints,
-        llm=f"{RES}/llm",
-        index=f"{RES}/prepared/{{benchmark}}.json",
-    output:
-        eval_json("{cell}", "{benchmark}"),
-    params:
-        model=lambda wc: model_dir(wc.cell),
-        eval=canonical_json(eval_settings(STUDY)),
-    threads: 1
-    resources:
-        **_eval_resources(),
-    log:
-        f"{LOGS}/evaluate/{{cell}}/{{benchmark}}.log",
-    conda:
-        "../envs/vlmswap.yaml"
-    message:
-        "evaluate {wildcards.cell} on {wildcards.benchmark}"
-    shell:
-        "OMP_NUM_THREADS={threads} {EVAL_LAUNCHER} evaluate --config {CFG} --cell '{wildcards.cell}' "
-        "--checkpoint {input.checkpoints} --llm {input.llm} --model {params.model} --index {input.index} "
-        "--out {output} 2>&1 | tee {log}"
+    rule:
+        name:
+            f"evaluate_{_group}"
+        input:
+            model=f"{OUT}/models/{{cell}}/model.safetensors",
+            checkpoints=cell_checkpoints,
+            llm=f"{RES}/llm",
+            index=[f"{RES}/prepared/{b}.json" for b in _benchmarks],
+        output:
+            [eval_json("{cell}", b) for b in _benchmarks],
+        params:
+            model=lambda wc, input: os.path.dirname(input.model),
+            eval=canonical_json(eval_settings(STUDY)),  # settings -> predictions
+        threads: 1
+        resources:
+            **eval_resources(),
+        log:
+            f"{LOGS}/evaluate/{{cell}}/{_group}.log",
+        conda:
+            "../envs/vlmswap.yaml"
+        message:
+            f"evaluate {{wildcards.cell}} on {', '.join(_benchmarks)}"
+        shell:
+            "OMP_NUM_THREADS={threads} vlmswap evaluate --gpus {resources.eval_gpus} --cell '{wildcards.cell}' "
+            "--checkpoint {input.checkpoints} --llm {input.llm} --model {params.model} --index {input.index} "
+            "--out {output} 2>&1 | tee {log}"

@@ -42,7 +42,7 @@ if IS_MINI:
         message:
             "generate the mini world"
         shell:
-            "{VLMSWAP} mini-world --config {CFG} --out {params.out} 2>&1 | tee {log}"
+            "vlmswap mini-world --out {params.out} 2>&1 | tee {log}"
 
     rule pretrain_mini:
         input:
@@ -63,7 +63,7 @@ if IS_MINI:
         message:
             "pretrain mini backbone {wildcards.backbone} for {wildcards.objective}"
         shell:
-            "OMP_NUM_THREADS={threads} {VLMSWAP} pretrain-mini --config {CFG} --backbone {wildcards.backbone} "
+            "OMP_NUM_THREADS={threads} vlmswap pretrain-mini --backbone {wildcards.backbone} "
             "--objective {wildcards.objective} --world {params.world} --out {output} 2>&1 | tee {log}"
 
     rule build_mini_llm:
@@ -81,7 +81,7 @@ if IS_MINI:
         message:
             "build the mini LLM and its tokenizer"
         shell:
-            "{VLMSWAP} build-mini-llm --config {CFG} --world {params.world} --out {output} 2>&1 | tee {log}"
+            "vlmswap build-mini-llm --world {params.world} --out {output} 2>&1 | tee {log}"
 
 
 def _built_input(source, built):
@@ -89,6 +89,7 @@ def _built_input(source, built):
 
 
 rule fetch_backbone:
+    localrule: True  # downloads run on the submit host (compute nodes are often offline)
     input:
         built=lambda wc: _built_input(
             STUDY.checkpoint_source(wc.backbone, wc.objective), f"{RES}/pretrained/{wc.backbone}@{wc.objective}.pth"
@@ -106,11 +107,12 @@ rule fetch_backbone:
     message:
         "fetch checkpoint {wildcards.backbone} ({wildcards.objective})"
     shell:
-        "{VLMSWAP} fetch-backbone --config {CFG} --backbone {wildcards.backbone} --objective {wildcards.objective} "
+        "vlmswap fetch-backbone --backbone {wildcards.backbone} --objective {wildcards.objective} "
         "{params.built} --out {output} 2>&1 | tee {log}"
 
 
 rule fetch_llm:
+    localrule: True  # downloads run on the submit host (compute nodes are often offline)
     input:
         built=_built_input(config["llm"]["source"], f"{RES}/llm-build"),
     output:
@@ -126,12 +128,13 @@ rule fetch_llm:
     message:
         "fetch the LLM ({config[llm][id]})"
     shell:
-        "{VLMSWAP} fetch-llm --config {CFG} {params.built} --out {output} 2>&1 | tee {log}"
+        "vlmswap fetch-llm {params.built} --out {output} 2>&1 | tee {log}"
 
 
 if not IS_MINI:
 
     rule fetch_instruct:
+        localrule: True  # downloads run on the submit host (compute nodes are often offline)
         output:
             instruct_paths()[0],
         params:
@@ -144,7 +147,7 @@ if not IS_MINI:
         message:
             "fetch the instruction set ({config[instruct][id]}); its image folders are placed beside it"
         shell:
-            "{VLMSWAP} fetch-instruct --config {CFG} --out {output} 2>&1 | tee {log}"
+            "vlmswap fetch-instruct --out {output} 2>&1 | tee {log}"
 
 
 rule prepare_instruct:
@@ -162,13 +165,14 @@ rule prepare_instruct:
     message:
         "check the instruction set and every image it names"
     shell:
-        "{VLMSWAP} prepare-instruct --config {CFG} --json {params.json} --image-root {params.image_root} "
+        "vlmswap prepare-instruct --json {params.json} --image-root {params.image_root} "
         "--out {output} 2>&1 | tee {log}"
 
 
 if not IS_MINI:
 
     rule fetch_benchmark:
+        localrule: True  # downloads run on the submit host (compute nodes are often offline)
         output:
             f"{RES}/data/{{benchmark}}.fetched.json",
         params:
@@ -182,7 +186,7 @@ if not IS_MINI:
         message:
             "fetch the official files of {wildcards.benchmark}"
         shell:
-            "{VLMSWAP} fetch-benchmark --config {CFG} --benchmark {wildcards.benchmark} --dest {params.dest} "
+            "vlmswap fetch-benchmark --benchmark {wildcards.benchmark} --dest {params.dest} "
             "--out {output} 2>&1 | tee {log}"
 
 
@@ -213,5 +217,5 @@ rule prepare_benchmark:
     message:
         "index benchmark {wildcards.benchmark}"
     shell:
-        "{VLMSWAP} prepare-benchmark --config {CFG} --benchmark {wildcards.benchmark} --root {params.root} "
+        "vlmswap prepare-benchmark --benchmark {wildcards.benchmark} --root {params.root} "
         "--out {output} 2>&1 | tee {log}"

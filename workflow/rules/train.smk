@@ -29,6 +29,6 @@ rule train:
     message:
         "train {wildcards.cell}"
     shell:
-        "OMP_NUM_THREADS={threads} {TRAIN_LAUNCHER} train --config {CFG} --cell '{wildcards.cell}' "
+        "OMP_NUM_THREADS={threads} vlmswap train --nodes {resources.nodes} --gpus {resources.train_gpus} --cell '{wildcards.cell}' "
         "--checkpoint {input.checkpoints} --llm {input.llm} --instruct-json {params.json} "
         "--image-root {params.image_root} --out {params.out} --ckpt-dir {params.ckpt_dir} 2>&1 | tee {log}"

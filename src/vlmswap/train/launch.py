@@ -60,3 +60,38 @@ def launcher(spec: Mapping[str, Any], python: str = sys.executable) -> str:
         f"{torchrun} --nnodes {nodes} --nproc-per-node {gpus} --rdzv-backend c10d "
         f"--rdzv-endpoint {first_host}:{RDZV_PORT} --rdzv-id \"$SLURM_JOB_ID\" -m vlmswap.cli"
     )
+
+
+def job_environment(config_file: str) -> None:
+    """What every job's shell inherits from the workflow: `vlmswap` of the environment running
+    Snakemake first on PATH (a rule's conda env, under `--sdm conda`, goes before it), and the
+    study config in VLMSWAP_CONFIG (the CLI's default for `--config`). Set in the Snakefile's
+    process, so it holds for local jobs and for every SLURM jobstep (which parses the Snakefile)."""
+    import os
+
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    os.environ["VLMSWAP_CONFIG"] = os.path.abspath(config_file)
+
+
+def relaunch_command(argv: list[str], nodes: int, gpus_per_node: int, python: str = sys.executable) -> str | None:
+    """The shell command that starts `vlmswap <argv>` on every rank of a `nodes` x `gpus_per_node`
+    job, or None when this process should do the work itself (no GPU or one, or already a rank
+    under torchrun). The rules call `vlmswap train|evaluate --nodes N --gpus G ...` and the command
+    re-executes itself under this launcher, so no interpreter path or GPU count is part of a rule's
+    shell text or params (moving the venv or changing the GPU count reruns nothing)."""
+    import os
+
+    if "RANK" in os.environ or nodes * gpus_per_node <= 1:
+        return None
+    prefix = launcher({"nodes": nodes, "gpus_per_node": gpus_per_node}, python)
+    return f"{prefix} {' '.join(shlex.quote(a) for a in argv)}"
+
+
+def relaunch_if_distributed(argv: list[str], nodes: int, gpus_per_node: int) -> None:
+    """Replace this process by the distributed launch of the same command, when one is needed."""
+    import os
+
+    command = relaunch_command(argv, nodes, gpus_per_node)
+    if command is not None:
+        sys.stdout.flush()
+        os.execvp("bash", ["bash", "-c", command])
