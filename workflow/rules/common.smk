@@ -157,6 +157,37 @@ EVAL_GROUPS = {
 EVAL_GROUPS = {g: bs for g, bs in EVAL_GROUPS.items() if bs}
 
 
+def index_sources(benchmark):
+    """The annotation files the benchmark's index is read from, under its root."""
+    from vlmswap.evaluate.registry import get_benchmark
+
+    return [f"{benchmark_root(benchmark)}/{name}" for name in get_benchmark(benchmark).annotation_files]
+
+
+def _mini_index_sources(benchmark):
+    # the mini world writes one layout: where a benchmark accepts several, the first one listed
+    from vlmswap.evaluate.registry import get_benchmark
+
+    names = get_benchmark(benchmark).annotation_files
+    return [f"{benchmark_root(benchmark)}/{name}" for name in (names[:1] if benchmark == "vizwiz" else names)]
+
+
+def _built_input(source, built):
+    return [built] if ("mini" in source) else []
+
+
+def _index_inputs(wildcards):
+    if IS_MINI:
+        return [world_flag()] + _mini_index_sources(wildcards.benchmark)
+    # RefCOCO+ and RefCOCOg read the files fetched for RefCOCO (one REFER folder)
+    inputs = [f"{RES}/data/{data_folder(wildcards.benchmark)}.fetched.json"]
+    if not config["benchmarks"].get(data_folder(wildcards.benchmark), {}).get("files"):
+        # files placed by hand exist before any job: declared as they are (a fetched file is not a
+        # rule's declared output, so it is tracked through the fetch record instead)
+        inputs += [f for f in index_sources(wildcards.benchmark) if os.path.exists(f)]
+    return inputs
+
+
 def all_evals():
     return [eval_json(c, b) for c in STUDY.cell_ids for b in STUDY.benchmarks]
 

@@ -1,5 +1,3 @@
-import os
-
 # Inputs of training and evaluation: backbone checkpoints, the LLM, the instruction set, the
 # benchmarks. In the mini study the workflow first builds them on the generated mini world; the
 # fetch rules then take them exactly as they take official downloads.
@@ -7,21 +5,6 @@ import os
 # Every official file an index is derived from (a benchmark's annotation files, the instruction
 # json) is a declared input of its preparation, so editing one reruns exactly that preparation and
 # the evaluations (or trainings) that read it. The registry's benchmark classes list those files.
-
-
-def index_sources(benchmark):
-    """The annotation files the benchmark's index is read from, under its root."""
-    from vlmswap.evaluate.registry import get_benchmark
-
-    return [f"{benchmark_root(benchmark)}/{name}" for name in get_benchmark(benchmark).annotation_files]
-
-
-def _mini_index_sources(benchmark):
-    # the mini world writes one layout: where a benchmark accepts several, the first one listed
-    from vlmswap.evaluate.registry import get_benchmark
-
-    names = get_benchmark(benchmark).annotation_files
-    return [f"{benchmark_root(benchmark)}/{name}" for name in (names[:1] if benchmark == "vizwiz" else names)]
 
 
 if IS_MINI:
@@ -32,8 +15,10 @@ if IS_MINI:
             # the files the preparations are derived from, declared so that they are tracked
             instruct_paths()[0],
             sorted({f for b in STUDY.benchmarks for f in _mini_index_sources(b)}),
+        input:
+            preflight=f"{RES}/preflight.json",
         params:
-            out=f"{RES}/world",
+            out=lambda wc, output: os.path.dirname(output[0]),
             mini=config["mini"],
         log:
             f"{LOGS}/mini_world.log",
@@ -50,7 +35,7 @@ if IS_MINI:
         output:
             f"{RES}/pretrained/{{backbone}}@{{objective}}.pth",
         params:
-            world=f"{RES}/world",
+            world=lambda wc, input: os.path.dirname(input[0]),
             spec=pretrain_spec,
         threads: 2
         # every backbone first: the long training jobs then pack onto the cores without waiting
@@ -72,7 +57,7 @@ if IS_MINI:
         output:
             directory(f"{RES}/llm-build"),
         params:
-            world=f"{RES}/world",
+            world=lambda wc, input: os.path.dirname(input[0]),
             source=canonical_json({"source": config["llm"]["source"], "seed": config.get("seed", 0)}),
         log:
             f"{LOGS}/build_mini_llm.log",
@@ -84,13 +69,10 @@ if IS_MINI:
             "vlmswap build-mini-llm --world {params.world} --out {output} 2>&1 | tee {log}"
 
 
-def _built_input(source, built):
-    return [built] if ("mini" in source) else []
-
-
 rule fetch_backbone:
     localrule: True  # downloads run on the submit host (compute nodes are often offline)
     input:
+        preflight=f"{RES}/preflight.json",
         built=lambda wc: _built_input(
             STUDY.checkpoint_source(wc.backbone, wc.objective), f"{RES}/pretrained/{wc.backbone}@{wc.objective}.pth"
         ),
@@ -114,6 +96,7 @@ rule fetch_backbone:
 rule fetch_llm:
     localrule: True  # downloads run on the submit host (compute nodes are often offline)
     input:
+        preflight=f"{RES}/preflight.json",
         built=_built_input(config["llm"]["source"], f"{RES}/llm-build"),
     output:
         directory(f"{RES}/llm"),
@@ -135,6 +118,8 @@ if not IS_MINI:
 
     rule fetch_instruct:
         localrule: True  # downloads run on the submit host (compute nodes are often offline)
+        input:
+            preflight=f"{RES}/preflight.json",
         output:
             instruct_paths()[0],
         params:
@@ -152,12 +137,12 @@ if not IS_MINI:
 
 rule prepare_instruct:
     input:
-        [world_flag(), instruct_paths()[0]] if IS_MINI else instruct_paths()[0],
+        json=instruct_paths()[0],
+        world=[world_flag()] if IS_MINI else [],
     output:
         f"{RES}/prepared/instruct.json",
     params:
-        json=instruct_paths()[0],
-        image_root=instruct_paths()[1],
+        image_root=lambda wc, input: os.path.dirname(input.json),
     log:
         f"{LOGS}/prepare_instruct.log",
     conda:
@@ -165,7 +150,7 @@ rule prepare_instruct:
     message:
         "check the instruction set and every image it names"
     shell:
-        "vlmswap prepare-instruct --json {params.json} --image-root {params.image_root} "
+        "vlmswap prepare-instruct --json {input.json} --image-root {params.image_root} "
         "--out {output} 2>&1 | tee {log}"
 
 
@@ -173,6 +158,8 @@ if not IS_MINI:
 
     rule fetch_benchmark:
         localrule: True  # downloads run on the submit host (compute nodes are often offline)
+        input:
+            preflight=f"{RES}/preflight.json",
         output:
             f"{RES}/data/{{benchmark}}.fetched.json",
         params:
@@ -188,18 +175,6 @@ if not IS_MINI:
         shell:
             "vlmswap fetch-benchmark --benchmark {wildcards.benchmark} --dest {params.dest} "
             "--out {output} 2>&1 | tee {log}"
-
-
-def _index_inputs(wildcards):
-    if IS_MINI:
-        return [world_flag()] + _mini_index_sources(wildcards.benchmark)
-    # RefCOCO+ and RefCOCOg read the files fetched for RefCOCO (one REFER folder)
-    inputs = [f"{RES}/data/{data_folder(wildcards.benchmark)}.fetched.json"]
-    if not config["benchmarks"].get(data_folder(wildcards.benchmark), {}).get("files"):
-        # files placed by hand exist before any job: declared as they are (a fetched file is not a
-        # rule's declared output, so it is tracked through the fetch record instead)
-        inputs += [f for f in index_sources(wildcards.benchmark) if os.path.exists(f)]
-    return inputs
 
 
 rule prepare_benchmark:
