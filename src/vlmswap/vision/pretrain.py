@@ -15,6 +15,7 @@ loads it through the same `load_official` path as a downloaded file.
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import time
@@ -223,7 +224,11 @@ def pretrain_backbone(family: str, arch: Any, tap: str, kind: str, data: Pretrai
 
             save_file(payload, str(tmp))
         else:
-            torch.save(payload, tmp)
+            # through a buffer: saved to a path, torch names the zip's records after the file, and
+            # the atomic writer's temporary name would make every save differ byte for byte
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            tmp.write_bytes(buffer.getvalue())
     seconds = time.perf_counter() - start
     return {"score": score, "score_name": score_name, "final_loss": mean_loss, "seconds": round(seconds, 2),
             "epochs": epochs, "images": len(images), "format": fmt}
