@@ -198,3 +198,12 @@ def test_sbatch_for_two_nodes(tmp_path):
     line = _sbatch(next(j for j in jobs if j.rule.name == "train"))
     assert "--nodes=2" in line and "--ntasks=2" in line and "--gres=gpu:4" in line
     assert "--gpus=" not in line and "--ntasks-per-gpu" not in line
+
+
+def test_the_dry_run_shows_each_jobs_resources():
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/experiments.yaml",
+                          "results/paper/tables/table-5.md"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "(1 node(s), 4 GPU(s), 32 CPUs, 256000 MB, 1440 min)" in text
+    assert "on vqa-v2, gqa, vizwiz, textvqa, pope, tallyqa (" in text and "GPU(s)" in text

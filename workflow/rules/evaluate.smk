@@ -26,7 +26,8 @@ for _group, _benchmarks in EVAL_GROUPS.items():
         conda:
             "../envs/vlmswap.yaml"
         message:
-            f"evaluate {{wildcards.cell}} on {', '.join(_benchmarks)}"
+            f"evaluate {{wildcards.cell}} on {', '.join(_benchmarks)} "
+            "({resources.eval_gpus} GPU(s), {resources.mem_mb} MB, {resources.runtime} min)"
         shell:
             "OMP_NUM_THREADS={threads} vlmswap evaluate --gpus {resources.eval_gpus} --cell '{wildcards.cell}' "
             "--checkpoint {input.checkpoints} --llm {input.llm} --model {params.model} --index {input.index} "

@@ -27,7 +27,8 @@ rule train:
     conda:
         "../envs/vlmswap.yaml"
     message:
-        "train {wildcards.cell}"
+        "train {wildcards.cell} ({resources.nodes} node(s), {resources.train_gpus} GPU(s), "
+        "{resources.cpus_per_task} CPUs, {resources.mem_mb} MB, {resources.runtime} min)"
     shell:
         "OMP_NUM_THREADS={threads} vlmswap train --nodes {resources.nodes} --gpus {resources.train_gpus} --cell '{wildcards.cell}' "
         "--checkpoint {input.checkpoints} --llm {input.llm} --instruct-json {params.json} "
