@@ -535,9 +535,9 @@ benchmarks:
   pope:
     subset: full
     files:
-      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_adversarial.json"}
-      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_popular.json"}
-      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262/output/coco/coco_pope_random.json"}
+      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/coco_pope_adversarial.json"}
+      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/coco_pope_popular.json"}
+      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/coco_pope_random.json"}
       - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true, size_gb: 6.2}
   tallyqa:
     subset: full

@@ -362,3 +362,10 @@ def test_the_recipe_is_prismatics_as_run(config):
     assert (recipe["weight_decay"], recipe["weight_decay_applied_to"]) == (0.1, "none")
     assert (recipe["lr"], recipe["global_batch"], recipe["epochs"], recipe["warmup_ratio"], recipe["seed"]) == (
         2e-5, 128, 1, 0.03, 7)
+
+
+def test_pope_files_are_pinned_to_a_full_commit():
+    """GitHub may answer 404 for a raw URL at a short commit; vlm-evaluation pins the full SHA."""
+    study = yaml.safe_load(CONFIG.read_text())
+    urls = [f["url"] for f in study["benchmarks"]["pope"]["files"] if "raw.githubusercontent.com" in f["url"]]
+    assert urls and all("/e3e39262c85a6a83f26cf5094022a782cb0df58d/" in u for u in urls)

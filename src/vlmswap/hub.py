@@ -24,9 +24,7 @@ import os
 import pickle
 import shutil
 import sys
-import time
 import urllib.parse
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -86,20 +84,43 @@ def _copy(src: Path, dest: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
+# A timm tag's weights: model.safetensors, else pytorch_model.bin, as timm's own loader falls back
+# (the timm/*clip*.openai repos ship only the .bin).
+TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _timm_weights(huggingface_hub, repo: str, kind: dict) -> str:
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in TIMM_WEIGHT_FILES[:-1]:
+        try:
+            return huggingface_hub.hf_hub_download(repo, name, **kind)
+        except EntryNotFoundError:
+            continue
+    return huggingface_hub.hf_hub_download(repo, TIMM_WEIGHT_FILES[-1], **kind)
+
+
+def _link(src: Path, dest: Path) -> None:
+    """Place a hub-cache file or snapshot at `dest` by hard links to the cached blobs (the snapshot's
+    entries are symlinks into `blobs/`), copying only across filesystems; atomic like `_copy`."""
+    from vlmswap.download import _place
+
+    if src.is_file():
+        _place(src.resolve(), dest)
+        return
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        _place(f.resolve(), tmp / f.relative_to(src))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
 def _download(url: str, dest: Path, log: Callable[[str], None]) -> None:
-    """Stream a URL to `dest` atomically, printing progress every few seconds."""
-    request = urllib.request.Request(url, headers={"User-Agent": "vlmswap"})
-    with urllib.request.urlopen(request, timeout=60) as response, atomic_path(dest) as tmp:
-        total = int(response.headers.get("Content-Length") or 0)
-        done, last = 0, time.monotonic()
-        with open(tmp, "wb") as out:
-            while block := response.read(CHUNK):
-                out.write(block)
-                done += len(block)
-                if time.monotonic() - last > 5:
-                    pct = f" ({100 * done / total:.0f}%)" if total else ""
-                    log(f"  {dest.name}: {done / 2**20:.0f} MiB{pct}")
-                    last = time.monotonic()
+    """An http(s) URL to `dest`: once into the download cache, resumed and retried (vlmswap.download)."""
+    from vlmswap.download import download
+
+    download(url, dest, log=log)
 
 
 def fetch(
@@ -186,9 +207,11 @@ def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log
         raise FetchError(f"offline and {source} is not in {where}; copy it there or unset VLMSWAP_OFFLINE")
     if "url" in source:
         log(f"download {source['url']}")
+        from vlmswap.download import DownloadError
+
         try:
             _download(source["url"], dest, log)
-        except OSError as e:
+        except (OSError, DownloadError) as e:
             raise FetchError(f"download of {source['url']} failed: {e}; retry, or put the file in a mirror") from e
         return source["url"]
     if "hub" in source or "timm" in source:
@@ -199,13 +222,15 @@ def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log
         log(f"hub {repo}{'/' + filename if filename else ''}")
         try:
             kind = {"revision": source.get("revision"), "repo_type": source.get("repo_type", "model")}
-            if filename:
+            if filename and "timm" in source and "file" not in source:
+                got = _timm_weights(huggingface_hub, repo, kind)
+            elif filename:
                 got = huggingface_hub.hf_hub_download(repo, filename, **kind)
             else:
                 got = huggingface_hub.snapshot_download(repo, **kind)
         except Exception as e:  # hub errors come in many classes; all mean the same to the user
             raise FetchError(f"hub fetch of {repo} failed: {e}; check the id, HF_TOKEN, or use a mirror") from e
-        _copy(Path(got), dest)
+        _link(Path(got), dest)  # the hub cache keeps the bytes; no second copy of a 13 GB LLM
         return f"hf://{repo}/{filename or ''}"
     raise FetchError(f"source {source} has no fetchable kind (url, hub, timm, path)")
 

@@ -13,6 +13,7 @@ from vlmswap.evaluate import BENCHMARKS
 from vlmswap.evaluate.registry import AnnotationFileError
 from vlmswap.evaluate.runner import evaluate_cell, prepare, read_index
 from vlmswap.image import Geometry, preprocess
+from vlmswap.provenance import predictions_record, sealed
 
 FOLDER = {"refcoco+": "refcoco", "refcocog": "refcoco"}  # as workflow/rules/common.smk data_folder
 
@@ -88,9 +89,11 @@ def test_a_copied_study_evaluates_its_own_images(world, tmp_path):
     results = {}
     for name, root in (("original", study), ("copy", copy)):
         out = root.parent.parent / "results" / "vqa-v2.json"
-        evaluate_cell("c", ImageMeanVLM(), Geometry(32, 32), root / "prepared" / "vqa-v2.json", out, log=quiet)
-        results[name] = {json.loads(line)["id"]: json.loads(line)["prediction"]
-                         for line in out.with_name("vqa-v2.predictions.jsonl").read_text().splitlines()}
+        index = root / "prepared" / "vqa-v2.json"
+        record = predictions_record(sealed({"kind": "model"}), "w" * 64, {"batch_size": 16}, index)
+        evaluate_cell("c", ImageMeanVLM(), Geometry(32, 32), index, out, record, log=quiet)
+        lines = out.with_name("vqa-v2.predictions.jsonl").read_text().splitlines()[1:]  # after the provenance
+        results[name] = {json.loads(line)["id"]: json.loads(line)["prediction"] for line in lines}
     for i in on_it:  # the copy's own white image
         assert results["copy"][i] == "10" != results["original"][i]
     assert {k: v for k, v in results["copy"].items() if k not in on_it} == \
