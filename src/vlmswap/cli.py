@@ -345,7 +345,7 @@ def cmd_evaluate(args) -> None:
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model_dir = Path(args.model)
-    records = [_predictions_record(study, cell, model_dir, Path(index)) for index in args.index]
+    records = _predictions_records(study, model_dir, [Path(index) for index in args.index])
     vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), model_dir, device, dtype)
     for n, (index, out, record) in enumerate(zip(args.index, args.out, records), start=1):
         log(f"[{n}/{len(records)}] {cell.id} on {Path(index).stem}")
@@ -355,9 +355,9 @@ def cmd_evaluate(args) -> None:
                       log=log, rank=rank, world=world)
 
 
-def _predictions_record(study, cell, model_dir: Path, index: Path) -> dict:
-    """What the predictions of this evaluation will be made from: the model's training record,
-    the weights file as it is now, the evaluation settings and the prepared index."""
+def _predictions_records(study, model_dir: Path, indexes: list[Path]) -> list[dict]:
+    """What each benchmark's predictions will be made from: the model's training record, the
+    weights file as it is now (hashed once per job), the evaluation settings and the prepared index."""
     from vlmswap.provenance import eval_settings, file_sha256, predictions_record
 
     summary_path = model_dir / "train.json"
@@ -370,7 +370,7 @@ def _predictions_record(study, cell, model_dir: Path, index: Path) -> dict:
         log(f"warning: {model_dir / 'model.safetensors'} is not the file {summary_path} records (sha256 "
             f"{weights[:12]} vs {str(summary.get('model_sha256'))[:12]}); the result will be scored but "
             "marked stale in tables")
-    return predictions_record(summary["provenance"], weights, eval_settings(study), index)
+    return [predictions_record(summary["provenance"], weights, eval_settings(study), index) for index in indexes]
 
 
 def cmd_baselines(args) -> None:
