@@ -3,7 +3,7 @@
 #   snakemake --cores 2                                          # the mini study (config/mini.yaml)
 #   snakemake -n --configfile config/experiments.yaml            # preview the paper grid
 #   snakemake --profile slurm --configfile config/experiments.yaml              # the paper grid on SLURM
-#   snakemake --profile slurm --configfile config/experiments.yaml results/paper/tables/table-1.md
+#   snakemake results/paper/tables/table-1.md --profile slurm --configfile config/experiments.yaml
 #   snakemake -s /path/to/vlmswap/Snakefile --directory /scratch/work --configfile study.yaml ...  # anywhere
 import os
 

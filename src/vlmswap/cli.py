@@ -345,8 +345,8 @@ def cmd_evaluate(args) -> None:
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model_dir = Path(args.model)
-    records = _predictions_records(study, model_dir, [Path(index) for index in args.index])
     vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), model_dir, device, dtype)
+    records = _predictions_records(study, model_dir, [Path(index) for index in args.index])
     for n, (index, out, record) in enumerate(zip(args.index, args.out, records), start=1):
         log(f"[{n}/{len(records)}] {cell.id} on {Path(index).stem}")
         settings = record["eval"]

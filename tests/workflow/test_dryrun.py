@@ -201,8 +201,8 @@ def test_sbatch_for_two_nodes(tmp_path):
 
 
 def test_the_dry_run_shows_each_jobs_resources():
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/experiments.yaml",
-                          "results/paper/tables/table-5.md"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "results/paper/tables/table-5.md", "-n", "--configfile",
+                          "config/experiments.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     assert "(1 node(s), 4 GPU(s), 32 CPUs, 256000 MB, 1440 min)" in text
