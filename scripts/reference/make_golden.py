@@ -53,8 +53,6 @@ written in the official files):
   __init__ files of mmseg_custom and detectron2.modeling are bypassed (their submodules are
   imported from the official folders directly) so that the detectors, datasets and their compiled
   ops are not needed.
-- nn.SyncBatchNorm (ViT-Adapter norm1..4): run as nn.BatchNorm2d, which is what it computes in eval
-  mode on one process.
 """
 
 from __future__ import annotations
@@ -414,8 +412,6 @@ def install_adapter_code(refs: Path) -> types.ModuleType:
         return functions.ms_deform_attn_core_pytorch(value, shapes, locations, weights)
 
     kernel.ms_deform_attn_forward = ms_deform_attn_forward
-    # one process in eval mode: SyncBatchNorm computes what BatchNorm2d computes (and refuses CPU tensors)
-    nn.SyncBatchNorm = nn.BatchNorm2d
     base = root / "segmentation" / "mmseg_custom"
     namespace_package("mmseg_custom", base)
     namespace_package("mmseg_custom.models", base / "models")
