@@ -292,10 +292,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
     `.safetensors`, or a safetensors file under another name (a timm tag or a hub `model.safetensors`
     fetched to `<backbone>@<objective>.ckpt`) -> dict of tensors. Anything else is read by its
-    content, whatever its suffix: torch's zip format, torch's legacy (pre-1.6) pickle format, or a plain pickle (detectron2's
-    `.pkl`) -> whatever the file holds, with foreign classes replaced by Placeholders. (Torch's
-    pre-1.0 tarfile format, which nothing in the study uses, is not read.) Raises ValueError naming
-    the file when it is none of those."""
+    content, whatever its suffix: torch's zip format, torch's legacy (pre-1.6) pickle format, or a
+    plain pickle (detectron2's `.pkl`) -> whatever the file holds, with foreign classes replaced by
+    Placeholders. (Torch's pre-1.0 tarfile format, which nothing in the study uses, is not read.)
+    Raises ValueError naming the file when it is none of those."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (run the fetch step first)")
