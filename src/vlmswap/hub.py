@@ -418,8 +418,9 @@ def read_checkpoint(path: str | Path) -> Any:
     running code from it.
 
     `.safetensors`, or a safetensors file under another name (a timm tag or a hub `model.safetensors`
-    fetched to `<backbone>@<objective>.ckpt`) -> dict of tensors. Anything else is read by its content, whatever its suffix:
-    torch's zip format or torch's legacy (pre-1.6) format through `torch.load(weights_only=True)`,
+    fetched to `<backbone>@<objective>.ckpt`) -> dict of tensors. Anything else is read by its
+    content, whatever its suffix: torch's zip format or torch's legacy (pre-1.6) format through
+    `torch.load(weights_only=True)`,
     or a plain pickle (detectron2's `.pkl`) through `_WeightsOnlyUnpickler`; both admit only
     torch's allow-list plus `safe_globals()`. Raises `UnsafeCheckpointError` naming the file and
     the refused global, CheckpointError naming the file when it is not a readable checkpoint (truncated,

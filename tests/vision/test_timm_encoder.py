@@ -82,9 +82,10 @@ def test_full_size_models_on_the_meta_device(name, geometry, tap, tokens):
 
 
 def test_normalization_and_letterbox_fill_follow_the_weight_tag():
-    for arch, (mean, std) in [("convnext_tiny.fb_in1k", IMAGENET), ("vit_base_patch16_224.augreg_in21k", ((0.5,) * 3,) * 2),
-                              ("vit_base_patch16_clip_224.openai", ((0.48145466, 0.4578275, 0.40821073),
-                                                                   (0.26862954, 0.26130258, 0.27577711)))]:
+    clip = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    half = ((0.5,) * 3, (0.5,) * 3)
+    for arch, (mean, std) in [("convnext_tiny.fb_in1k", IMAGENET), ("vit_base_patch16_224.augreg_in21k", half),
+                              ("vit_base_patch16_clip_224.openai", clip)]:
         with torch.device("meta"):
             backbone = build_backbone("timm", arch, "index-2", Geometry.parse("224"))
         assert (backbone.mean, backbone.std) == (mean, std), arch
@@ -103,10 +104,12 @@ def test_a_tap_the_model_does_not_have_names_its_indices_and_their_token_counts(
     message = str(error.value)
     assert "timm model 'convnext_tiny' has no intermediate 4" in message
     assert "indices are 0..3 (or -4..-1), at 224" in message
-    assert "index0: 3136 tokens x 96, index1: 784 tokens x 192, index2: 196 tokens x 384, index3: 49 tokens x 768" in message
+    assert ("index0: 3136 tokens x 96, index1: 784 tokens x 192, index2: 196 tokens x 384, "
+            "index3: 49 tokens x 768") in message
     with pytest.raises(ValueError, match="has no intermediate 4"):  # building says the same
         build_backbone("timm", TINY["convnext"], "index4", Geometry.parse("32"))
-    with pytest.raises(ValueError, match="'convnext_tiny' has no prefix tokens to keep .tap 'index2.prefix'.; use index2"):
+    with pytest.raises(ValueError, match="'convnext_tiny' has no prefix tokens to keep .tap 'index2.prefix'.; "
+                                         "use index2"):
         check("convnext_tiny", "index2+prefix", g)
     with pytest.raises(ValueError, match="allowed: index<N> or index<N>.prefix"):
         build_backbone("timm", "convnext_tiny", "stage3", g)

@@ -87,7 +87,8 @@ def test_the_readme_command_trains_evaluates_and_tabulates_the_new_cell(mine):
 def test_a_tap_the_model_lacks_fails_validation_with_what_it_has(mine, tmp_path):
     study = yaml.safe_load(mine.read_text())
     study["cells"][-1]["tap"] = "index5"
-    study["tables"]["table-1"]["cells"][-1] = study["tables"]["table-2"]["cells"][-1] = "convnext-t@in1k@224@index5@mlp2"
+    for table in ("table-1", "table-2"):
+        study["tables"][table]["cells"][-1] = "convnext-t@in1k@224@index5@mlp2"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(study, sort_keys=False))
     done = vlmswap("validate", "--config", str(bad))
