@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 A = "vit-mini@cls@64@block-2@mlp2"
 B = "vmamba-mini@cls@64@stage3@mlp2"
 C = "vmamba-mini@seg@64@stage3-outnorm@mlp2"
-BENCH = ("vqa-v2", "refcoco")
 
 
 def study_config() -> dict:
@@ -78,7 +77,6 @@ def planned(workdir: Path, study: dict, tmp: Path, name: str, python: str = sys.
             dag_api.execute_workflow(executor="dryrun")
             dag = workflow_api._workflow.dag
             jobs = list(dag.needrun_jobs(exclude_finished=False))
-            assert all(sys.executable in j.shellcmd for j in jobs if j.rule.name == "train")
     finally:
         sys.executable = real
         os.chdir(ROOT)  # the API changes into the workdir
