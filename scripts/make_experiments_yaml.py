@@ -545,12 +545,15 @@ benchmarks:
       - {url: "https://github.com/manoja328/tallyqa/raw/master/tallyqa.zip", extract: true}
       - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", extract: true, size_gb: 9.2}
       - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", extract: true, size_gb: 5.5}
-  refcoco:
+  refcoco:                         # the UNC host goes down for long spells: a second source each
     subset: full
     files:
-      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco.zip", extract: true}
-      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco+.zip", extract: true}
-      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcocog.zip", extract: true}
+      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco.zip", extract: true,
+         also: ["http://bvision.cs.unc.edu/licheng/referit/data/refcoco.zip"]}
+      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco+.zip", extract: true,
+         also: ["http://bvision.cs.unc.edu/licheng/referit/data/refcoco+.zip"]}
+      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcocog.zip", extract: true,
+         also: ["http://bvision.cs.unc.edu/licheng/referit/data/refcocog.zip"]}
       - {url: "http://images.cocodataset.org/zips/train2014.zip", extract: true, size_gb: 12.6}
   refcoco+: {subset: full}         # shares resources/paper/data/refcoco with refcoco
   refcocog: {subset: full}

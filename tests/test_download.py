@@ -165,3 +165,18 @@ def test_a_timm_tag_without_safetensors_falls_back_to_the_bin(tmp_path, monkeypa
     fetch({"timm": "vit_large_patch14_clip_224.openai"}, tmp_path / "clip-l.ckpt", offline=False, log=lambda m: None)
     assert asked == ["model.safetensors", "pytorch_model.bin"]
     assert set(read_checkpoint(tmp_path / "clip-l.ckpt")) == {"cls_token"}
+
+
+def test_a_second_source_is_tried_when_the_first_host_is_down(server, tmp_path, monkeypatch):
+    """RefCOCO's host goes down for long spells: the config lists a second source (`also:`)."""
+    from vlmswap.hub import fetch_files
+
+    import vlmswap.download as dl
+
+    monkeypatch.setattr(dl, "DEFAULT_CACHE", tmp_path / "cache")  # the cache of this test only
+    said = []
+    records = fetch_files([{"url": f"{server.url}/missing/refcoco.zip", "also": [f"{server.url}/refcoco.zip"],
+                            "name": "refcoco.zip"}], tmp_path / "data", offline=False, log=said.append)
+    assert (tmp_path / "data" / "refcoco.zip").read_bytes() == BODY and records[0]["sha256"] == SHA
+    assert [p for p, _ in server.requests] == ["missing/refcoco.zip", "refcoco.zip"]
+    assert any("trying the next source" in m for m in said)

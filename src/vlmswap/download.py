@@ -9,6 +9,8 @@
   next attempt asks for the rest (`Range: bytes=N-`); a server that ignores ranges (200) starts over.
 - **Retry**: connection errors, time-outs, short bodies and 5xx answers are retried with exponential
   back-off (`attempts`, `backoff`); a 4xx answer (not found, forbidden) fails at once.
+- **Second sources**: `also` lists other URLs of the same file (RefCOCO's host goes down for long
+  spells), tried in turn when one fails.
 - **Verify**: with a known `sha256` the finished file must match, or it is removed and the error
   names the URL, the file and both digests. The digest of every download is returned (the fetch
   record keeps it, so later reads can check the file has not changed).
@@ -88,9 +90,23 @@ def _attempt(session, url: str, part: Path, timeout: float, log: Callable[[str],
 
 
 def download(url: str, dest: str | Path, *, sha256: str | None = None, cache: str | Path | None = None,
-             attempts: int = 6, backoff: float = 2.0, timeout: float = 60.0,
-             log: Callable[[str], None] = print) -> str:
-    """Bring `url` to `dest` (through the cache) and return its sha256. See the module docstring."""
+             also: list[str] | tuple[str, ...] = (), attempts: int = 6, backoff: float = 2.0,
+             timeout: float = 60.0, log: Callable[[str], None] = print) -> str:
+    """Bring `url` to `dest` (through the cache) and return its sha256; when `url` fails after its
+    retries, each of `also` (second sources of the same file) is tried in turn."""
+    for n, source in enumerate([url, *also]):
+        try:
+            return _download_one(source, dest, sha256=sha256, cache=cache, attempts=attempts, backoff=backoff,
+                                 timeout=timeout, log=log)
+        except DownloadError as e:
+            if n == len(also):
+                raise
+            log(f"  {e}; trying the next source {also[n]}")
+    raise AssertionError("unreachable")
+
+
+def _download_one(url: str, dest: str | Path, *, sha256: str | None, cache: str | Path | None, attempts: int,
+                  backoff: float, timeout: float, log: Callable[[str], None]) -> str:
     import requests
 
     dest = Path(dest)

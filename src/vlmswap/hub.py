@@ -116,11 +116,12 @@ def _link(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _download(url: str, dest: Path, log: Callable[[str], None]) -> None:
-    """An http(s) URL to `dest`: once into the download cache, resumed and retried (vlmswap.download)."""
+def _download(url: str, dest: Path, log: Callable[[str], None], also: list[str] = ()) -> None:
+    """An http(s) URL to `dest`: once into the download cache, resumed and retried, second sources
+    tried in turn (vlmswap.download)."""
     from vlmswap.download import download
 
-    download(url, dest, log=log)
+    download(url, dest, also=list(also), log=log)
 
 
 def fetch(
@@ -210,7 +211,7 @@ def _fetch_direct(source: dict[str, Any], dest: Path, offline: bool, mirror, log
         from vlmswap.download import DownloadError
 
         try:
-            _download(source["url"], dest, log)
+            _download(source["url"], dest, log, source.get("also", []))
         except (OSError, DownloadError) as e:
             raise FetchError(f"download of {source['url']} failed: {e}; retry, or put the file in a mirror") from e
         return source["url"]
