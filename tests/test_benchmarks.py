@@ -19,3 +19,19 @@ def test_backbones_script_builds_and_runs_the_paper_families(capsys):
     assert [r["family"] for r in rows] == ["vit", "vim"]
     assert all(r["tokens_ok"] and r["ms"] > 0 for r in rows)
     assert "fused selective scan: not available here (no CUDA device)" in capsys.readouterr().out
+
+
+def test_scan_script_times_every_path_against_the_reference(capsys):
+    results = _load("scan").main(["--scale", "16", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    assert set(results) == {"VMamba-T stage-1", "VMamba-T stage-3", "Vim-S one direction"}
+    for paths in results.values():
+        assert {"reference", "chunked"} <= set(paths)
+        assert all(p["ms"] > 0 and p["error"] < 1e-5 and p["bound_ms"] > 0 for p in paths.values())
+    assert "targets: stage 1 >= 20x" in capsys.readouterr().out
+
+
+def test_generate_script_compares_batched_with_one_at_a_time(capsys):
+    results = _load("generate").main(["--n", "4", "--batch", "2", "--max-new-tokens", "3", "--hidden", "32",
+                                      "--layers", "1", "--threads", "1", "--clock", "cpu"])
+    assert results["generation"]["same"] == 4 and results["choice probabilities"]["same"] == 4
+    assert "target (batched generation >= 8x" in capsys.readouterr().out
