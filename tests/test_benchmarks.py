@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,3 +37,31 @@ def test_generate_script_compares_batched_with_one_at_a_time(capsys):
                                       "--layers", "1", "--threads", "1", "--clock", "cpu"])
     assert results["generation"]["same"] == 4 and results["choice probabilities"]["same"] == 4
     assert "target (batched generation >= 8x" in capsys.readouterr().out
+
+
+def _run_script(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:]], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=900)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_on_the_cpu_at_tiny_sizes():
+    done = _run_script("gpu_check.py", "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for part in ("== 1.", "== 2.", "== 3.", "== 4.", "train step: Llama", "tokens/s, MFU", "gpu check done"):
+        assert part in done.stdout
+
+
+@pytest.mark.slow
+def test_llm_load_script_partitions_the_llm_across_ranks():
+    done = _run_script("llm_load.py", "--hidden", "256", "--layers", "2", "--vocab", "4000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line.split(":")[0].strip(): line for line in done.stdout.splitlines() if ":" in line}
+    whole = lines["whole"].split("held by a rank")[1].split("M of")[0]
+    part = lines["partitioned"].split("held by a rank")[1].split("M of")[0]
+    assert float(part.replace(",", "")) < float(whole.replace(",", ""))  # each rank holds less than all of it
