@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,3 +21,47 @@ def test_backbones_script_builds_and_runs_the_paper_families(capsys):
     assert [r["family"] for r in rows] == ["vit", "vim"]
     assert all(r["tokens_ok"] and r["ms"] > 0 for r in rows)
     assert "fused selective scan: not available here (no CUDA device)" in capsys.readouterr().out
+
+
+def test_scan_script_times_every_path_against_the_reference(capsys):
+    results = _load("scan").main(["--scale", "16", "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    assert set(results) == {"VMamba-T stage-1", "VMamba-T stage-3", "Vim-S one direction"}
+    for paths in results.values():
+        assert {"reference", "chunked"} <= set(paths)
+        assert all(p["ms"] > 0 and p["error"] < 1e-5 and p["bound_ms"] > 0 for p in paths.values())
+    assert "targets: stage 1 >= 20x" in capsys.readouterr().out
+
+
+def test_generate_script_compares_batched_with_one_at_a_time(capsys):
+    results = _load("generate").main(["--n", "4", "--batch", "2", "--max-new-tokens", "3", "--hidden", "32",
+                                      "--layers", "1", "--threads", "1", "--clock", "cpu"])
+    assert results["generation"]["same"] == 4 and results["choice probabilities"]["same"] == 4
+    assert "target (batched generation >= 8x" in capsys.readouterr().out
+
+
+def _run_script(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:]], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=900)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_on_the_cpu_at_tiny_sizes():
+    done = _run_script("gpu_check.py", "--smoke")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for part in ("== 1.", "== 2.", "== 3.", "== 4.", "train step: Llama", "tokens/s, MFU", "gpu check done"):
+        assert part in done.stdout
+
+
+@pytest.mark.slow
+def test_llm_load_script_partitions_the_llm_across_ranks():
+    done = _run_script("llm_load.py", "--hidden", "256", "--layers", "2", "--vocab", "4000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line.split(":")[0].strip(): line for line in done.stdout.splitlines() if ":" in line}
+    whole = lines["whole"].split("held by a rank")[1].split("M of")[0]
+    part = lines["partitioned"].split("held by a rank")[1].split("M of")[0]
+    assert float(part.replace(",", "")) < float(whole.replace(",", ""))  # each rank holds less than all of it

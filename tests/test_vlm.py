@@ -70,6 +70,41 @@ def test_batched_generation_equals_one_at_a_time(vlm):
     assert batched == single
 
 
+def test_greedy_decode_gives_the_tokens_of_transformers_generate(vlm):
+    from vlmswap.vlm import greedy_decode
+
+    torch.manual_seed(2)
+    pixels = torch.randn(3, 3, 16, 16)
+    prompts = ["USER: what ASSISTANT:", "USER: what color is it ASSISTANT:", "USER: it ASSISTANT:"]
+    embeds, attn = vlm._inputs(pixels, prompts)
+    tok, llm = vlm.tokenizer, vlm.head.llm
+    expected = llm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=7, do_sample=False, num_beams=1,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
+    ours = greedy_decode(llm, embeds, attn, 7, tok.eos_token_id, tok.pad_token_id)
+    assert ours.shape[1] > 1 and torch.equal(ours, expected)
+    # a row that stops early continues with pad, as generate does
+    with torch.no_grad():
+        saved = llm.lm_head.weight[tok.eos_token_id].clone()
+        llm.lm_head.weight[tok.eos_token_id] = 5 * llm.lm_head.weight[int(ours[1, 1])]
+    try:
+        expected = llm.generate(inputs_embeds=embeds, attention_mask=attn, max_new_tokens=7, do_sample=False,
+                                num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
+        ours = greedy_decode(llm, embeds, attn, 7, tok.eos_token_id, tok.pad_token_id)
+        assert torch.equal(ours, expected)
+    finally:
+        with torch.no_grad():
+            llm.lm_head.weight[tok.eos_token_id] = saved
+
+
+def test_batched_choice_probabilities_equal_one_at_a_time(vlm):
+    torch.manual_seed(3)
+    pixels = torch.randn(3, 3, 16, 16)
+    prompts = ["USER: what ASSISTANT:", "USER: what color is it ASSISTANT:", "USER: it ASSISTANT:"]
+    batched = vlm.choice_probabilities(pixels, prompts, ["yes", "no"])
+    single = torch.cat([vlm.choice_probabilities(pixels[i:i + 1], [p], ["yes", "no"]) for i, p in enumerate(prompts)])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
 def test_training_and_evaluation_splice_visual_tokens_identically(vlm):
     """The sequence the LLM sees for an image and a prompt is the same whether it comes through the
     training head (one unpadded row) or the evaluation batch (left-padded, several rows)."""

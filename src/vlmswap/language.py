@@ -108,16 +108,42 @@ def _sentencepiece_whitespace(tokenizer) -> None:
     backend.pre_tokenizer = None
 
 
-def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32):
+def attention_implementation() -> str:
+    """flash_attention_2 on a GPU with flash-attn installed (the `gpu` extra), else torch's SDPA
+    (which itself picks flash / memory-efficient kernels on a GPU)."""
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32,
+             zero3_config: Mapping[str, Any] | None = None, attn_implementation: str | None = None):
     """Load the causal LM and resize its embeddings as Prismatic does after adding `<PAD>`:
-    always, to `len(tokenizer)` rounded up to a multiple of 64 (Vicuna: 32001 tokens in 32064 rows)."""
+    always, to `len(tokenizer)` rounded up to a multiple of 64 (Vicuna: 32001 tokens in 32064 rows).
+
+    zero3_config: a DeepSpeed ZeRO-3 config (the engine's). transformers then builds the model under
+    `deepspeed.zero.Init` (its `HfDeepSpeedConfig`, created before `from_pretrained`, is what tells it
+    to) and loads the checkpoint shard by shard into partitioned parameters: each rank holds 1/world
+    of the weights instead of a full copy (Vicuna-7B in float32: ~28 GB per rank otherwise). Needs the
+    process group (train.engine.init_deepspeed) first. `dtype` is the dtype the weights load in (pass
+    the training dtype). attn_implementation: None for `attention_implementation()`."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=dtype)
+    keep = None
+    if zero3_config is not None:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        keep = HfDeepSpeedConfig(dict(zero3_config))  # weakly referenced by transformers: keep it alive
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=dtype,
+                                                 attn_implementation=attn_implementation or attention_implementation())
     model.config.pad_token_id = tokenizer.pad_token_id
     # new rows drawn from the model's initializer, as transformers 4.x (Prismatic's) did; 5.x would
     # otherwise initialise them around the mean of the existing rows
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
+    if keep is not None:
+        model._vlmswap_ds_config = keep
     return model
 
 

@@ -19,6 +19,49 @@ from vlmswap.connector import build_connector
 from vlmswap.language import IGNORE_INDEX
 
 
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch, as transformers' generate makes them: each row counts from
+    its first real token (padding gets 1; it is masked anyway)."""
+    return (attention_mask.cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)
+
+
+@torch.no_grad()
+def greedy_decode(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                  eos_token_id: int | None, pad_token_id: int) -> torch.Tensor:
+    """Greedy decoding with a KV cache from a left-padded batch of input embeddings: the tokens of
+    `llm.generate(inputs_embeds=..., do_sample=False, num_beams=1, use_cache=True)` (rows that have
+    produced EOS continue with pad; stops when every row has), without generate's per-step machinery
+    (generation config, logits processors, stopping criteria, input preparation): the prefill computes
+    the LM head at the last position only, each step feeds one token id per row. Returns (B, steps)."""
+    from transformers import StaticCache
+
+    batch, length = embeds.shape[:2]
+    # A static cache (keys/values written in place) and one preallocated mask: with the dynamic
+    # cache, torch.cat of every layer's keys and values at every step was a third of the decode time
+    # (torch.profiler, batch 16, 24 steps, the mini LM). The mask keeps the slots not yet written out.
+    cache = StaticCache(config=llm.config, max_cache_len=length + max_new_tokens)
+    mask = torch.cat([attention_mask, attention_mask.new_zeros(batch, max_new_tokens)], dim=1)
+    positions = _positions(attention_mask)
+    out = llm(inputs_embeds=embeds, attention_mask=mask[:, :length], position_ids=positions, past_key_values=cache,
+              cache_position=torch.arange(length, device=embeds.device), use_cache=True, logits_to_keep=1)
+    position = positions[:, -1:] + 1
+    done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
+    tokens = []
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1].float().argmax(-1).masked_fill_(done, pad_token_id)
+        tokens.append(token)
+        if eos_token_id is not None:
+            done |= token == eos_token_id
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask[:, length + step] = 1
+        out = llm(input_ids=token[:, None], attention_mask=mask[:, :length + step + 1], position_ids=position,
+                  past_key_values=cache, cache_position=torch.tensor([length + step], device=embeds.device),
+                  use_cache=True)
+        position = position + 1
+    return torch.stack(tokens, dim=1) if tokens else embeds.new_zeros(batch, 0, dtype=torch.long)
+
+
 class VLMHead(nn.Module):
     """Connector + LLM: everything that trains."""
 
@@ -108,12 +151,9 @@ class VLM(nn.Module):
     def generate(self, pixels: torch.Tensor, prompts: Sequence[str], max_new_tokens: int = 128) -> list[str]:
         """Greedy, KV-cached, left-padded batched generation; returns decoded, stripped strings."""
         embeds, attn = self._inputs(pixels, prompts)
-        out = self.head.llm.generate(
-            inputs_embeds=embeds, attention_mask=attn, max_new_tokens=max_new_tokens, do_sample=False,
-            num_beams=1, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            use_cache=True,
-        )
-        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        tokens = greedy_decode(self.head.llm, embeds, attn, max_new_tokens, self.tokenizer.eos_token_id,
+                               self.tokenizer.pad_token_id)
+        return [s.strip() for s in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
     @torch.no_grad()
     def choice_probabilities(self, pixels: torch.Tensor, prompts: Sequence[str], choices: Sequence[str]) -> torch.Tensor:
@@ -126,7 +166,9 @@ class VLM(nn.Module):
                 raise ValueError(f"choice {c!r} is not a single token for this tokenizer ({tok})")
             ids.append(tok[0])
         embeds, attn = self._inputs(pixels, prompts)
-        logits = self.head.llm(inputs_embeds=embeds, attention_mask=attn, use_cache=False).logits[:, -1]
+        # the LM head on the last position only (logits_to_keep): a (B, vocab) product, not (B, L, vocab)
+        logits = self.head.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn),
+                               use_cache=False, logits_to_keep=1).logits[:, -1]
         probs = logits.float().softmax(-1)[:, ids]
         return probs / probs.sum(-1, keepdim=True)
 

@@ -3,8 +3,11 @@
 import pytest
 import torch
 
-from vlmswap.vision.scan import (cross_merge, cross_scan, selective_scan, selective_scan_chunked,
-                                 selective_scan_reference)
+from vlmswap.vision import scan
+from vlmswap.vision.scan import (compiled_available, cross_merge, cross_scan, selective_scan, selective_scan_chunked,
+                                 selective_scan_compiled, selective_scan_reference)
+
+needs_compiled = pytest.mark.skipif(not compiled_available(), reason="the C++ scan does not build here (no g++?)")
 
 
 def _inputs(batch, channels, length, d_state, groups, seed=0):
@@ -237,18 +240,19 @@ def test_scan_switch_picks_the_implementation(monkeypatch):
     inputs = _inputs(2, 8, 40, 4, 2, seed=12)
     ref = _run(selective_scan_reference, inputs)
     chunked = _run(selective_scan_chunked, inputs)
-    for value, expected in [("reference", ref), ("chunked", chunked), (" Chunked ", chunked), ("auto", chunked),
-                            ("", chunked)]:
+    cpu = _run(selective_scan_compiled, inputs) if compiled_available() else chunked  # auto on the CPU
+    for value, expected in [("reference", ref), ("chunked", chunked), (" Chunked ", chunked), ("auto", cpu),
+                            ("", cpu)]:
         monkeypatch.setenv("VLMSWAP_SCAN", value)
         assert torch.equal(_run(selective_scan, inputs), expected), value
     monkeypatch.delenv("VLMSWAP_SCAN")
-    assert torch.equal(_run(selective_scan, inputs), chunked)  # unset: auto, on the CPU the chunked scan
+    assert torch.equal(_run(selective_scan, inputs), cpu)  # unset: auto
 
 
 def test_scan_switch_rejects_unknown_values_and_unusable_fused(monkeypatch):
     inputs = _inputs(1, 4, 10, 1, 1)
     monkeypatch.setenv("VLMSWAP_SCAN", "fast")
-    with pytest.raises(ValueError, match="VLMSWAP_SCAN='fast'.*auto, reference, chunked, fused"):
+    with pytest.raises(ValueError, match="VLMSWAP_SCAN='fast'.*auto, reference, chunked, compiled, fused"):
         _run(selective_scan, inputs)
     monkeypatch.setenv("VLMSWAP_SCAN", "fused")
     import vlmswap.vision.scan as scan
@@ -287,3 +291,120 @@ def test_fused_call_matches_mamba_ssm_signature_and_layout():
     assert y.dtype == torch.bfloat16    # computed from float32 delta/B/C (the widest dtype), returned as u's
     ref16 = selective_scan_reference(u.bfloat16().float(), delta, A, B, C, D, bias, True)
     assert _relative_error(y.float(), ref16) < 1e-2
+
+
+# --- the compiled C++ scan (scan_cpu.cpp) ----------------------------------------------------------
+
+@needs_compiled
+@pytest.mark.parametrize("batch,channels,length,d_state,groups", [
+    (2, 8, 1, 1, 4), (2, 8, 64, 1, 4), (1, 384, 300, 1, 4),     # VMamba-like; blocks of 16 lanes
+    (2, 40, 257, 16, 2), (3, 6, 130, 2, 1), (1, 20, 65, 16, 1),  # Vim-like; partial blocks (20 = 16 + 4)
+])
+def test_compiled_scan_equals_reference_forward_and_gradients(batch, channels, length, d_state, groups):
+    inputs = _inputs(batch, channels, length, d_state, groups, seed=20 + length)
+    ref = _run(selective_scan_reference, inputs)
+    assert _relative_error(_run(selective_scan_compiled, inputs), ref) < 1e-5
+    for g, g_ref in zip(_gradients(selective_scan_compiled, inputs, True), _gradients(selective_scan_reference, inputs,
+                                                                                       True)):
+        if g_ref.abs().max() > 0:
+            assert _relative_error(g, g_ref) < 1e-5
+        else:
+            assert g.abs().max() == 0
+
+
+@needs_compiled
+@pytest.mark.parametrize("softplus,drop", [(False, (5, 6)), (True, (5,)), (True, (6,))])
+def test_compiled_scan_without_optional_terms_and_partial_gradients(softplus, drop):
+    inputs = list(_inputs(2, 24, 50, 4, 2, seed=21))
+    if not softplus:
+        inputs[1] = inputs[1].abs()
+    ref = _gradients(selective_scan_reference, inputs, softplus, drop)
+    ours = _gradients(selective_scan_compiled, inputs, softplus, drop)
+    for g, g_ref in zip(ours, ref):
+        assert (g is None) == (g_ref is None)
+        if g_ref is not None:
+            assert _relative_error(g, g_ref) < 1e-5
+
+
+@needs_compiled
+@pytest.mark.parametrize("d_state,groups", [(1, 4), (16, 1)])
+def test_compiled_scan_strong_and_weak_decays(d_state, groups):
+    u, delta, A, B, C, D, bias = _inputs(2, 8, 300, d_state, groups, seed=22)
+    for A_, delta_ in [(torch.full_like(A, -50.0), 8.0 + 6.0 * delta), (A * 1e-2, delta - 11.0)]:
+        ref = selective_scan_reference(u, delta_, A_, B, C, D, bias, True)
+        assert _relative_error(selective_scan_compiled(u, delta_, A_, B, C, D, bias, True), ref) < 1e-5
+
+
+@needs_compiled
+def test_compiled_scan_dtypes_autocast_and_3d_bc():
+    u, delta, A, B, C, D, bias = _inputs(1, 8, 70, 1, 1, seed=23)
+    y = selective_scan_compiled(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, bias, True)
+    ref = selective_scan_reference(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), D, bias, True)
+    assert y.dtype == torch.bfloat16 and _relative_error(y.float(), ref.float()) < 1e-2
+    ref = selective_scan_reference(u, delta, A, B[:, 0], C[:, 0], D, bias, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = selective_scan_compiled(u, delta, A, B[:, 0], C[:, 0], D, bias, True)
+    assert y.dtype == torch.float32 and _relative_error(y, ref) < 1e-5
+
+
+@needs_compiled
+def test_compiled_scan_same_with_and_without_autograd():
+    inputs = _inputs(2, 32, 77, 16, 2, seed=24)
+    with torch.no_grad():
+        y_inference = _run(selective_scan_compiled, inputs)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    assert torch.equal(_run(selective_scan_compiled, leaves).detach(), y_inference)
+
+
+@needs_compiled
+def test_compiled_scan_gradient_of_one_input_only():
+    inputs = _inputs(2, 24, 30, 16, 2, seed=26)
+    weight = torch.randn(2, 24, 30, generator=torch.Generator().manual_seed(3))
+    for k in range(7):
+        grads = []
+        for fn in (selective_scan_reference, selective_scan_compiled):
+            leaves = [x.clone().requires_grad_(i == k) for i, x in enumerate(inputs)]
+            (_run(fn, leaves) * weight).sum().backward()
+            grads.append(leaves[k].grad)
+        assert _relative_error(grads[1], grads[0]) < 1e-5, f"input {k}"
+
+
+def test_a_failed_build_falls_back_to_the_pure_scan_and_says_so_once(monkeypatch, capsys):
+    inputs = _inputs(2, 8, 40, 4, 2, seed=25)
+    monkeypatch.setenv("VLMSWAP_SCAN_BUILD", "0")     # as where the build fails: no compiled ops
+    scan._compiled_ops.cache_clear()
+    try:
+        assert not compiled_available()
+        assert torch.equal(_run(selective_scan, inputs), _run(selective_scan_chunked, inputs))
+        _run(selective_scan, inputs)
+        with pytest.raises(RuntimeError, match="compiled CPU scan is not available"):
+            _run(selective_scan_compiled, inputs)
+        monkeypatch.setenv("VLMSWAP_SCAN", "compiled")
+        with pytest.raises(RuntimeError, match="not available"):
+            _run(selective_scan, inputs)
+        assert capsys.readouterr().err.count("vlmswap.scan: compiled CPU scan disabled") == 1
+    finally:
+        monkeypatch.delenv("VLMSWAP_SCAN_BUILD")
+        scan._compiled_ops.cache_clear()
+
+
+def test_a_build_error_is_a_fallback_not_a_failure(monkeypatch, capsys):
+    from torch.utils import cpp_extension
+
+    def broken(**kwargs):
+        raise RuntimeError("Error building extension 'vlmswap_scan_cpu': g++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    scan._compiled_ops.cache_clear()
+    try:
+        assert not compiled_available()
+        assert "compiled CPU scan unavailable (Error building extension" in capsys.readouterr().err
+        inputs = _inputs(1, 8, 20, 1, 4)
+        assert torch.equal(_run(selective_scan, inputs), _run(selective_scan_chunked, inputs))
+    finally:
+        scan._compiled_ops.cache_clear()
+
+
+def test_the_meta_device_never_reaches_the_compiled_scan():
+    inputs = [x.to("meta") for x in _inputs(1, 8, 20, 1, 4)]
+    assert _run(selective_scan, inputs).shape == (1, 8, 20)

@@ -4,10 +4,8 @@ import os
 import re
 import sys
 
-import yaml
-
 from vlmswap.provenance import canonical_json, eval_settings, model_spec
-from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study
+from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study, read_yaml
 from vlmswap.train.launch import job_environment, train_resources
 
 CONFIG_FILE = str(workflow.configfiles[-1])
@@ -15,12 +13,11 @@ try:
     STUDY = load_study(CONFIG_FILE)
 except ConfigError as error:
     sys.exit(f"vlmswap: config error: {error}")
-with open(CONFIG_FILE) as _f:
-    if yaml.safe_load(_f) != config:
-        sys.exit(
-            f"vlmswap: the rules read the study from {CONFIG_FILE}; --config overrides do not reach them. "
-            "Put the change in a copy of the config file and pass it with --configfile."
-        )
+if read_yaml(CONFIG_FILE) != config:
+    sys.exit(
+        f"vlmswap: the rules read the study from {CONFIG_FILE}; --config overrides do not reach them. "
+        "Put the change in a copy of the config file and pass it with --configfile."
+    )
 
 RES = f"resources/{STUDY.name}"
 OUT = f"results/{STUDY.name}"

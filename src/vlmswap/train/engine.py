@@ -4,7 +4,7 @@ The same engine runs on a GPU cluster (NCCL, bf16) and on a laptop CPU (DeepSpee
 accelerator with gloo; ../shared/reference/cpu_feasibility.md section 2). On the CPU we avoid the
 two first-use C++ builds that would cost minutes: the optimizer is torch's AdamW
 (`torch_adam: true`, which is also what Prismatic uses) and the shared-memory allreduce op is not
-built (it only speeds up CPU inference collectives).
+built (it only speeds up CPU inference collectives). On a GPU the optimizer is DeepSpeed's fused Adam.
 """
 
 from __future__ import annotations
@@ -70,8 +70,11 @@ def deepspeed_config(recipe: Mapping[str, Any], world_size: int, accumulation: i
         },
         "optimizer": {
             "type": "AdamW",
+            # DeepSpeed's fused (multi-tensor) Adam on a GPU; torch's AdamW on the CPU, where the
+            # fused op would be a ~1 min first-use C++ build (cpu_feasibility.md section 1)
             "params": {"lr": float(recipe["lr"]), "betas": [0.9, 0.999], "eps": 1e-8,
-                       "weight_decay": effective_weight_decay(recipe), "torch_adam": True, "adam_w_mode": True},
+                       "weight_decay": effective_weight_decay(recipe), "torch_adam": not on_gpu(),
+                       "adam_w_mode": True},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -64,6 +64,16 @@ def batch_plan(dataset: InstructDataset, global_batch: int, seed: int, steps: in
     return plan[:steps]
 
 
+def llm_load_options(recipe: Mapping[str, Any], world: int) -> dict[str, Any]:
+    """How train_cell loads the LLM: on a GPU in the recipe's dtype and partitioned under ZeRO-3 (the
+    engine's own config, so zero.Init partitions as the engine will), else float32, whole."""
+    if not on_gpu():
+        return {}
+    gb, pdb = int(recipe["global_batch"]), int(recipe["per_device_batch"])
+    dtype = torch.bfloat16 if recipe.get("precision", "bf16") == "bf16" else torch.float32
+    return {"dtype": dtype, "zero3_config": deepspeed_config(recipe, world, accumulation_steps(gb, pdb, world))}
+
+
 def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print) -> dict:
     # DeepSpeed 0.19 calls collectives that torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -81,7 +91,9 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     if on_gpu():
         vision = vision.to(torch.bfloat16)
     tokenizer = load_tokenizer(paths.llm_dir)
-    llm = load_llm(paths.llm_dir, tokenizer)
+    # on a GPU the LLM loads partitioned (ZeRO-3 zero.Init through transformers) in the training dtype;
+    # the CPU path (mini study, tests) keeps the full float32 load
+    llm = load_llm(paths.llm_dir, tokenizer, **llm_load_options(recipe, world))
     llm.config.use_cache = False
     if recipe.get("grad_checkpointing", True):
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

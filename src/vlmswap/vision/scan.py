@@ -6,7 +6,7 @@ The recurrence, per channel d and state index n, over positions t = 0..L-1:
     h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
     y_t  = sum_n C_t[n] * h_t[n] + D * u_t
 
-Three implementations with one signature (shapes as mamba_ssm's `selective_scan_ref`):
+Four implementations with one signature (shapes as mamba_ssm's `selective_scan_ref`):
 u, delta (batch, KD, L); A (KD, N); B, C (batch, K, N, L) with the KD channels split into K equal
 groups (or (batch, N, L): one group); D, delta_bias (KD,). They return y (batch, KD, L) in u's dtype.
 
@@ -14,9 +14,13 @@ groups (or (batch, N, L): one group); D, delta_bias (KD,). They return y (batch,
 - `selective_scan_chunked`: pure PyTorch, float32, any device, with autograd: a chunked scan (a loop
   over the positions of one chunk run for all chunks at once, then over the chunks), about sqrt(L)
   chunks; equal to the reference to float32 rounding, 7-9x faster at VMamba-T stage 1 on a 2-core CPU.
+- `selective_scan_compiled`: C++ (scan_cpu.cpp, built on first use by torch's extension loader and
+  cached), CPU, with a hand-written backward; each input read once, the 16 channels of a block as SIMD
+  lanes. 20-40x the reference (benchmarks/scan.py).
 - `selective_scan`: what the models call. The environment variable VLMSWAP_SCAN
-  (auto | reference | chunked | fused, default auto) picks one; auto takes mamba_ssm's fused CUDA
-  kernel for CUDA tensors when it is importable with its extension built, else the chunked scan.
+  (auto | reference | chunked | compiled | fused, default auto) picks one; auto takes mamba_ssm's
+  fused CUDA kernel for CUDA tensors when it is importable with its extension built, the compiled
+  scan for CPU tensors where it builds, else the chunked scan (the choice said once on stderr).
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import contextlib
 import functools
 import math
 import os
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SCAN_ENV", "SCAN_MODES", "cross_merge", "cross_scan", "fused_available", "selective_scan",
-           "selective_scan_chunked", "selective_scan_reference"]
+__all__ = ["SCAN_ENV", "SCAN_MODES", "compiled_available", "cross_merge", "cross_scan", "fused_available",
+           "selective_scan", "selective_scan_chunked", "selective_scan_compiled", "selective_scan_reference"]
 
 
 def _expand_groups(x: Tensor, channels: int) -> Tensor:
@@ -338,8 +344,111 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     return y.to(dtype)
 
 
+_CPU_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
+
+
+def _note(message: str) -> None:
+    """One line on stderr (the job's log under Snakemake): which scan runs, said once per process."""
+    print(f"vlmswap.scan: {message}", file=sys.stderr, flush=True)
+
+
+@functools.cache
+def _compiled_ops():
+    """The C++ scan of scan_cpu.cpp as torch ops, or None where it cannot be built (no compiler, no
+    headers) or VLMSWAP_SCAN_BUILD=0. Built on first use by torch's extension loader, as DeepSpeed
+    builds its ops, into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), and loaded from
+    there afterwards. The build targets this CPU (-march=native), so the name carries the source's
+    hash and the CPU model: a cache shared between different machines never hands one the other's
+    binary, and an edited source is a new build."""
+    if os.environ.get("VLMSWAP_SCAN_BUILD", "1").strip() == "0":
+        _note("compiled CPU scan disabled (VLMSWAP_SCAN_BUILD=0); using the pure-PyTorch chunked scan")
+        return None
+    try:
+        import hashlib
+        import platform
+
+        from torch.utils import cpp_extension
+
+        cpu = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                        if line.startswith("model name")), cpu)
+        digest = hashlib.sha256(_CPU_SOURCE.read_bytes() + cpu.encode() + torch.__version__.encode()).hexdigest()
+        name = f"vlmswap_scan_cpu_{digest[:12]}"
+        with contextlib.redirect_stdout(sys.stderr):  # the loader prints its build steps
+            cpp_extension.load(name=name, sources=[str(_CPU_SOURCE)], is_python_module=False, verbose=False,
+                               extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+                                            "-mprefer-vector-width=512"])
+        ops = torch.ops.vlmswap_scan_cpu
+        ops.forward, ops.backward  # noqa: B018 -- fails here, not at the first call, if registration failed
+    except Exception as error:  # no g++, no Python headers, a failed build: the pure path still works
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _note(f"compiled CPU scan unavailable ({first}); using the pure-PyTorch chunked scan")
+        return None
+    _note("using the compiled CPU scan (scan_cpu.cpp)")
+    return ops
+
+
+def compiled_available() -> bool:
+    """Whether the compiled CPU scan is built (or can be built now) and loaded."""
+    return _compiled_ops() is not None
+
+
+class _CompiledScan(torch.autograd.Function):
+    """The C++ scan (scan_cpu.cpp): forward; backward recomputes the states, nothing but the inputs saved."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
+        ops = _compiled_ops()
+        y = ops.forward(u, delta, A, B, C, D, delta_bias, delta_softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+        gu, gdelta, gA, gB, gC, gD, gbias = _compiled_ops().backward(
+            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, grad_y.float().contiguous())
+        need = ctx.needs_input_grad
+        return (gu if need[0] else None, gdelta if need[1] else None, gA.sum(0) if need[2] else None,
+                gB.sum(2) if need[3] else None, gC.sum(2) if need[4] else None,
+                gD.sum(0) if need[5] and D.numel() else None,
+                gbias.sum(0) if need[6] and delta_bias.numel() else None, None)
+
+
+def selective_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                            delta_bias: Tensor | None = None, delta_softplus: bool = False) -> Tensor:
+    """The scan by the compiled C++ kernel (CPU tensors; float32 inside, y in u's dtype), with autograd.
+    A RuntimeError where the kernel is not available (see `compiled_available`).
+
+    Each (batch, block of 16 channels) is one task: its inputs are transposed into time-major tiles
+    in cache, the recurrence runs over time with the 16 channels as SIMD lanes, and y is transposed
+    back, so every input is read once and y written once. The backward recomputes the block's states
+    from the inputs and runs the adjoint recurrence backwards in time (as mamba_ssm's kernel does).
+    Measured by benchmarks/scan.py against the sequential reference (README, Performance figures).
+    """
+    if _compiled_ops() is None:
+        raise RuntimeError("the compiled CPU scan is not available here (see the vlmswap.scan line on stderr)")
+    dtype = u.dtype
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    groups = B.shape[1]
+    if u.shape[1] % groups or C.shape[1] != groups:
+        raise ValueError(f"{u.shape[1]} channels cannot be split into {groups} groups of B/C")
+    empty = u.new_empty(0, dtype=torch.float32)
+
+    def f32(x: Tensor | None) -> Tensor:
+        return empty if x is None else x.float().contiguous()
+
+    with _float32_region(u.device):
+        y = _CompiledScan.apply(f32(u), f32(delta), f32(A), f32(B), f32(C), f32(D), f32(delta_bias),
+                                bool(delta_softplus))
+    return y.to(dtype)
+
+
 SCAN_ENV = "VLMSWAP_SCAN"
-SCAN_MODES = ("auto", "reference", "chunked", "fused")
+SCAN_MODES = ("auto", "reference", "chunked", "compiled", "fused")
 
 
 @functools.cache
@@ -396,9 +505,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     picks the implementation:
 
     - `auto` (default, also when unset or empty): mamba_ssm's fused CUDA kernel for CUDA tensors
-      when it is importable with its extension built, else `selective_scan_chunked`;
+      when it is importable with its extension built; for CPU tensors the compiled C++ scan
+      (`selective_scan_compiled`, built on first use) where it builds; else `selective_scan_chunked`.
+      The choice on the CPU is said once per process on stderr;
     - `reference`: `selective_scan_reference`, the sequential loop (slow; for checks);
     - `chunked`: `selective_scan_chunked`, pure PyTorch, on any device;
+    - `compiled`: the C++ scan, and a RuntimeError where it cannot be built or for non-CPU tensors;
     - `fused`: the CUDA kernel, and a RuntimeError where it cannot be used (not installed, no CUDA
       extension, or CPU tensors) instead of a silent fallback.
     Any other value is a ValueError.
@@ -408,6 +520,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if mode == "chunked":
         return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if mode == "compiled":
+        if u.device.type != "cpu":
+            raise RuntimeError(f"{SCAN_ENV}=compiled: the compiled scan runs on CPU tensors, got {u.device}")
+        return selective_scan_compiled(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if mode == "auto" and u.device.type == "cpu" and compiled_available():
+        return selective_scan_compiled(u, delta, A, B, C, D, delta_bias, delta_softplus)
     kernel = _fused_kernel() if u.is_cuda or mode == "fused" else None
     io_dtype = _fused_io_dtype(u, delta, B, C)
     usable = kernel is not None and u.is_cuda and io_dtype in (torch.float32, torch.float16, torch.bfloat16)

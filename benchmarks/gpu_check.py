@@ -1,0 +1,122 @@
+"""The GPU check: one script, under 10 minutes on one GPU, for the day a GPU machine is lent.
+
+    python benchmarks/gpu_check.py                       # cuda, paper sizes
+    python benchmarks/gpu_check.py --smoke               # the CPU at tiny sizes (what the test runs)
+
+Four parts, each printing its figures (nothing is downloaded; weights are random):
+1. every backbone family's feature extraction at its paper resolution in bf16, and the fused
+   selective-scan kernel against the pure path (benchmarks/backbones.py);
+2. the selective scan's paths against the reference on this machine's CPU (benchmarks/scan.py,
+   one repeat: the compiled CPU kernel the CPU-side jobs use);
+3. one DeepSpeed ZeRO-3 training step (world of one) of a ~1 B Llama (2048 x 16 layers, bf16,
+   sequence 2048, batch 4, fused Adam, the LLM loaded through `load_llm(zero3_config=...)` as
+   training does on a GPU): tokens/s and MFU (6 x parameters x tokens/s over --peak-tflops);
+4. batched generation against one at a time (benchmarks/generate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Vocabulary:
+    def __init__(self, size: int):
+        self.size, self.pad_token_id = size, size - 1
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps: int, peak_tflops: float) -> dict:
+    """ZeRO-3 steps of a Llama built from a config, loaded as train_cell loads it on a GPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from vlmswap.language import load_llm
+    from vlmswap.train.engine import deepspeed_config, init_deepspeed, on_gpu
+
+    deepspeed = init_deepspeed()
+    device = torch.device("cuda") if on_gpu() else torch.device("cpu")
+    recipe = {"per_device_batch": batch, "max_grad_norm": 1.0, "precision": "bf16", "lr": 1e-5, "weight_decay": 0.0,
+              "weight_decay_applied_to": "none"}
+    config = deepspeed_config(recipe, 1, 1)
+    heads = max(1, hidden // 128)
+    llm_config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                             max_position_embeddings=max(seq, 128))
+    with tempfile.TemporaryDirectory() as folder:
+        LlamaForCausalLM._from_config(llm_config, dtype=torch.bfloat16).save_pretrained(folder)
+        model = load_llm(folder, _Vocabulary(vocab + 1), dtype=torch.bfloat16, zero3_config=config)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
+                                           config=config)
+    ids = torch.randint(0, vocab, (batch, seq), device=device)
+    times = []
+    for _ in range(steps + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        loss = engine(input_ids=ids, labels=ids).loss
+        engine.backward(loss)
+        engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    step = min(times[1:])
+    tokens_s = batch * seq / step
+    mfu = 6 * params * tokens_s / (peak_tflops * 1e12)
+    optimizer = type(engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer).__name__
+    print(f"train step: Llama {params / 1e9:.2f} B, batch {batch} x {seq} tokens, {step * 1e3:.0f} ms/step, "
+          f"{tokens_s:,.0f} tokens/s, MFU {100 * mfu:.1f}% of {peak_tflops:g} TFLOP/s, optimizer {optimizer}, "
+          f"attention {model.config._attn_implementation}, loss {loss.item():.3f}")
+    return {"params": params, "tokens_s": tokens_s, "mfu": mfu, "ms": step * 1e3}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (a test that every part runs)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak (H100 SXM: 989)")
+    p.add_argument("--parts", default="backbones,scan,train,generate")
+    args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    out: dict = {}
+    t0 = time.perf_counter()
+    if "backbones" in parts:
+        print("== 1. backbones at paper resolution (bf16) and the fused scan", flush=True)
+        options = (["--device", "cpu", "--dtype", "float32", "--batch", "1", "--size", "64", "--families", "vit,vmamba",
+                    "--warmup", "0", "--repeats", "1"] if args.smoke else [])
+        out["backbones"] = _script("backbones").main(options)
+    if "scan" in parts:
+        print("== 2. the selective scan on the CPU", flush=True)
+        out["scan"] = _script("scan").main(["--repeats", "1", "--warmup", "0"] + (["--scale", "16"] if args.smoke else []))
+    if "train" in parts:
+        print("== 3. one ZeRO-3 training step", flush=True)
+        sizes = dict(hidden=64, layers=2, vocab=256, seq=32, batch=2, steps=1) if args.smoke else \
+            dict(hidden=2048, layers=16, vocab=32000, seq=2048, batch=4, steps=3)
+        out["train"] = train_step(**sizes, peak_tflops=args.peak_tflops)
+    if "generate" in parts:
+        print("== 4. batched generation", flush=True)
+        options = ["--n", "4", "--batch", "2", "--max-new-tokens", "3", "--hidden", "32", "--layers", "1"] if args.smoke \
+            else ["--n", "64", "--batch", "16"]
+        out["generate"] = _script("generate").main(options)
+    print(f"gpu check done in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+if __name__ == "__main__":
+    main()
