@@ -39,6 +39,10 @@ def cmd_validate(args) -> None:
     study = _study(args)
     for line in _check_generic_taps(study):
         print(line)
+    from vlmswap.diagnostics.stages import check_stage_tokens
+
+    for line in check_stage_tokens(study):
+        print(line)
     print(f"{args.config}: study {study.name!r} is valid: {len(study.cells)} cells, {len(study.backbones)} backbones, "
           f"{len(study.benchmarks)} benchmarks, {len(study.tables)} tables")
 
