@@ -9,6 +9,7 @@
     vlmswap train --config C --cell ID ...
     vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
     vlmswap table | correlation
+    vlmswap profile | profile-figure | collapse | collapse-figure   # the diagnostics (README, Diagnostics)
 """
 
 from __future__ import annotations
@@ -399,6 +400,47 @@ def cmd_correlation(args) -> None:
     write_study_correlation(_study(args), Path(args.results), Path(args.out_csv), Path(args.out_png), log=log)
 
 
+def cmd_profile(args) -> None:
+    from vlmswap.diagnostics.profiling import profile_cell
+
+    study = _study(args)
+    profile_cell(study, study.cell(args.cell), Path(args.llm), Path(args.out), log=log)
+
+
+def cmd_profile_figure(args) -> None:
+    from vlmswap.diagnostics.profiling import write_profile_summary
+
+    study = _study(args)
+    rows = write_profile_summary([Path(p) for p in args.inputs], Path(args.out_csv), Path(args.out_png),
+                                 f"Inference profiling ({study.name} study; paper App. G, Fig. 4)")
+    log(f"profile: {len(rows)} rows -> {args.out_csv}, {args.out_png}")
+
+
+def cmd_collapse(args) -> None:
+    import torch
+
+    from vlmswap.diagnostics.collapse import probe_cell
+    from vlmswap.vlm import load_trained
+
+    study = _study(args)
+    cell = study.cell(args.cell)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
+    probe_cell(study, cell, vlm, Path(args.index), Path(args.out), log=log)
+
+
+def cmd_collapse_figure(args) -> None:
+    from vlmswap.diagnostics.collapse import collapse_settings, write_collapse_summary
+
+    study = _study(args)
+    benchmark = collapse_settings(study)["benchmark"]
+    write_collapse_summary([Path(p) for p in args.inputs], Path(args.results), Path(args.out_csv), Path(args.out_png),
+                           Path(args.out_md), benchmark,
+                           f"Collapse diagnosis ({study.name} study): is object position decodable along the pipeline?")
+    log(f"collapse: {len(args.inputs)} cells -> {args.out_md}")
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 
@@ -450,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
          "out")
     verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
+    verb("profile", cmd_profile, "profile one cell's VLM across square resolutions (App. G)", "cell", "llm", "out")
+    verb("profile-figure", cmd_profile_figure, "the profiling CSV and six-panel figure over all profiled cells",
+         "inputs", "out-csv", "out-png", multi=("inputs",))
+    verb("collapse", cmd_collapse, "position probes of one trained cell along vision -> connector -> LLM",
+         "cell", "checkpoint", "llm", "model", "index", "out")
+    verb("collapse-figure", cmd_collapse_figure, "the collapse probes' CSV, figure and findings over all probed cells",
+         "inputs", "results", "out-csv", "out-png", "out-md", multi=("inputs",))
     return parser
 
 

@@ -112,7 +112,9 @@ def table_spec(wildcards):
         cell = STUDY.cell(cell_id)
         backbone = STUDY.backbones[cell.backbone]
         rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params])
-    return canonical_json({"table": config["tables"][wildcards.table], "rows": rows, "columns": STUDY.columns})
+    # the stage-ablation table is made from diagnostics.stage_ablation (vlmswap.study), not `tables`
+    entry = config["tables"].get(wildcards.table) or config["diagnostics"]["stage_ablation"]
+    return canonical_json({"table": entry, "rows": rows, "columns": STUDY.columns})
 
 
 def cell_spec(wildcards):
@@ -198,4 +200,57 @@ def all_targets():
     targets = all_evals() + [f"{OUT}/tables/{t}.md" for t in STUDY.tables]
     if len(STUDY.cells) >= 3:  # a Pearson r over fewer cells says nothing (analysis/correlation.py)
         targets += [f"{OUT}/correlation.csv", f"{OUT}/correlation.png"]
+    return targets + diagnostics_targets()
+
+
+# ------------------------------------------------------------------------------- diagnostics
+
+
+DIAGNOSTICS = config.get("diagnostics", {})
+
+
+def diagnostic_cells(name):
+    """The cells a diagnostic (`profile`, `collapse`) runs on; none when the config has no such block."""
+    return list(DIAGNOSTICS.get(name, {}).get("cells", []))
+
+
+def diagnostic_resources(name):
+    """Snakemake resources of one diagnostic job (as eval_resources; `diag_gpus` is ours, for the message)."""
+    spec = DIAGNOSTICS.get(name, {}).get("resources", {})
+    gpus = int(spec.get("gpus", 0))
+    resources = {"runtime": int(spec.get("runtime_min", 30)), "mem_mb": int(spec.get("mem_mb", 4000)),
+                 "diag_gpus": gpus}
+    if gpus:
+        resources["gpu"] = gpus
+        resources["cpus_per_task"] = int(spec.get("cpus", 8))
+    if spec.get("partition"):
+        resources["slurm_partition"] = spec["partition"]
+    return resources
+
+
+def profile_spec(wildcards):
+    """What one cell's profile depends on: the sweep settings and the cell's model spec."""
+    from vlmswap.diagnostics.profiling import profile_settings
+
+    return canonical_json({"profile": profile_settings(STUDY), "model": model_spec(STUDY, STUDY.cell(wildcards.cell))})
+
+
+def collapse_spec():
+    from vlmswap.diagnostics.collapse import collapse_settings
+
+    return canonical_json(collapse_settings(STUDY)) if "collapse" in DIAGNOSTICS else ""
+
+
+def collapse_index():
+    benchmark = DIAGNOSTICS.get("collapse", {}).get("benchmark", "refcoco")
+    return f"{RES}/prepared/{benchmark}.json"
+
+
+def diagnostics_targets():
+    targets = []
+    if diagnostic_cells("profile"):
+        targets += [f"{OUT}/diagnostics/profile.csv", f"{OUT}/diagnostics/profile.png"]
+    if diagnostic_cells("collapse"):
+        targets += [f"{OUT}/diagnostics/collapse.csv", f"{OUT}/diagnostics/collapse.png",
+                    f"{OUT}/diagnostics/collapse.md"]
     return targets

@@ -1,0 +1,93 @@
+# The paper's diagnostics (README, Diagnostics; vlmswap.diagnostics). The Appendix B stage ablation
+# needs no rule of its own: its cells train and evaluate like every cell, and its table is the
+# `stage-ablation` table. Profiling is one (GPU) job per cell; the collapse probes one job per
+# trained cell; each has a local summary rule (CSV + figure). Helpers live in common.smk.
+
+
+rule profile:
+    input:
+        llm=f"{RES}/llm",
+    output:
+        f"{OUT}/diagnostics/profile/{{cell}}.csv",
+    params:
+        spec=profile_spec,  # the sweep settings and the cell's backbone/connector -> the timings
+    threads: 1
+    resources:
+        **diagnostic_resources("profile"),
+    log:
+        f"{LOGS}/profile/{{cell}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "profile {wildcards.cell} across square resolutions "
+        "({resources.diag_gpus} GPU(s), {resources.mem_mb} MB, {resources.runtime} min)"
+    shell:
+        "OMP_NUM_THREADS={threads} vlmswap profile --cell '{wildcards.cell}' --llm {input.llm} --out {output} "
+        "2>&1 | tee {log}"
+
+
+rule profile_figure:
+    localrule: True
+    input:
+        [f"{OUT}/diagnostics/profile/{c}.csv" for c in diagnostic_cells("profile")],
+    output:
+        csv=f"{OUT}/diagnostics/profile.csv",
+        png=f"{OUT}/diagnostics/profile.png",
+    log:
+        f"{LOGS}/profile.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "the profiling CSV and six-panel figure (paper App. G, Fig. 4)"
+    shell:
+        "vlmswap profile-figure --inputs {input} --out-csv {output.csv} --out-png {output.png} 2>&1 | tee {log}"
+
+
+rule collapse:
+    input:
+        model=f"{OUT}/models/{{cell}}/model.safetensors",
+        checkpoints=cell_checkpoints,
+        llm=f"{RES}/llm",
+        index=collapse_index(),
+    output:
+        f"{OUT}/diagnostics/collapse/{{cell}}.csv",
+    params:
+        model=lambda wc, input: os.path.dirname(input.model),
+        spec=collapse_spec(),  # layers, benchmark, image count -> the probes
+    threads: 1
+    resources:
+        **diagnostic_resources("collapse"),
+    log:
+        f"{LOGS}/collapse/{{cell}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "position probes of {wildcards.cell} (tap, connector, LLM layers) "
+        "({resources.diag_gpus} GPU(s), {resources.mem_mb} MB, {resources.runtime} min)"
+    shell:
+        "OMP_NUM_THREADS={threads} vlmswap collapse --cell '{wildcards.cell}' --checkpoint {input.checkpoints} "
+        "--llm {input.llm} --model {params.model} --index {input.index} --out {output} 2>&1 | tee {log}"
+
+
+rule collapse_figure:
+    localrule: True
+    input:
+        probes=[f"{OUT}/diagnostics/collapse/{c}.csv" for c in diagnostic_cells("collapse")],
+        # the findings print each cell's grounding score beside its verdict
+        evals=[eval_json(c, DIAGNOSTICS.get("collapse", {}).get("benchmark", "refcoco"))
+               for c in diagnostic_cells("collapse")],
+    output:
+        csv=f"{OUT}/diagnostics/collapse.csv",
+        png=f"{OUT}/diagnostics/collapse.png",
+        md=f"{OUT}/diagnostics/collapse.md",
+    params:
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.csv)),
+    log:
+        f"{LOGS}/collapse.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "collapse diagnosis: probe AUC along the pipeline, findings per cell"
+    shell:
+        "vlmswap collapse-figure --inputs {input.probes} --results {params.results} --out-csv {output.csv} "
+        "--out-png {output.png} --out-md {output.md} 2>&1 | tee {log}"
