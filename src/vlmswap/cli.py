@@ -152,7 +152,7 @@ def cmd_pretrain_mini(args) -> None:
     if kind not in KINDS:
         raise ConfigError(args.config, f"objectives.{args.objective}.kind",
                           f"the mini world pretrains for {', '.join(KINDS)}, not {kind!r}", list(KINDS))
-    tap = _pretrain_tap(study, args.backbone, args.objective)
+    tap = _pretrain_tap(study, args.backbone, args.objective, kind)
     size = int(source["mini"].get("image_size", study.raw["mini"].get("image_size", 64)))
     geometry = Geometry(size, size)
     # built only for its transform (letterbox fill, normalization)
@@ -166,15 +166,20 @@ def cmd_pretrain_mini(args) -> None:
     log(f"pretrained: {summary}")
 
 
-def _pretrain_tap(study, backbone: str, objective: str) -> str:
-    """The tap the study's cells read from this checkpoint (dense heads train the backbone there)."""
+def _pretrain_tap(study, backbone: str, objective: str, kind: str = "classification") -> str:
+    """The tap the study's cells read from this checkpoint (dense heads train the backbone there).
+    A classification network trains the whole model whatever the tap, so its checkpoint serves
+    cells at several taps (the Appendix B stage ablation reads one checkpoint at stages 2, 3, 4)."""
     from vlmswap.vision.registry import FAMILIES
 
     taps = sorted({c.tap for c in study.cells if c.backbone == backbone and c.objective == objective})
+    default = FAMILIES[study.backbones[backbone].family].taps[0]
+    if kind == "classification" and len(taps) > 1:
+        return default
     if len(taps) > 1:
         raise ConfigError(study.path, f"backbones.{backbone}.checkpoints.{objective}",
                           f"cells read this mini checkpoint at several taps {taps}; pretrain one backbone per tap")
-    return taps[0] if taps else FAMILIES[study.backbones[backbone].family].taps[0]
+    return taps[0] if taps else default
 
 
 def _pretrain_set(folder: Path, geometry: Geometry, pixels_of, kind: str):
