@@ -632,8 +632,9 @@ DIAGNOSTICS = """\
 # Diagnostics (README, Diagnostics). stage_ablation: Appendix B, stages 2/3/4 of the hierarchical
 # backbones at IN1K/224 (cells added to the grid, table `stage-ablation`; token counts checked by
 # `vlmswap validate`). profile: Appendix G, one GPU job per cell, square resolutions ascending up to
-# the first OOM, 200 iterations of which 100 warm-up, batch 1, 128 text tokens. collapse: position
-# probes on the collapse cells of Tables 5/6 and their stable controls.
+# the first OOM, 200 iterations of which 100 warm-up, batch 1, 128 text tokens. linear_probe: the IN1K/224
+# backbones on torchvision datasets (fetched by `fetch_probe_dataset`). collapse: position probes on
+# the collapse cells of Tables 5/6 and their stable controls.
 diagnostics:
   stage_ablation:
     backbones: [vmamba-t, maxvit-t, mambavision-t]
@@ -653,6 +654,21 @@ diagnostics:
     text_tokens: 128
     batch_size: 1
     resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 120}
+  linear_probe:
+    cells:
+      - vit-s@in1k@224@block-2@mlp2
+      - vit-b@in1k@224@block-2@mlp2
+      - maxvit-t@in1k@224@stage3@mlp2
+      - maxvit-b@in1k@224@stage3@mlp2
+      - mambavision-t@in1k@224@stage3@mlp2
+      - mambavision-b@in1k@224@stage3@mlp2
+      - vmamba-t@in1k@224@stage3@mlp2
+      - vmamba-s@in1k@224@stage3@mlp2
+      - vmamba-b@in1k@224@stage3@mlp2
+    datasets: [cifar10, cifar100, dtd, flowers102, oxford-pets, food101, eurosat]
+    max_train: 10000
+    max_test: 10000
+    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
   collapse:
     cells:
       - vitdet-b@coco-det@1024@last-block@mlp2

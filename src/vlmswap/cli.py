@@ -9,7 +9,8 @@
     vlmswap train --config C --cell ID ...
     vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
     vlmswap table | correlation
-    vlmswap profile | profile-figure | collapse | collapse-figure   # the diagnostics (README, Diagnostics)
+    vlmswap profile | profile-figure | probe | probe-figure | fetch-probe-dataset | collapse | collapse-figure
+                                                          # the diagnostics (README, Diagnostics)
 """
 
 from __future__ import annotations
@@ -446,6 +447,36 @@ def cmd_collapse_figure(args) -> None:
     log(f"collapse: {len(args.inputs)} cells -> {args.out_md}")
 
 
+def cmd_fetch_probe_dataset(args) -> None:
+    from vlmswap.atomic import write_json
+    from vlmswap.diagnostics.probes import fetch_torchvision_dataset
+
+    fetch_torchvision_dataset(args.dataset, Path(args.dest))
+    write_json(Path(args.out), {"dataset": args.dataset, "root": args.dest, "source": "torchvision.datasets"})
+    log(f"fetched {args.dataset} into {args.dest}")
+
+
+def cmd_probe(args) -> None:
+    from vlmswap.diagnostics.probes import probe_cell
+
+    study = _study(args)
+    roots = {}
+    for item in args.data:
+        name, _, root = item.partition("=")
+        if not root:
+            raise SystemExit(f"probe: --data takes NAME=FOLDER pairs, got {item!r}")
+        roots[name] = Path(root)
+    probe_cell(study, study.cell(args.cell), [Path(p) for p in args.checkpoint], roots, Path(args.out), log=log)
+
+
+def cmd_probe_figure(args) -> None:
+    from vlmswap.diagnostics.probes import write_probe_summary
+
+    summary = write_probe_summary(_study(args), [Path(p) for p in args.inputs], Path(args.results), Path(args.out_csv),
+                                  Path(args.out_md), Path(args.out_png))
+    log("linear probes: " + ", ".join(f"{c} rho {rho:.2f} over {n}" for c, (rho, n) in summary["correlations"].items()))
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 
@@ -500,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     verb("profile", cmd_profile, "profile one cell's VLM across square resolutions (App. G)", "cell", "llm", "out")
     verb("profile-figure", cmd_profile_figure, "the profiling CSV and six-panel figure over all profiled cells",
          "inputs", "out-csv", "out-png", multi=("inputs",))
+    verb("fetch-probe-dataset", cmd_fetch_probe_dataset, "download one torchvision linear-probe dataset",
+         "dataset", "dest", "out")
+    verb("probe", cmd_probe, "linear probes of one cell's frozen backbone on the probe datasets",
+         "cell", "checkpoint", "data", "out", multi=("checkpoint", "data"))
+    verb("probe-figure", cmd_probe_figure, "probe accuracy table and its rank correlation with the VLM scores",
+         "inputs", "results", "out-csv", "out-md", "out-png", multi=("inputs",))
     verb("collapse", cmd_collapse, "position probes of one trained cell along vision -> connector -> LLM",
          "cell", "checkpoint", "llm", "model", "index", "out")
     verb("collapse-figure", cmd_collapse_figure, "the collapse probes' CSV, figure and findings over all probed cells",

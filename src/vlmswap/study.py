@@ -367,11 +367,16 @@ def _build(data: dict[str, Any], path: Path) -> Study:
             raise ConfigError(path, f"tables.{stage_table.id}",
                               "this table id is made by diagnostics.stage_ablation; rename the table")
         tables[stage_table.id] = stage_table
-    for name in ("profile", "collapse"):
+    for name in ("profile", "collapse", "linear_probe"):
         for j, cid in enumerate(data.get("diagnostics", {}).get(name, {}).get("cells", [])):
             if cid not in seen:
                 raise ConfigError(path, f"diagnostics.{name}.cells[{j}]",
                                   f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
+    datasets = data.get("diagnostics", {}).get("linear_probe", {}).get("datasets", [])
+    if "mini" not in data and "mini-classify" in datasets:
+        raise ConfigError(path, "diagnostics.linear_probe.datasets", "mini-classify exists only in the mini world; "
+                          "probe the paper's backbones on torchvision datasets",
+                          "cifar10, cifar100, dtd, flowers102, oxford-pets, food101, eurosat")
     return Study(data["study"], path, data, backbones, cells, tables)
 
 

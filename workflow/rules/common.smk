@@ -44,6 +44,7 @@ wildcard_constraints:
     table=_alternatives(STUDY.tables) if STUDY.tables else "$^",
     backbone=_alternatives(STUDY.backbones),
     objective=_alternatives(config["objectives"]),
+    dataset=_alternatives(config.get("diagnostics", {}).get("linear_probe", {}).get("datasets", [])) or "$^",
 
 
 # ------------------------------------------------------------------------------------ paths
@@ -246,8 +247,31 @@ def collapse_index():
     return f"{RES}/prepared/{benchmark}.json"
 
 
+def probe_datasets():
+    return list(DIAGNOSTICS.get("linear_probe", {}).get("datasets", []))
+
+
+def probe_root(dataset):
+    """Where a probe dataset lives: the mini world's classification set, or a fetched torchvision folder."""
+    return f"{RES}/world/classify" if dataset == "mini-classify" else f"{RES}/probe-data/{dataset}"
+
+
+def probe_data_inputs(wildcards):
+    return [world_flag() if d == "mini-classify" else f"{RES}/probe-data/{d}.fetched.json" for d in probe_datasets()]
+
+
+def probe_spec():
+    from vlmswap.diagnostics.probes import C_GRID, VAL_SHARE, probe_settings
+
+    if "linear_probe" not in DIAGNOSTICS:
+        return ""
+    return canonical_json({**probe_settings(STUDY), "C_grid": list(C_GRID), "val_share": VAL_SHARE})
+
+
 def diagnostics_targets():
     targets = []
+    if diagnostic_cells("linear_probe"):
+        targets += [f"{OUT}/diagnostics/probes.csv", f"{OUT}/diagnostics/probes.md", f"{OUT}/diagnostics/probes.png"]
     if diagnostic_cells("profile"):
         targets += [f"{OUT}/diagnostics/profile.csv", f"{OUT}/diagnostics/profile.png"]
     if diagnostic_cells("collapse"):

@@ -1,7 +1,8 @@
 # The paper's diagnostics (README, Diagnostics; vlmswap.diagnostics). The Appendix B stage ablation
 # needs no rule of its own: its cells train and evaluate like every cell, and its table is the
-# `stage-ablation` table. Profiling is one (GPU) job per cell; the collapse probes one job per
-# trained cell; each has a local summary rule (CSV + figure). Helpers live in common.smk.
+# `stage-ablation` table. Profiling is one (GPU) job per cell; the linear probes one job per
+# backbone checkpoint seen through a cell (datasets fetched on the submit host); the collapse probes
+# one job per trained cell; each has a local summary rule (CSV + figure). Helpers live in common.smk.
 
 
 rule profile:
@@ -91,3 +92,67 @@ rule collapse_figure:
     shell:
         "vlmswap collapse-figure --inputs {input.probes} --results {params.results} --out-csv {output.csv} "
         "--out-png {output.png} --out-md {output.md} 2>&1 | tee {log}"
+
+
+rule fetch_probe_dataset:
+    localrule: True  # downloads run on the submit host (compute nodes are often offline)
+    output:
+        f"{RES}/probe-data/{{dataset}}.fetched.json",
+    params:
+        dest=lambda wc, output: output[0].removesuffix(".fetched.json"),
+    log:
+        f"{LOGS}/fetch_probe_dataset/{{dataset}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "download the linear-probe dataset {wildcards.dataset} (torchvision)"
+    shell:
+        "vlmswap fetch-probe-dataset --dataset {wildcards.dataset} --dest {params.dest} --out {output} "
+        "2>&1 | tee {log}"
+
+
+rule probe:
+    input:
+        checkpoints=cell_checkpoints,
+        data=probe_data_inputs,
+    output:
+        f"{OUT}/diagnostics/probes/{{cell}}.json",
+    params:
+        data=" ".join(f"{d}={probe_root(d)}" for d in probe_datasets()),
+        spec=probe_spec(),  # datasets, caps, C grid -> the probe accuracies
+    threads: 1
+    resources:
+        **diagnostic_resources("linear_probe"),
+    log:
+        f"{LOGS}/probe/{{cell}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "linear probes of {wildcards.cell}'s frozen backbone "
+        "({resources.diag_gpus} GPU(s), {resources.mem_mb} MB, {resources.runtime} min)"
+    shell:
+        "OMP_NUM_THREADS={threads} vlmswap probe --cell '{wildcards.cell}' --checkpoint {input.checkpoints} "
+        "--data {params.data} --out {output} 2>&1 | tee {log}"
+
+
+rule probe_figure:
+    localrule: True
+    input:
+        probes=[f"{OUT}/diagnostics/probes/{c}.json" for c in diagnostic_cells("linear_probe")],
+        # the rank correlation needs every VLM score of the probed cells
+        evals=[eval_json(c, b) for c in diagnostic_cells("linear_probe") for b in STUDY.benchmarks],
+    output:
+        csv=f"{OUT}/diagnostics/probes.csv",
+        md=f"{OUT}/diagnostics/probes.md",
+        png=f"{OUT}/diagnostics/probes.png",
+    params:
+        results=lambda wc, output: os.path.dirname(os.path.dirname(output.csv)),
+    log:
+        f"{LOGS}/probe_figure.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "linear-probe table and its rank correlation with the VLM scores"
+    shell:
+        "vlmswap probe-figure --inputs {input.probes} --results {params.results} --out-csv {output.csv} "
+        "--out-md {output.md} --out-png {output.png} 2>&1 | tee {log}"
