@@ -88,9 +88,11 @@ def test_diagnostics_are_listed_with_gpu_resources(paper_jobs):
     counts = Counter(job.rule.name for job in paper_jobs)
     assert counts["profile"] == len(diagnostics["profile"]["cells"]) == 3  # one GPU job per backbone
     assert counts["collapse"] == len(diagnostics["collapse"]["cells"])
-    assert counts["profile_figure"] == counts["collapse_figure"] == 1
-    for rule in ("profile", "collapse"):
-        spec = diagnostics[rule]["resources"]
+    assert counts["probe"] == len(diagnostics["linear_probe"]["cells"])
+    assert counts["fetch_probe_dataset"] == len(diagnostics["linear_probe"]["datasets"]) == 7
+    assert counts["profile_figure"] == counts["collapse_figure"] == counts["probe_figure"] == 1
+    for rule, key in (("profile", "profile"), ("collapse", "collapse"), ("probe", "linear_probe")):
+        spec = diagnostics[key]["resources"]
         for job in (j for j in paper_jobs if j.rule.name == rule):
             assert job.resources["gpu"] == spec["gpus"] == 1
             assert job.resources["mem_mb"] == spec["mem_mb"] and job.resources["runtime"] == spec["runtime_min"]
