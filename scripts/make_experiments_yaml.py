@@ -633,7 +633,8 @@ DIAGNOSTICS = """\
 # backbones at IN1K/224 (cells added to the grid, table `stage-ablation`; token counts checked by
 # `vlmswap validate`). profile: Appendix G, one GPU job per cell, square resolutions ascending up to
 # the first OOM, 200 iterations of which 100 warm-up, batch 1, 128 text tokens. linear_probe: the IN1K/224
-# backbones on torchvision datasets (fetched by `fetch_probe_dataset`). collapse: position probes on
+# backbones on torchvision datasets (fetched by `fetch_probe_dataset`). figure2: RefCOCO boxes and
+# expression-token similarity maps, VMamba-T vs ViT-S as the paper's Figure 2. collapse: position probes on
 # the collapse cells of Tables 5/6 and their stable controls.
 diagnostics:
   stage_ablation:
@@ -669,6 +670,11 @@ diagnostics:
     max_train: 10000
     max_test: 10000
     resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
+  figure2:
+    cells: [vmamba-t@in1k@224@stage3@mlp2, vit-s@in1k@224@block-2@mlp2]  # the paper's pair
+    examples: 4  # the first 4 RefCOCO val sentences of the prepared index; or a list of sent ids
+    layer: 16    # of Vicuna-7B's 32 decoder layers
+    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 60}
   collapse:
     cells:
       - vitdet-b@coco-det@1024@last-block@mlp2

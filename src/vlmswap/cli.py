@@ -10,6 +10,7 @@
     vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
     vlmswap table | correlation
     vlmswap profile | profile-figure | probe | probe-figure | fetch-probe-dataset | collapse | collapse-figure
+    vlmswap figure2 | figure2-figure
                                                           # the diagnostics (README, Diagnostics)
 """
 
@@ -477,6 +478,28 @@ def cmd_probe_figure(args) -> None:
     log("linear probes: " + ", ".join(f"{c} rho {rho:.2f} over {n}" for c, (rho, n) in summary["correlations"].items()))
 
 
+def cmd_figure2(args) -> None:
+    import torch
+
+    from vlmswap.diagnostics.figure2 import figure2_cell
+    from vlmswap.vlm import load_trained
+
+    study = _study(args)
+    cell = study.cell(args.cell)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
+    figure2_cell(study, cell, vlm, Path(args.index), Path(args.eval), Path(args.out), log=log)
+
+
+def cmd_figure2_figure(args) -> None:
+    from vlmswap.diagnostics.figure2 import write_figure2
+
+    study = _study(args)
+    write_figure2([Path(p) for p in args.inputs], Path(args.out_png), f"Figure 2 ({study.name} study)")
+    log(f"figure 2 -> {args.out_png}")
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 
@@ -537,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
          "cell", "checkpoint", "data", "out", multi=("checkpoint", "data"))
     verb("probe-figure", cmd_probe_figure, "probe accuracy table and its rank correlation with the VLM scores",
          "inputs", "results", "out-csv", "out-md", "out-png", multi=("inputs",))
+    verb("figure2", cmd_figure2, "Figure 2 data of one cell: boxes and expression-token similarity maps",
+         "cell", "checkpoint", "llm", "model", "index", "eval", "out")
+    verb("figure2-figure", cmd_figure2_figure, "draw Figure 2 from the cells' data", "inputs", "out-png",
+         multi=("inputs",))
     verb("collapse", cmd_collapse, "position probes of one trained cell along vision -> connector -> LLM",
          "cell", "checkpoint", "llm", "model", "index", "out")
     verb("collapse-figure", cmd_collapse_figure, "the collapse probes' CSV, figure and findings over all probed cells",

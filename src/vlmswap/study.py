@@ -367,7 +367,7 @@ def _build(data: dict[str, Any], path: Path) -> Study:
             raise ConfigError(path, f"tables.{stage_table.id}",
                               "this table id is made by diagnostics.stage_ablation; rename the table")
         tables[stage_table.id] = stage_table
-    for name in ("profile", "collapse", "linear_probe"):
+    for name in ("profile", "collapse", "linear_probe", "figure2"):
         for j, cid in enumerate(data.get("diagnostics", {}).get(name, {}).get("cells", [])):
             if cid not in seen:
                 raise ConfigError(path, f"diagnostics.{name}.cells[{j}]",

@@ -1,8 +1,10 @@
 """The diagnostics of the mini study, trimmed, run for real through Snakemake: the stage-ablation
 cells train and fill the `stage-ablation` table, the profiling sweep writes its CSV and six-panel
-figure, the collapse probes write theirs and the findings. Marked slow; CI runs it."""
+figure, the linear probes their table and rank correlation, Figure 2 its maps, the collapse probes
+their CSV, figure and findings. Marked slow; CI runs it."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,8 @@ def trimmed_config(tmp_path: Path) -> Path:
                            "taps": ["stage3", "stage4"], "connector": "mlp2", "tokens": {"stage3": 16, "stage4": 4}},
         "profile": {"cells": [CELL], "resolutions": [64, 32], "iterations": 3, "warmup": 1, "text_tokens": 16},
         "collapse": {"cells": [CELL, STAGE4], "llm_layers": [1, 4], "benchmark": "refcoco", "max_images": 24},
+        "linear_probe": {"cells": [CELL, STAGE4], "datasets": ["mini-classify"], "max_train": 120, "max_test": 40},
+        "figure2": {"cells": [CELL, STAGE4], "examples": [1, 2], "layer": 2},
     }
     path = tmp_path / "diag.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
@@ -68,3 +72,15 @@ def test_trimmed_diagnostics_run_end_to_end(tmp_path):
         line = next(line for line in findings.splitlines() if line.startswith(f"| {cell} |"))
         assert any(f"| {v} |" in line for v in ("features", "transmission", "fades in the LLM", "utilization"))
     assert (out / "diagnostics" / "collapse.png").read_bytes()[:4] == b"\x89PNG"
+
+    # linear probes: one accuracy per cell on the world's classification set, and the rank correlation
+    probes = list(csv.DictReader((out / "diagnostics" / "probes.csv").open()))
+    assert [r["cell"] for r in probes] == [CELL, STAGE4] and all(0 <= float(r["mini-classify"]) <= 100 for r in probes)
+    assert "Spearman" in (out / "diagnostics" / "probes.md").read_text()
+
+    # Figure 2: per cell, the two examples with a map on the token grid
+    maps = json.loads((out / "diagnostics" / "figure2" / f"{CELL}.json").read_text())
+    assert [e["id"] for e in maps["examples"]] == ["1", "2"] and maps["layer"] == 2
+    assert all(len(e["similarity"]) == 16 and e["grid"] == [4, 4] for e in maps["examples"])
+    assert all(-1.0 <= s <= 1.0 for e in maps["examples"] for s in e["similarity"])
+    assert (out / "diagnostics" / "figure2.png").read_bytes()[:4] == b"\x89PNG"

@@ -268,8 +268,20 @@ def probe_spec():
     return canonical_json({**probe_settings(STUDY), "C_grid": list(C_GRID), "val_share": VAL_SHARE})
 
 
+def figure2_benchmark():
+    return DIAGNOSTICS.get("figure2", {}).get("benchmark", "refcoco")
+
+
+def figure2_spec():
+    from vlmswap.diagnostics.figure2 import figure2_settings
+
+    return canonical_json(figure2_settings(STUDY)) if "figure2" in DIAGNOSTICS else ""
+
+
 def diagnostics_targets():
     targets = []
+    if diagnostic_cells("figure2"):
+        targets.append(f"{OUT}/diagnostics/figure2.png")
     if diagnostic_cells("linear_probe"):
         targets += [f"{OUT}/diagnostics/probes.csv", f"{OUT}/diagnostics/probes.md", f"{OUT}/diagnostics/probes.png"]
     if diagnostic_cells("profile"):

@@ -156,3 +156,47 @@ rule probe_figure:
     shell:
         "vlmswap probe-figure --inputs {input.probes} --results {params.results} --out-csv {output.csv} "
         "--out-md {output.md} --out-png {output.png} 2>&1 | tee {log}"
+
+
+rule figure2:
+    input:
+        model=f"{OUT}/models/{{cell}}/model.safetensors",
+        checkpoints=cell_checkpoints,
+        llm=f"{RES}/llm",
+        index=f"{RES}/prepared/{figure2_benchmark()}.json",
+        eval=eval_json("{cell}", figure2_benchmark()),  # the predicted boxes come from the evaluation
+    output:
+        f"{OUT}/diagnostics/figure2/{{cell}}.json",
+    params:
+        model=lambda wc, input: os.path.dirname(input.model),
+        spec=figure2_spec(),  # examples and layer -> the maps
+    threads: 1
+    resources:
+        **diagnostic_resources("figure2"),
+    log:
+        f"{LOGS}/figure2/{{cell}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "Figure 2 maps of {wildcards.cell} "
+        "({resources.diag_gpus} GPU(s), {resources.mem_mb} MB, {resources.runtime} min)"
+    shell:
+        "OMP_NUM_THREADS={threads} vlmswap figure2 --cell '{wildcards.cell}' --checkpoint {input.checkpoints} "
+        "--llm {input.llm} --model {params.model} --index {input.index} --eval {input.eval} --out {output} "
+        "2>&1 | tee {log}"
+
+
+rule figure2_figure:
+    localrule: True
+    input:
+        [f"{OUT}/diagnostics/figure2/{c}.json" for c in diagnostic_cells("figure2")],
+    output:
+        f"{OUT}/diagnostics/figure2.png",
+    log:
+        f"{LOGS}/figure2.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "Figure 2: boxes and token-region similarity, cells side by side"
+    shell:
+        "vlmswap figure2-figure --inputs {input} --out-png {output} 2>&1 | tee {log}"
