@@ -91,7 +91,9 @@ def test_diagnostics_are_listed_with_gpu_resources(paper_jobs):
     assert counts["probe"] == len(diagnostics["linear_probe"]["cells"])
     assert counts["fetch_probe_dataset"] == len(diagnostics["linear_probe"]["datasets"]) == 7
     assert counts["profile_figure"] == counts["collapse_figure"] == counts["probe_figure"] == 1
-    for rule, key in (("profile", "profile"), ("collapse", "collapse"), ("probe", "linear_probe")):
+    assert counts["figure2"] == len(diagnostics["figure2"]["cells"]) == 2 and counts["figure2_figure"] == 1
+    for rule, key in (("profile", "profile"), ("collapse", "collapse"), ("probe", "linear_probe"),
+                      ("figure2", "figure2")):
         spec = diagnostics[key]["resources"]
         for job in (j for j in paper_jobs if j.rule.name == rule):
             assert job.resources["gpu"] == spec["gpus"] == 1
