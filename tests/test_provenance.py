@@ -115,4 +115,4 @@ def test_status_tells_current_stale_and_missing_results(tmp_path, capsys):
     assert report["totals"] == {"current": 2, "stale": 1, "missing": 15}  # 9 cells (7 + 2 stage-ablation) x 2 benchmarks
     main(["status", "--config", str(ROOT / "config" / "mini.yaml"), "--results", str(tmp_path)])
     text = capsys.readouterr().out
-    assert f"stale: {stale} vqa-v2:" in text and "2 current, 1 stale, 11 missing" in text
+    assert f"stale: {stale} vqa-v2:" in text and "2 current, 1 stale, 15 missing" in text
