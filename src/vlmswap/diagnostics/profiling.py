@@ -67,7 +67,9 @@ def _peak_rss_mb() -> float:
 
 
 def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
+    text = str(error).lower()  # the CPU allocator says "can't allocate memory" in a plain RuntimeError
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
+        or "can't allocate memory" in text
 
 
 def _forward_once(vision, head, pixels, input_ids, mask, cuda: bool) -> dict[str, float]:
