@@ -24,6 +24,7 @@ include: "workflow/rules/fetch.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/diagnostics.smk"
 
 
 rule all:

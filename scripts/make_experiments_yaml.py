@@ -629,6 +629,72 @@ def backbone_order(b: BackboneSpec, study: PaperStudy) -> tuple:
     return FAMILY_ORDER.index(b.family), first, params, b.size, b.first_row
 
 
+# The paper's diagnostics (issue 14; vlmswap.diagnostics, workflow/rules/diagnostics.smk). Fixed text:
+# the stage ablation adds its cells to the grid (vlmswap.study), so the 99 paper rows stay `cells`.
+DIAGNOSTICS = """\
+# Diagnostics (README, Diagnostics). stage_ablation: Appendix B, stages 2/3/4 of the hierarchical
+# backbones at IN1K/224 (cells added to the grid, table `stage-ablation`; token counts checked by
+# `vlmswap validate`). profile: Appendix G, one GPU job per cell, square resolutions ascending up to
+# the first OOM, 200 iterations of which 100 warm-up, batch 1, 128 text tokens. linear_probe: the IN1K/224
+# backbones on torchvision datasets (fetched by `fetch_probe_dataset`). figure2: RefCOCO boxes and
+# expression-token similarity maps, VMamba-T vs ViT-S as the paper's Figure 2. collapse: position probes on
+# the collapse cells of Tables 5/6 and their stable controls.
+diagnostics:
+  stage_ablation:
+    backbones: [vmamba-t, maxvit-t, mambavision-t]
+    objective: in1k
+    geometry: "224"
+    taps: [stage2, stage3, stage4]
+    connector: mlp2
+    tokens: {stage2: 784, stage3: 196, stage4: 49}
+  profile:
+    cells:
+      - vit-b@in1k@224@block-2@mlp2
+      - vmamba-t@in1k@224@stage3@mlp2
+      - vitdet-b@coco-det@1024@last-block@mlp2
+    resolutions: [224, 384, 512, 768, 1024, 1280, 1536, 2048]
+    iterations: 200
+    warmup: 100
+    text_tokens: 128
+    batch_size: 1
+    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 120}
+  linear_probe:
+    cells:
+      - vit-s@in1k@224@block-2@mlp2
+      - vit-b@in1k@224@block-2@mlp2
+      - maxvit-t@in1k@224@stage3@mlp2
+      - maxvit-b@in1k@224@stage3@mlp2
+      - mambavision-t@in1k@224@stage3@mlp2
+      - mambavision-b@in1k@224@stage3@mlp2
+      - vmamba-t@in1k@224@stage3@mlp2
+      - vmamba-s@in1k@224@stage3@mlp2
+      - vmamba-b@in1k@224@stage3@mlp2
+    datasets: [cifar10, cifar100, dtd, flowers102, oxford-pets, food101, eurosat]
+    max_train: 10000
+    max_test: 10000
+    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
+  figure2:
+    cells: [vmamba-t@in1k@224@stage3@mlp2, vit-s@in1k@224@block-2@mlp2]  # the paper's pair
+    examples: 4  # the first 4 RefCOCO val sentences of the prepared index; or a list of sent ids
+    layer: 16    # of Vicuna-7B's 32 decoder layers
+    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 60}
+  collapse:
+    cells:
+      - vitdet-b@coco-det@1024@last-block@mlp2
+      - vitdet-l@coco-det@1024@last-block@mlp2
+      - vitdet-l@coco-det@1024@last-block@mlp3
+      - vmamba-t@coco-det@1333x800@stage3-outnorm@mlp2
+      - vmamba-s@coco-det@1333x800@stage3-outnorm@mlp2
+      - vmamba-b@coco-det@1333x800@stage3-outnorm@mlp2
+      - vmamba-t@coco-det@512@stage3-outnorm@mlp2
+      - vmamba-t@in1k@224@stage3@mlp2
+    llm_layers: [1, 8, 16, 24, 32]
+    benchmark: refcoco
+    max_images: 1000
+    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 120}
+"""
+
+
 def render(study: PaperStudy) -> str:
     out = [header_comment(study), FIXED_BLOCKS]
 
@@ -673,6 +739,8 @@ def render(study: PaperStudy) -> str:
     for cell in study.cells:
         out.append(f"  - {flow(cell)}")
     out.append("")
+
+    out.append(DIAGNOSTICS)
 
     out.append("# Every paper table; cells in the paper's row order. columns: vqa -> the VQA columns +")
     out.append("# vqa-weighted; loc -> the localization columns + loc-weighted + overall-weighted.")

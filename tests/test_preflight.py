@@ -43,8 +43,8 @@ def test_placed_inputs_pass_and_the_grid_cost_is_stated(tmp_path):
     report = run_preflight(paper(), res)
     assert not [p for p in report.problems if "by hand" in p]
     train = PAPER["train_resources"]
-    assert report.jobs["train"] == 99 and report.jobs["evaluate"] == 198
-    assert report.gpu_hours >= 99 * train["gpus_per_node"] * train["runtime_min"] / 60
+    assert report.jobs["train"] == 105 and report.jobs["evaluate"] == 210  # 99 rows + 6 stage-ablation cells
+    assert report.gpu_hours >= 105 * train["gpus_per_node"] * train["runtime_min"] / 60
     assert report.download_gb > 100  # the image archives alone (size_gb in the config)
 
 

@@ -112,7 +112,7 @@ def test_status_tells_current_stale_and_missing_results(tmp_path, capsys):
     assert cells[stale]["results"]["vqa-v2"]["state"] == "stale" and "another config" in cells[stale]["results"]["vqa-v2"]["why"]
     assert cells[stale]["results"]["refcoco"]["state"] == "missing"
     assert cells["vit-mini@cls@96@block-2@mlp2"]["model"] == "missing"
-    assert report["totals"] == {"current": 2, "stale": 1, "missing": 11}
+    assert report["totals"] == {"current": 2, "stale": 1, "missing": 15}  # 9 cells (7 + 2 stage-ablation) x 2 benchmarks
     main(["status", "--config", str(ROOT / "config" / "mini.yaml"), "--results", str(tmp_path)])
     text = capsys.readouterr().out
-    assert f"stale: {stale} vqa-v2:" in text and "2 current, 1 stale, 11 missing" in text
+    assert f"stale: {stale} vqa-v2:" in text and "2 current, 1 stale, 15 missing" in text

@@ -21,19 +21,25 @@ def mini_raw():
 def test_mini_study_expands_to_its_cells():
     study = load_study(MINI)
     assert study.name == "mini"
-    assert len(study.cells) == 7
+    # seven grid cells, plus stages 2 and 4 of VMamba-mini from diagnostics.stage_ablation
+    assert len(study.cells) == 9
     assert study.cell_ids[0] == "vit-mini@cls@96@block-2@mlp2"
+    assert study.cell_ids[7:] == ["vmamba-mini@cls@96@stage2@mlp2", "vmamba-mini@cls@96@stage4@mlp2"]
     assert study.columns == ["vqa-v2", "refcoco"]
     # the fused pair fetches its towers' checkpoints, each once
     assert study.fetch_targets() == [("vit-mini", "cls"), ("vmamba-mini", "cls"), ("vmamba-mini", "seg"),
                                      ("mambavision-mini", "cls"), ("vitdet-mini", "det"), ("dino-mini", "cls")]
-    assert [c.id for c in study.cells_of_table("mini")] == study.cell_ids
+    assert [c.id for c in study.cells_of_table("mini")] == study.cell_ids[:7]
+    assert study.tables["stage-ablation"].cells == ("vmamba-mini@cls@96@stage2@mlp2", "vmamba-mini@cls@96@stage3@mlp2",
+                                                    "vmamba-mini@cls@96@stage4@mlp2")
 
 
 def test_paper_study_has_the_99_cells_and_tables():
     study = load_study(ROOT / "config" / "experiments.yaml")
-    assert len(study.cells) == 99
-    assert len(set(study.cell_ids)) == 99
+    # the paper's 99 rows, plus Appendix B's stage-2 and stage-4 cells of VMamba-T, MaxViT-T, MambaVision-T
+    assert len(study.cells) == 105
+    assert len(set(study.cell_ids)) == 105
+    assert len(study.tables["stage-ablation"].cells) == 9
     assert {"table-1", "table-2", "table-5", "table-6"} <= set(study.tables)
     assert study.recipe(study.cells[0])["global_batch"] == 128
 
@@ -110,6 +116,7 @@ def test_generic_families_take_any_well_formed_layer_index(mini_raw):
     raw["backbones"]["convnext-t"] = {"family": "timm", "arch": "convnext_tiny", "checkpoints": {"cls": {"mini": {}}}}
     raw["cells"] = [{"backbone": "convnext-t", "objective": "cls", "geometry": "96", "tap": "", "connector": "mlp2"}]
     raw["tables"] = {}
+    raw.pop("diagnostics")  # it names cells of the full grid
     for tap in ("index2", "index-1", "index0+prefix"):
         raw["cells"][0]["tap"] = tap
         assert study_from_dict(raw).cells[0].tap == tap
@@ -187,3 +194,30 @@ def test_the_recipe_says_where_weight_decay_applies(mini_raw):
     raw["recipe"]["weight_decay_applied_to"] = "all"
     err = _error(raw)
     assert err.key_path == "recipe.weight_decay_applied_to" and "matrices" in str(err) and "none" in str(err)
+
+
+def test_stage_ablation_errors_name_the_key_and_the_fix(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["diagnostics"]["stage_ablation"]["taps"].append("stage5")
+    with pytest.raises(ConfigError, match=r"diagnostics.stage_ablation.tokens: no expected token count for tap\(s\) \['stage5'\]"):
+        study_from_dict(raw, "mini.yaml")
+    raw["diagnostics"]["stage_ablation"]["tokens"]["stage5"] = 1
+    with pytest.raises(ConfigError, match="diagnostics.stage_ablation.taps: family 'vmamba' .* has no tap 'stage5'"):
+        study_from_dict(raw, "mini.yaml")
+    raw = copy.deepcopy(mini_raw)
+    raw["diagnostics"]["collapse"]["cells"][0] = "vit-mini@cls@96@block-2@mlp4"
+    with pytest.raises(ConfigError, match=r"diagnostics.collapse.cells\[0\]: .* is not a cell of this study"):
+        study_from_dict(raw, "mini.yaml")
+
+
+def test_validate_checks_the_stage_token_counts(mini_raw):
+    from vlmswap.diagnostics.stages import check_stage_tokens
+
+    study = study_from_dict(mini_raw, "mini.yaml")
+    assert [line.split(":")[1].strip() for line in check_stage_tokens(study)] == [
+        "144 visual tokens (stage ablation, as expected)", "36 visual tokens (stage ablation, as expected)",
+        "9 visual tokens (stage ablation, as expected)"]
+    raw = copy.deepcopy(mini_raw)
+    raw["diagnostics"]["stage_ablation"]["tokens"]["stage2"] = 784
+    with pytest.raises(ConfigError, match="tokens.stage2: vmamba-mini@cls@96@stage2@mlp2 gives 144 visual tokens"):
+        check_stage_tokens(study_from_dict(raw, "mini.yaml"))

@@ -9,6 +9,9 @@
     vlmswap train --config C --cell ID ...
     vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
     vlmswap table | correlation
+    vlmswap profile | profile-figure | probe | probe-figure | fetch-probe-dataset | collapse | collapse-figure
+    vlmswap figure2 | figure2-figure
+                                                          # the diagnostics (README, Diagnostics)
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ def _study(args):
 def cmd_validate(args) -> None:
     study = _study(args)
     for line in _check_generic_taps(study):
+        print(line)
+    from vlmswap.diagnostics.stages import check_stage_tokens
+
+    for line in check_stage_tokens(study):
         print(line)
     print(f"{args.config}: study {study.name!r} is valid: {len(study.cells)} cells, {len(study.backbones)} backbones, "
           f"{len(study.benchmarks)} benchmarks, {len(study.tables)} tables")
@@ -147,7 +154,7 @@ def cmd_pretrain_mini(args) -> None:
     if kind not in KINDS:
         raise ConfigError(args.config, f"objectives.{args.objective}.kind",
                           f"the mini world pretrains for {', '.join(KINDS)}, not {kind!r}", list(KINDS))
-    tap = _pretrain_tap(study, args.backbone, args.objective)
+    tap = _pretrain_tap(study, args.backbone, args.objective, kind)
     size = int(source["mini"].get("image_size", study.raw["mini"].get("image_size", 64)))
     geometry = Geometry(size, size)
     # built only for its transform (letterbox fill, normalization)
@@ -161,15 +168,20 @@ def cmd_pretrain_mini(args) -> None:
     log(f"pretrained: {summary}")
 
 
-def _pretrain_tap(study, backbone: str, objective: str) -> str:
-    """The tap the study's cells read from this checkpoint (dense heads train the backbone there)."""
+def _pretrain_tap(study, backbone: str, objective: str, kind: str = "classification") -> str:
+    """The tap the study's cells read from this checkpoint (dense heads train the backbone there).
+    A classification network trains the whole model whatever the tap, so its checkpoint serves
+    cells at several taps (the Appendix B stage ablation reads one checkpoint at stages 2, 3, 4)."""
     from vlmswap.vision.registry import FAMILIES
 
     taps = sorted({c.tap for c in study.cells if c.backbone == backbone and c.objective == objective})
+    default = FAMILIES[study.backbones[backbone].family].taps[0]
+    if kind == "classification" and len(taps) > 1:
+        return default
     if len(taps) > 1:
         raise ConfigError(study.path, f"backbones.{backbone}.checkpoints.{objective}",
                           f"cells read this mini checkpoint at several taps {taps}; pretrain one backbone per tap")
-    return taps[0] if taps else FAMILIES[study.backbones[backbone].family].taps[0]
+    return taps[0] if taps else default
 
 
 def _pretrain_set(folder: Path, geometry: Geometry, pixels_of, kind: str):
@@ -395,6 +407,99 @@ def cmd_correlation(args) -> None:
     write_study_correlation(_study(args), Path(args.results), Path(args.out_csv), Path(args.out_png), log=log)
 
 
+def cmd_profile(args) -> None:
+    from vlmswap.diagnostics.profiling import profile_cell
+
+    study = _study(args)
+    profile_cell(study, study.cell(args.cell), Path(args.llm), Path(args.out), log=log)
+
+
+def cmd_profile_figure(args) -> None:
+    from vlmswap.diagnostics.profiling import write_profile_summary
+
+    study = _study(args)
+    rows = write_profile_summary([Path(p) for p in args.inputs], Path(args.out_csv), Path(args.out_png),
+                                 f"Inference profiling ({study.name} study; paper App. G, Fig. 4)")
+    log(f"profile: {len(rows)} rows -> {args.out_csv}, {args.out_png}")
+
+
+def cmd_collapse(args) -> None:
+    import torch
+
+    from vlmswap.diagnostics.collapse import probe_cell
+    from vlmswap.vlm import load_trained
+
+    study = _study(args)
+    cell = study.cell(args.cell)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
+    probe_cell(study, cell, vlm, Path(args.index), Path(args.out), log=log)
+
+
+def cmd_collapse_figure(args) -> None:
+    from vlmswap.diagnostics.collapse import collapse_settings, write_collapse_summary
+
+    study = _study(args)
+    benchmark = collapse_settings(study)["benchmark"]
+    write_collapse_summary([Path(p) for p in args.inputs], Path(args.results), Path(args.out_csv), Path(args.out_png),
+                           Path(args.out_md), benchmark,
+                           f"Collapse diagnosis ({study.name} study): is object position decodable along the pipeline?")
+    log(f"collapse: {len(args.inputs)} cells -> {args.out_md}")
+
+
+def cmd_fetch_probe_dataset(args) -> None:
+    from vlmswap.atomic import write_json
+    from vlmswap.diagnostics.probes import fetch_torchvision_dataset
+
+    fetch_torchvision_dataset(args.dataset, Path(args.dest))
+    write_json(Path(args.out), {"dataset": args.dataset, "root": args.dest, "source": "torchvision.datasets"})
+    log(f"fetched {args.dataset} into {args.dest}")
+
+
+def cmd_probe(args) -> None:
+    from vlmswap.diagnostics.probes import probe_cell
+
+    study = _study(args)
+    roots = {}
+    for item in args.data:
+        name, _, root = item.partition("=")
+        if not root:
+            raise SystemExit(f"probe: --data takes NAME=FOLDER pairs, got {item!r}")
+        roots[name] = Path(root)
+    probe_cell(study, study.cell(args.cell), [Path(p) for p in args.checkpoint], roots, Path(args.out), log=log)
+
+
+def cmd_probe_figure(args) -> None:
+    from vlmswap.diagnostics.probes import write_probe_summary
+
+    summary = write_probe_summary(_study(args), [Path(p) for p in args.inputs], Path(args.results), Path(args.out_csv),
+                                  Path(args.out_md), Path(args.out_png))
+    log("linear probes: " + ", ".join(f"{c} rho {rho:.2f} over {n}" for c, (rho, n) in summary["correlations"].items()))
+
+
+def cmd_figure2(args) -> None:
+    import torch
+
+    from vlmswap.diagnostics.figure2 import figure2_cell
+    from vlmswap.vlm import load_trained
+
+    study = _study(args)
+    cell = study.cell(args.cell)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
+    figure2_cell(study, cell, vlm, Path(args.index), Path(args.eval), Path(args.out), log=log)
+
+
+def cmd_figure2_figure(args) -> None:
+    from vlmswap.diagnostics.figure2 import write_figure2
+
+    study = _study(args)
+    write_figure2([Path(p) for p in args.inputs], Path(args.out_png), f"Figure 2 ({study.name} study)")
+    log(f"figure 2 -> {args.out_png}")
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 
@@ -446,6 +551,23 @@ def build_parser() -> argparse.ArgumentParser:
          "out")
     verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
+    verb("profile", cmd_profile, "profile one cell's VLM across square resolutions (App. G)", "cell", "llm", "out")
+    verb("profile-figure", cmd_profile_figure, "the profiling CSV and six-panel figure over all profiled cells",
+         "inputs", "out-csv", "out-png", multi=("inputs",))
+    verb("fetch-probe-dataset", cmd_fetch_probe_dataset, "download one torchvision linear-probe dataset",
+         "dataset", "dest", "out")
+    verb("probe", cmd_probe, "linear probes of one cell's frozen backbone on the probe datasets",
+         "cell", "checkpoint", "data", "out", multi=("checkpoint", "data"))
+    verb("probe-figure", cmd_probe_figure, "probe accuracy table and its rank correlation with the VLM scores",
+         "inputs", "results", "out-csv", "out-md", "out-png", multi=("inputs",))
+    verb("figure2", cmd_figure2, "Figure 2 data of one cell: boxes and expression-token similarity maps",
+         "cell", "checkpoint", "llm", "model", "index", "eval", "out")
+    verb("figure2-figure", cmd_figure2_figure, "draw Figure 2 from the cells' data", "inputs", "out-png",
+         multi=("inputs",))
+    verb("collapse", cmd_collapse, "position probes of one trained cell along vision -> connector -> LLM",
+         "cell", "checkpoint", "llm", "model", "index", "out")
+    verb("collapse-figure", cmd_collapse_figure, "the collapse probes' CSV, figure and findings over all probed cells",
+         "inputs", "results", "out-csv", "out-png", "out-md", multi=("inputs",))
     return parser
 
 

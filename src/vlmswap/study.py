@@ -363,10 +363,66 @@ def _build(data: dict[str, Any], path: Path) -> Study:
         cells.append(cell)
 
     tables: dict[str, Table] = {}
+    stage_table = _stage_ablation(data, path, backbones, cells, seen)
     for tid, spec in data["tables"].items():
         for j, cid in enumerate(spec["cells"]):
             if cid not in seen:
                 raise ConfigError(path, f"tables.{tid}.cells[{j}]",
                                   f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
         tables[tid] = Table(tid, spec["title"], spec["columns"], tuple(spec["cells"]), spec.get("paper", ""))
+    if stage_table is not None:
+        if stage_table.id in tables:
+            raise ConfigError(path, f"tables.{stage_table.id}",
+                              "this table id is made by diagnostics.stage_ablation; rename the table")
+        tables[stage_table.id] = stage_table
+    for name in ("profile", "collapse", "linear_probe", "figure2"):
+        for j, cid in enumerate(data.get("diagnostics", {}).get(name, {}).get("cells", [])):
+            if cid not in seen:
+                raise ConfigError(path, f"diagnostics.{name}.cells[{j}]",
+                                  f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
+    datasets = data.get("diagnostics", {}).get("linear_probe", {}).get("datasets", [])
+    if "mini" not in data and "mini-classify" in datasets:
+        raise ConfigError(path, "diagnostics.linear_probe.datasets", "mini-classify exists only in the mini world; "
+                          "probe the paper's backbones on torchvision datasets",
+                          "cifar10, cifar100, dtd, flowers102, oxford-pets, food101, eurosat")
     return Study(data["study"], path, data, backbones, cells, tables)
+
+
+STAGE_TABLE = "stage-ablation"
+
+
+def _stage_ablation(data: dict[str, Any], path: Path, backbones: dict[str, Backbone], cells: list[Cell],
+                    seen: dict[str, int]) -> Table | None:
+    """Appendix B: every (backbone, tap) of `diagnostics.stage_ablation` becomes a cell (added to
+    `cells` unless the grid has it already) and one table, `stage-ablation`, lists them."""
+    from vlmswap.vision.registry import FAMILIES
+
+    spec = data.get("diagnostics", {}).get("stage_ablation")
+    if not spec:
+        return None
+    key = "diagnostics.stage_ablation"
+    geometry = Geometry.parse(str(spec["geometry"]))
+    missing = [t for t in spec["taps"] if t not in spec["tokens"]]
+    if missing:
+        raise ConfigError(path, f"{key}.tokens", f"no expected token count for tap(s) {missing}; add them")
+    ids = []
+    for j, bid in enumerate(spec["backbones"]):
+        if bid not in backbones:
+            raise ConfigError(path, f"{key}.backbones[{j}]", f"unknown backbone {bid!r}{_suggest(bid, backbones)}",
+                              sorted(backbones))
+        if spec["objective"] not in backbones[bid].checkpoints:
+            raise ConfigError(path, f"{key}.objective", f"backbone {bid!r} has no checkpoint for objective "
+                              f"{spec['objective']!r}", sorted(backbones[bid].checkpoints))
+        family = FAMILIES[backbones[bid].family]
+        for tap in spec["taps"]:
+            if not family.accepts(tap):
+                raise ConfigError(path, f"{key}.taps", f"family {family.name!r} (backbone {bid!r}) has no tap {tap!r}",
+                                  family.allowed_taps)
+            cell = Cell(bid, spec["objective"], geometry, tap, spec["connector"])
+            if cell.id not in seen:
+                seen[cell.id] = len(cells)
+                cells.append(cell)
+            ids.append(cell.id)
+    title = spec.get("title", "Appendix B: feature extraction stage of the hierarchical backbones")
+    return Table(STAGE_TABLE, title, "all", tuple(ids), "Appendix B")
+

@@ -33,6 +33,7 @@ def setup(tmp_path_factory):
     arch = study["backbones"]["vit-mini"]["arch"] = {"patch_size": 16, "embed_dim": 32, "depth": 3, "num_heads": 2}
     torch.save(build_classifier(arch, Geometry(32, 32), 12).state_dict(), base / "vit.pth")
     study["recipe"].update(global_batch=4, per_device_batch=2, max_steps=12, checkpoint_every=3, max_length=256)
+    study.pop("diagnostics")  # it names cells of the full grid
     study["cells"] = [{"backbone": "vit-mini", "objective": "cls", "geometry": "32", "tap": "block-2",
                        "connector": "mlp2"}]
     study["tables"] = {"t": {"title": "t", "columns": "all", "cells": ["vit-mini@cls@32@block-2@mlp2"]}}

@@ -214,7 +214,7 @@ def test_unknown_arch_and_tap():
     with pytest.raises(ValueError, match="window_size"):
         build({"dim": 8, "in_dim": 8, "depths": [1, 1, 1, 1]}, "stage3", Geometry.parse("64"))
     with pytest.raises(ValueError, match="stage3"):
-        build(TINY, "stage4", Geometry.parse("64"))
+        build(TINY, "stage5", Geometry.parse("64"))
 
 
 # --- strict loading of the official .pth.tar container ---------------------------------------------

@@ -13,7 +13,7 @@ def test_families_and_taps():
                              "beit-adapter", "fused", "timm", "hf"}
     assert all(family.implemented for family in FAMILIES.values())
     assert FAMILIES["vit"].taps == ("block-2",)
-    assert FAMILIES["vmamba"].taps == ("stage3", "stage3-outnorm")
+    assert FAMILIES["vmamba"].taps == ("stage3", "stage3-outnorm", "stage2", "stage4")
     assert FAMILIES["vit-adapter"].taps == FAMILIES["beit-adapter"].taps == ("adapter-stride32",)
     assert all(name == family.name for name, family in FAMILIES.items())
     # the generic families index the model's own layers: a form, not a list
@@ -49,7 +49,7 @@ def test_reading_the_registry_does_not_import_timm():
 
 
 def test_unknown_tap_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed: stage3, stage3-outnorm"):
+    with pytest.raises(ValueError, match="allowed: stage3, stage3-outnorm, stage2, stage4"):
         build_backbone("vmamba", "vmamba-t", "block-2", Geometry.parse("224"))
 
 

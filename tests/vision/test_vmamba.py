@@ -121,7 +121,7 @@ def test_registry_passes_tap_and_rejects_unknown_arch():
     with pytest.raises(ValueError, match="depths"):
         build_backbone("vmamba", {"dims": 8}, "stage3", Geometry.parse("64"))
     with pytest.raises(ValueError, match="stage3-outnorm"):
-        build_backbone("vmamba", TINY, "stage4", Geometry.parse("64"))
+        build_backbone("vmamba", TINY, "stage5", Geometry.parse("64"))
 
 
 # --- strict loading of official containers -------------------------------------------------------

@@ -50,13 +50,15 @@ def paper_jobs(tmp_path_factory):
 def test_paper_grid_lists_every_job(paper_jobs):
     study = yaml.safe_load(PAPER.read_text())
     counts = Counter(job.rule.name for job in paper_jobs)
-    n_cells, n_bench = len(study["cells"]), len(study["benchmarks"])
-    assert n_cells == 99
-    assert counts["train"] == 99
-    assert len(evaluations(paper_jobs)) == n_cells * n_bench == 990
+    n_bench = len(study["benchmarks"])
+    # the paper's 99 rows plus the 6 stage-2/4 cells of Appendix B (diagnostics.stage_ablation)
+    n_cells = len(study["cells"]) + 6
+    assert n_cells == 105
+    assert counts["train"] == 105
+    assert len(evaluations(paper_jobs)) == n_cells * n_bench == 1050
     # one model load per cell and column group, not per benchmark
     assert counts["evaluate_vqa"] == counts["evaluate_loc"] == n_cells
-    assert counts["table"] == len(study["tables"])
+    assert counts["table"] == len(study["tables"]) + 1  # + stage-ablation
     assert counts["correlation"] == 1 and counts["fetch_llm"] == 1 and counts["prepare_instruct"] == 1
     assert counts["prepare_benchmark"] == n_bench
     checkpoints = {(c["backbone"], c["objective"]) for c in study["cells"]
@@ -78,6 +80,30 @@ def test_train_jobs_carry_the_cluster_resources(paper_jobs):
     # the rule names the job's size; `vlmswap train` starts torchrun itself (tests/train/test_launch.py)
     assert f" vlmswap train --nodes 1 --gpus {gpus} " in train[0].shellcmd
     assert sys.executable not in train[0].shellcmd  # moving the venv changes no rule text
+
+
+def test_diagnostics_are_listed_with_gpu_resources(paper_jobs):
+    study = yaml.safe_load(PAPER.read_text())
+    diagnostics = study["diagnostics"]
+    counts = Counter(job.rule.name for job in paper_jobs)
+    assert counts["profile"] == len(diagnostics["profile"]["cells"]) == 3  # one GPU job per backbone
+    assert counts["collapse"] == len(diagnostics["collapse"]["cells"])
+    assert counts["probe"] == len(diagnostics["linear_probe"]["cells"])
+    assert counts["fetch_probe_dataset"] == len(diagnostics["linear_probe"]["datasets"]) == 7
+    assert counts["profile_figure"] == counts["collapse_figure"] == counts["probe_figure"] == 1
+    assert counts["figure2"] == len(diagnostics["figure2"]["cells"]) == 2 and counts["figure2_figure"] == 1
+    for rule, key in (("profile", "profile"), ("collapse", "collapse"), ("probe", "linear_probe"),
+                      ("figure2", "figure2")):
+        spec = diagnostics[key]["resources"]
+        for job in (j for j in paper_jobs if j.rule.name == rule):
+            assert job.resources["gpu"] == spec["gpus"] == 1
+            assert job.resources["mem_mb"] == spec["mem_mb"] and job.resources["runtime"] == spec["runtime_min"]
+            assert job.shellcmd.lstrip().startswith("OMP_NUM_THREADS=1 vlmswap " + rule + " ")
+    stage_table = [j for j in paper_jobs if j.rule.name == "table" and j.wildcards["table"] == "stage-ablation"]
+    assert len(stage_table) == 1
+    cells = {Path(p).parent.name for p in stage_table[0].input if "/evals/" in p and p.endswith("vqa-v2.json")}
+    assert cells == {f"{b}@in1k@224@{t}@mlp2" for b in ("vmamba-t", "maxvit-t", "mambavision-t")
+                     for t in ("stage2", "stage3", "stage4")}
 
 
 def test_one_table_schedules_only_what_it_needs(tmp_path):
@@ -130,8 +156,8 @@ def test_slurm_profile_dry_run_from_the_repository_root():
                           "config/experiments.yaml", "--quiet", "rules"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     counts = _rule_counts(out)
-    assert counts["train"] == "99" and counts["evaluate_vqa"] == counts["evaluate_loc"] == "99"
-    assert counts["table"] == "24"
+    assert counts["train"] == "105" and counts["evaluate_vqa"] == counts["evaluate_loc"] == "105"  # 99 rows + 6 stage-ablation cells
+    assert counts["table"] == "25"  # + stage-ablation
 
 
 def test_the_workflow_runs_from_any_directory_with_a_copied_profile(tmp_path):
@@ -145,11 +171,11 @@ def test_the_workflow_runs_from_any_directory_with_a_copied_profile(tmp_path):
     out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--profile",
                           "my-site", "--configfile", "study.yaml", "--quiet", "rules"],
                          cwd=work, capture_output=True, text=True, timeout=300)
-    assert _rule_counts(out)["train"] == "99"
+    assert _rule_counts(out)["train"] == "105"
     # the mini study, its config found beside the Snakefile, from elsewhere
     out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--cores", "1",
                           "--quiet", "rules"], cwd=work, capture_output=True, text=True, timeout=300)
-    assert _rule_counts(out)["train"] == "7"
+    assert _rule_counts(out)["train"] == "9"  # 7 + the stage-2/4 cells of VMamba-mini
 
 
 def test_a_wrong_config_value_stops_the_dry_run_with_the_key_path(tmp_path):

@@ -37,6 +37,7 @@ def study_config() -> dict:
     study["recipe"].update(epochs=1, checkpoint_every=4)
     study["backbones"] = {k: v for k, v in study["backbones"].items() if k in ("vit-mini", "vmamba-mini")}
     study["objectives"] = {k: v for k, v in study["objectives"].items() if k in ("cls", "seg")}
+    study.pop("diagnostics")  # it names cells of the full grid
     study["cells"] = [
         {"backbone": "vit-mini", "objective": "cls", "geometry": "64", "tap": "block-2", "connector": "mlp2"},
         {"backbone": "vmamba-mini", "objective": "cls", "geometry": "64", "tap": "stage3", "connector": "mlp2"},

@@ -41,6 +41,7 @@ wildcard_constraints:
     table=_alternatives(STUDY.tables) if STUDY.tables else "$^",
     backbone=_alternatives(STUDY.backbones),
     objective=_alternatives(config["objectives"]),
+    dataset=_alternatives(config.get("diagnostics", {}).get("linear_probe", {}).get("datasets", [])) or "$^",
 
 
 # ------------------------------------------------------------------------------------ paths
@@ -109,7 +110,9 @@ def table_spec(wildcards):
         cell = STUDY.cell(cell_id)
         backbone = STUDY.backbones[cell.backbone]
         rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params])
-    return canonical_json({"table": config["tables"][wildcards.table], "rows": rows, "columns": STUDY.columns})
+    # the stage-ablation table is made from diagnostics.stage_ablation (vlmswap.study), not `tables`
+    entry = config["tables"].get(wildcards.table) or config["diagnostics"]["stage_ablation"]
+    return canonical_json({"table": entry, "rows": rows, "columns": STUDY.columns})
 
 
 def cell_spec(wildcards):
@@ -195,4 +198,92 @@ def all_targets():
     targets = all_evals() + [f"{OUT}/tables/{t}.md" for t in STUDY.tables]
     if len(STUDY.cells) >= 3:  # a Pearson r over fewer cells says nothing (analysis/correlation.py)
         targets += [f"{OUT}/correlation.csv", f"{OUT}/correlation.png"]
+    return targets + diagnostics_targets()
+
+
+# ------------------------------------------------------------------------------- diagnostics
+
+
+DIAGNOSTICS = config.get("diagnostics", {})
+
+
+def diagnostic_cells(name):
+    """The cells a diagnostic (`profile`, `collapse`) runs on; none when the config has no such block."""
+    return list(DIAGNOSTICS.get(name, {}).get("cells", []))
+
+
+def diagnostic_resources(name):
+    """Snakemake resources of one diagnostic job (as eval_resources; `diag_gpus` is ours, for the message)."""
+    spec = DIAGNOSTICS.get(name, {}).get("resources", {})
+    gpus = int(spec.get("gpus", 0))
+    resources = {"runtime": int(spec.get("runtime_min", 30)), "mem_mb": int(spec.get("mem_mb", 4000)),
+                 "diag_gpus": gpus}
+    if gpus:
+        resources["gpu"] = gpus
+        resources["cpus_per_task"] = int(spec.get("cpus", 8))
+    if spec.get("partition"):
+        resources["slurm_partition"] = spec["partition"]
+    return resources
+
+
+def profile_spec(wildcards):
+    """What one cell's profile depends on: the sweep settings and the cell's model spec."""
+    from vlmswap.diagnostics.profiling import profile_settings
+
+    return canonical_json({"profile": profile_settings(STUDY), "model": model_spec(STUDY, STUDY.cell(wildcards.cell))})
+
+
+def collapse_spec():
+    from vlmswap.diagnostics.collapse import collapse_settings
+
+    return canonical_json(collapse_settings(STUDY)) if "collapse" in DIAGNOSTICS else ""
+
+
+def collapse_index():
+    benchmark = DIAGNOSTICS.get("collapse", {}).get("benchmark", "refcoco")
+    return f"{RES}/prepared/{benchmark}.json"
+
+
+def probe_datasets():
+    return list(DIAGNOSTICS.get("linear_probe", {}).get("datasets", []))
+
+
+def probe_root(dataset):
+    """Where a probe dataset lives: the mini world's classification set, or a fetched torchvision folder."""
+    return f"{RES}/world/classify" if dataset == "mini-classify" else f"{RES}/probe-data/{dataset}"
+
+
+def probe_data_inputs(wildcards):
+    return [world_flag() if d == "mini-classify" else f"{RES}/probe-data/{d}.fetched.json" for d in probe_datasets()]
+
+
+def probe_spec():
+    from vlmswap.diagnostics.probes import C_GRID, VAL_SHARE, probe_settings
+
+    if "linear_probe" not in DIAGNOSTICS:
+        return ""
+    return canonical_json({**probe_settings(STUDY), "C_grid": list(C_GRID), "val_share": VAL_SHARE})
+
+
+def figure2_benchmark():
+    return DIAGNOSTICS.get("figure2", {}).get("benchmark", "refcoco")
+
+
+def figure2_spec():
+    from vlmswap.diagnostics.figure2 import figure2_settings
+
+    return canonical_json(figure2_settings(STUDY)) if "figure2" in DIAGNOSTICS else ""
+
+
+def diagnostics_targets():
+    targets = []
+    if diagnostic_cells("figure2"):
+        targets.append(f"{OUT}/diagnostics/figure2.png")
+    if diagnostic_cells("linear_probe"):
+        targets += [f"{OUT}/diagnostics/probes.csv", f"{OUT}/diagnostics/probes.md", f"{OUT}/diagnostics/probes.png"]
+    if diagnostic_cells("profile"):
+        targets += [f"{OUT}/diagnostics/profile.csv", f"{OUT}/diagnostics/profile.png"]
+    if diagnostic_cells("collapse"):
+        targets += [f"{OUT}/diagnostics/collapse.csv", f"{OUT}/diagnostics/collapse.png",
+                    f"{OUT}/diagnostics/collapse.md"]
     return targets

@@ -20,7 +20,8 @@ Network (channel-first maps (B, C, H, W) between levels):
 
 Tap `stage3` = output of `levels[2]` before its downsample: stride 16, 4*dim channels, row-major
 tokens (../shared/paper/checkpoint_sources.csv, rows of family mambavision): 196 at 224,
-256 at 256, 1024 at 512.
+256 at 256, 1024 at 512. `stage2` / `stage4` (the Appendix B stage ablation): the outputs of
+`levels[1]` and `levels[3]` before their downsample (stride 8 and 32; 784 and 49 tokens at 224).
 
 `arch` is an official factory name (mamba_vision_T ... mamba_vision_L3_512_21k) or a mapping of
 the factory's keyword values for a tiny mini-world member (dim, in_dim, depths, num_heads,
@@ -47,7 +48,7 @@ from vlmswap.vision.scan import selective_scan
 __all__ = ["ARCHS", "TAPS", "MambaVision", "MambaVisionMixer", "build", "classifier", "window_partition",
            "window_reverse"]
 
-TAPS = ("stage3",)
+TAPS = ("stage3", "stage2", "stage4")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # default_cfgs of every released model (backbones.md 2.3)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -286,8 +287,9 @@ class MambaVision(VisionBackbone):
         num_classes = int(spec.get("num_classes", 1000) if num_classes is None else num_classes)
 
         self.tap = tap
+        self.stage = int(tap[len("stage")])  # 2, 3 or 4: the tapped level, counted from 1
         self.dims = [dim * 2 ** i for i in range(4)]
-        self.embed_dim = self.dims[2]
+        self.embed_dim = self.dims[self.stage - 1]
         self.mean = as_triple(spec.get("mean", IMAGENET_MEAN), "mean")
         self.std = as_triple(spec.get("std", IMAGENET_STD), "std")
 
@@ -306,13 +308,17 @@ class MambaVision(VisionBackbone):
 
     def stage3(self, pixels: Tensor) -> Tensor:
         """(B, 4*dim, H/16, W/16): the output of levels[2] before its downsample."""
+        return self.stage_output(pixels, 3)
+
+    def stage_output(self, pixels: Tensor, stage: int) -> Tensor:
+        """(B, 2^(k-1)*dim, H/2^(k+1), W/2^(k+1)): the output of levels[k-1] before its downsample."""
         x = self.patch_embed.conv_down(pixels)
-        x = self.levels[0](x)
-        x = self.levels[1](x)
-        return self.levels[2].forward_blocks(x)
+        for level in self.levels[: stage - 1]:
+            x = level(x)
+        return self.levels[stage - 1].forward_blocks(x)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        return self.stage3(pixels).flatten(2).transpose(1, 2)  # row-major tokens (B, h*w, 4*dim)
+        return self.stage_output(pixels, self.stage).flatten(2).transpose(1, 2)  # row-major tokens (B, h*w, C_k)
 
     def classify(self, pixels: Tensor) -> Tensor:
         """Class logits of the full classification network."""
@@ -322,7 +328,7 @@ class MambaVision(VisionBackbone):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(self.norm(x), 1), 1))
 
     def num_tokens(self, width: int, height: int) -> int:
-        for _ in range(4):  # two stem convs, then the downsamples of levels 0 and 1
+        for _ in range(self.stage + 1):  # two stem convs, then the downsamples of the levels before the tap
             width, height = _halve(width), _halve(height)
         return width * height
 

@@ -6,7 +6,9 @@ stride 4, 8, 16, 32. The paper's "stage 3, stride 16" is therefore the output of
 which is also `forward_intermediates(x, indices=[3])` (reference/backbones.md section 3;
 ../shared/paper/checkpoint_sources.csv, rows of family maxvit). No final norm is applied (the tf
 ports have `norm = Identity` and their norm lives in `head.norm`). Tokens are the (B, C, H/16, W/16)
-map flattened row-major: 196 at 224, 576 at 384, 1024 at 512.
+map flattened row-major: 196 at 224, 576 at 384, 1024 at 512. `stage2` / `stage4` (the Appendix B
+stage ablation) are the outputs of `stages[1]` and `stages[3]` (stride 8 and 32: 784 and 49 tokens
+at 224), without `head.norm` like `stage3`.
 
 `arch` is a timm model name with an optional weight tag (`maxvit_base_tf_224.in21k`): the tag picks
 the normalization, which differs between tags of one model (the 224 `.in1k` tags use ImageNet
@@ -38,8 +40,8 @@ from vlmswap.vision.base import VisionBackbone, as_triple
 
 __all__ = ["TAPS", "MaxVitBackbone", "build", "build_classifier", "classifier", "tf_port_cfg"]
 
-TAPS = ("stage3",)
-TAP_STAGE = 2            # stages[2] outputs stride 16 (the stem is stride 2, every stage halves)
+TAPS = ("stage3", "stage2", "stage4")
+TAP_STAGE = {"stage2": 1, "stage3": 2, "stage4": 3}  # stages[i] outputs stride 2^(i+2) (the stem is stride 2, every stage halves)
 PARTITION_RATIO = 32     # timm MaxxVitTransformerCfg.partition_ratio: window = grid = img_size // 32
 _DEFAULT_NORM = (0.5, 0.5, 0.5)
 _MAPPING_KEYS = {"embed_dim", "depths", "stem_width", "head_hidden_size", "dim_head", "mean", "std"}
@@ -91,14 +93,16 @@ def build_classifier(arch: str | Mapping[str, Any], geometry: Geometry, num_clas
 
 
 class MaxVitBackbone(VisionBackbone):
-    """Row-major tokens of the output of `stages[2]` of a timm MaxxVit (tap `stage3`)."""
+    """Row-major tokens of the output of `stages[2]` of a timm MaxxVit (tap `stage3`; `stage2` and
+    `stage4` tap `stages[1]` and `stages[3]`)."""
 
     def __init__(self, arch: str | Mapping[str, Any], tap: str, geometry: Geometry):
         super().__init__()
         if tap not in TAPS:
             raise ValueError(f"unknown tap {tap!r} for family 'maxvit'; allowed: {', '.join(TAPS)}")
         self.model = build_classifier(arch, geometry, num_classes=0)
-        self.embed_dim = self.model.feature_info[TAP_STAGE + 1]["num_chs"]
+        self.stage_index = TAP_STAGE[tap]
+        self.embed_dim = self.model.feature_info[self.stage_index + 1]["num_chs"]
         if isinstance(arch, str):
             cfg = self.model.pretrained_cfg
             self.mean, self.std = as_triple(cfg["mean"], "mean"), as_triple(cfg["std"], "std")
@@ -108,18 +112,22 @@ class MaxVitBackbone(VisionBackbone):
 
     def stage3(self, pixels: Tensor) -> Tensor:
         """(B, C3, H/16, W/16): the output of stages[2]; stages[3], norm and head are not run."""
+        return self.stage_output(pixels, TAP_STAGE["stage3"])
+
+    def stage_output(self, pixels: Tensor, index: int) -> Tensor:
+        """The output of stages[index]; the later stages, norm and head are not run."""
         x = self.model.stem(pixels)
-        for stage in self.model.stages[: TAP_STAGE + 1]:
+        for stage in self.model.stages[: index + 1]:
             x = stage(x)
         return x
 
     def forward(self, pixels: Tensor) -> Tensor:
-        return self.stage3(pixels).flatten(2).transpose(1, 2)
+        return self.stage_output(pixels, self.stage_index).flatten(2).transpose(1, 2)
 
     def num_tokens(self, width: int, height: int) -> int:
-        # the stride-2 stem conv and the stride-2 first block of stages 0..2, each with TF "same"
-        # padding (output ceil(size / 2)); geometries are multiples of 32, where this is size / 16
-        for _ in range(TAP_STAGE + 2):
+        # the stride-2 stem conv and the stride-2 first block of stages 0..tap, each with TF "same"
+        # padding (output ceil(size / 2)); geometries are multiples of 32, where this is size / 2^(tap+2)
+        for _ in range(self.stage_index + 2):
             width, height = -(-width // 2), -(-height // 2)
         return width * height
 

@@ -86,10 +86,11 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "vit": Family("vit", "vlmswap.vision.vit", ("block-2",)),
-    "vmamba": Family("vmamba", "vlmswap.vision.vmamba", ("stage3", "stage3-outnorm")),
+    # stage2 / stage4: the Appendix B stage ablation of the hierarchical families
+    "vmamba": Family("vmamba", "vlmswap.vision.vmamba", ("stage3", "stage3-outnorm", "stage2", "stage4")),
     # named by config/experiments.yaml; taps as ../shared/paper/checkpoint_sources.csv describes them
-    "maxvit": Family("maxvit", "vlmswap.vision.maxvit", ("stage3",)),
-    "mambavision": Family("mambavision", "vlmswap.vision.mambavision", ("stage3",)),
+    "maxvit": Family("maxvit", "vlmswap.vision.maxvit", ("stage3", "stage2", "stage4")),
+    "mambavision": Family("mambavision", "vlmswap.vision.mambavision", ("stage3", "stage2", "stage4")),
     "vim": Family("vim", "vlmswap.vision.vim", ("final-norm",)),
     "vitdet": Family("vitdet", "vlmswap.vision.vitdet", ("last-block",)),
     "vit-adapter": Family("vit-adapter", "vlmswap.vision.vit_adapter", ("adapter-stride32",)),

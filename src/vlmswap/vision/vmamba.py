@@ -9,6 +9,9 @@ classification, COCO and ADE20K weights load with strict key matching. Channel-f
 Taps (section 1.3): `stage3` = output of `layers[2].blocks`, before `layers[2].downsample`, no
 norm (196 tokens at 224); `stage3-outnorm` = the same through `outnorm2`, as the mmdet/mmseg
 Backbone_VSSM returns it (those weights exist only in detection/segmentation checkpoints).
+`stage2` / `stage4` (the Appendix B stage ablation): the outputs of `layers[1].blocks` (stride 8,
+784 tokens at 224) and of `layers[3]` (stride 32, 49 tokens at 224; its downsample is Identity),
+no norm, like `stage3`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from vlmswap.vision.scan import cross_merge, cross_scan, selective_scan
 
 __all__ = ["ARCHS", "TAPS", "VMamba", "build", "classifier"]
 
-TAPS = ("stage3", "stage3-outnorm")
+TAPS = ("stage3", "stage3-outnorm", "stage2", "stage4")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # classification/data/build.py (backbones.md 1.2)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -167,8 +170,11 @@ class VMamba(VisionBackbone):
         num_classes = int(spec.get("num_classes", 1000) if num_classes is None else num_classes)
 
         self.tap = tap
+        self.stage = int(tap[len("stage")])  # 2, 3 or 4: the tapped stage, counted from 1
+        if self.stage > len(depths):
+            raise ValueError(f"VMamba tap {tap!r} needs {self.stage} stages; the arch has {len(depths)}: {spec}")
         self.dims = dims
-        self.embed_dim = dims[2]
+        self.embed_dim = dims[self.stage - 1]
         self.mean = as_triple(spec.get("mean", IMAGENET_MEAN), "mean")
         self.std = as_triple(spec.get("std", IMAGENET_STD), "std")
 
@@ -192,13 +198,17 @@ class VMamba(VisionBackbone):
 
     def stage3(self, pixels: Tensor) -> Tensor:
         """(B, C3, H/16, W/16): the output of layers[2].blocks, before its downsample."""
+        return self.stage_output(pixels, 3)
+
+    def stage_output(self, pixels: Tensor, stage: int) -> Tensor:
+        """(B, C_k, H/2^(k+1), W/2^(k+1)): the output of layers[k-1].blocks, before its downsample."""
         x = self.patch_embed(pixels)
-        x = self.layers[0](x)
-        x = self.layers[1](x)
-        return self.layers[2].blocks(x)
+        for layer in self.layers[: stage - 1]:
+            x = layer(x)
+        return self.layers[stage - 1].blocks(x)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        x = self.stage3(pixels)
+        x = self.stage_output(pixels, self.stage)
         if self.tap == "stage3-outnorm":
             x = self.outnorm2(x)
         return x.flatten(2).transpose(1, 2)  # row-major tokens (B, h*w, C3)
@@ -211,7 +221,7 @@ class VMamba(VisionBackbone):
         return self.classifier(x)
 
     def num_tokens(self, width: int, height: int) -> int:
-        for _ in range(4):  # two stem convs, then layers[0] and layers[1] downsample
+        for _ in range(self.stage + 1):  # two stem convs, then the downsamples of the stages before the tap
             width, height = _halve(width), _halve(height)
         return width * height
 
