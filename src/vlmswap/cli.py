@@ -335,7 +335,8 @@ def cmd_baselines(args) -> None:
 def cmd_table(args) -> None:
     from vlmswap.analysis.report import write_study_table
 
-    write_study_table(_study(args), args.table, Path(args.results), Path(args.out_csv), Path(args.out_md), log=log)
+    write_study_table(_study(args), args.table, Path(args.results), Path(args.out_csv), Path(args.out_md), log=log,
+                      out_tex=Path(args.out_tex) if args.out_tex else None)
 
 
 def cmd_correlation(args) -> None:
@@ -384,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
          "index", "out")
     verb("baselines", cmd_baselines, "score the trivial baseline of one prepared benchmark", "benchmark", "index",
          "out")
-    verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
+    p = verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
+    p.add_argument("--out-tex", help="also write the table as LaTeX (booktabs)")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
     return parser
 

@@ -27,6 +27,7 @@ rule table:
     output:
         csv=f"{OUT}/tables/{{table}}.csv",
         md=f"{OUT}/tables/{{table}}.md",
+        tex=f"{OUT}/tables/{{table}}.tex",
     params:
         results=OUT,
         spec=table_spec,
@@ -38,7 +39,7 @@ rule table:
         "table {wildcards.table}"
     shell:
         "{VLMSWAP} table --config {CFG} --table {wildcards.table} --results {params.results} "
-        "--out-csv {output.csv} --out-md {output.md} 2>&1 | tee {log}"
+        "--out-csv {output.csv} --out-md {output.md} --out-tex {output.tex} 2>&1 | tee {log}"
 
 
 rule correlation:

@@ -109,7 +109,8 @@ def table_spec(wildcards):
     for cell_id in table.cells:
         cell = STUDY.cell(cell_id)
         backbone = STUDY.backbones[cell.backbone]
-        rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params])
+        rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params,
+                     backbone.family, dict(cell.paper), backbone.checkpoints.get(cell.objective, {}).get("in1k_acc")])
     return canonical_json({"table": config["tables"][wildcards.table], "rows": rows, "columns": STUDY.columns})
 
 

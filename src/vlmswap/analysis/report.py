@@ -11,18 +11,32 @@ from vlmswap.analysis.tables import Row, build_table, collect, write_table
 from vlmswap.study import Cell, Study
 
 
-def row_for(study: Study, cell: Cell, results_dir: Path) -> Row:
-    """The paper's label columns; the token count comes from the cell's training record."""
+def in1k_accuracy(study: Study, cell: Cell) -> float | None:
+    """The IN1K top-1 accuracy of the cell's checkpoint as the paper prints it (config `in1k_acc`)."""
+    if study.backbones[cell.backbone].members:
+        return None
+    value = study.checkpoint_source(cell.backbone, cell.objective).get("in1k_acc")
+    return None if value is None else float(value)
+
+
+def row_for(study: Study, cell: Cell, results_dir: Path, in1k_column: bool = False) -> Row:
+    """The paper's label columns (with the checkpoint's IN1K accuracy where the paper's table shows
+    it), the cell's paper numbers and its row group (the family); the token count comes from the
+    cell's training record."""
     backbone = study.backbones[cell.backbone]
     summary = results_dir / "models" / cell.id / "train.json"
     tokens = json.loads(summary.read_text()).get("visual_tokens", "") if summary.exists() else ""
-    return Row(cell.id, {
+    labels = {
         "Pretrained": study.raw["objectives"][cell.objective]["display"],
         "Visual Encoder": backbone.display + ("(f)" if cell.connector == "mlp3" else ""),
         "Encoder Size": backbone.params,
-        "Image Size": f"{cell.geometry.width}x{cell.geometry.height}",
-        "Vision Token #": str(tokens),
-    })
+    }
+    if in1k_column:
+        acc = in1k_accuracy(study, cell)
+        labels["IN1K Acc"] = "" if acc is None else f"{acc:g}"
+    labels["Image Size"] = f"{cell.geometry.width}x{cell.geometry.height}"
+    labels["Vision Token #"] = str(tokens)
+    return Row(cell.id, labels, paper=dict(cell.paper), group=backbone.family)
 
 
 def staleness_against(results_dir: Path):
@@ -41,13 +55,14 @@ def staleness_against(results_dir: Path):
 
 
 def write_study_table(study: Study, table_id: str, results_dir: Path, out_csv: Path, out_md: Path,
-                      log: Callable[[str], None] = print) -> None:
+                      log: Callable[[str], None] = print, out_tex: Path | None = None) -> None:
     if table_id not in study.tables:
         raise KeyError(f"{study.path}: no table {table_id!r} (tables: {', '.join(study.tables)})")
     spec = study.tables[table_id]
     cells = study.cells_of_table(table_id)
     scores = collect(results_dir, [c.id for c in cells], study.benchmarks, staleness_against(results_dir))
-    table = build_table([row_for(study, c, results_dir) for c in cells], scores, spec.columns, study.columns)
+    rows = [row_for(study, c, results_dir, spec.in1k_column) for c in cells]
+    table = build_table(rows, scores, spec.columns, study.columns)
     notes = [f"Study `{study.name}` ({study.path}); scores in percent; weighted columns average the study's "
              f"benchmarks by sample count ({', '.join(study.columns)})."]
     if spec.paper:
@@ -58,7 +73,7 @@ def write_study_table(study: Study, table_id: str, results_dir: Path, out_csv: P
             b = json.loads(baseline.read_text())
             scores = ", ".join(f"{c} {v:.2f}" for c, v in b["columns"].items())
             notes.append(f"Trivial baseline on {name}: {scores} ({b['baseline']}).")
-    write_table(table, out_csv, out_md, spec.title, notes)
+    write_table(table, out_csv, out_md, spec.title, notes, out_tex)
     log(f"table {table_id}: {len(cells)} rows -> {out_md}")
 
 
