@@ -7,7 +7,7 @@
     vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
     vlmswap train --config C --cell ID ...
     vlmswap evaluate --config C --cell ID --benchmark B ...
-    vlmswap table | correlation
+    vlmswap table | correlation | findings | figures
 """
 
 from __future__ import annotations
@@ -345,6 +345,12 @@ def cmd_correlation(args) -> None:
     write_study_correlation(_study(args), Path(args.results), Path(args.out_csv), Path(args.out_png), log=log)
 
 
+def cmd_findings(args) -> None:
+    from vlmswap.analysis.findings import write_study_findings
+
+    write_study_findings(_study(args), Path(args.results), Path(args.out_md), Path(args.out_json), log=log)
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 
@@ -387,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
          "out")
     p = verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
     p.add_argument("--out-tex", help="also write the table as LaTeX (booktabs)")
+    verb("findings", cmd_findings, "the paper's observations computed on this study", "results", "out-md",
+         "out-json")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
     return parser
 
