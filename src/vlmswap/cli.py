@@ -335,8 +335,13 @@ def cmd_baselines(args) -> None:
 def cmd_table(args) -> None:
     from vlmswap.analysis.report import write_study_table
 
-    write_study_table(_study(args), args.table, Path(args.results), Path(args.out_csv), Path(args.out_md), log=log,
+    from vlmswap.analysis.report import write_markdown_page
+
+    study = _study(args)
+    write_study_table(study, args.table, Path(args.results), Path(args.out_csv), Path(args.out_md), log=log,
                       out_tex=Path(args.out_tex) if args.out_tex else None)
+    if args.out_html:
+        write_markdown_page(Path(args.out_md), Path(args.out_html), study.tables[args.table].title)
 
 
 def cmd_correlation(args) -> None:
@@ -348,7 +353,25 @@ def cmd_correlation(args) -> None:
 def cmd_findings(args) -> None:
     from vlmswap.analysis.findings import write_study_findings
 
-    write_study_findings(_study(args), Path(args.results), Path(args.out_md), Path(args.out_json), log=log)
+    from vlmswap.analysis.report import write_markdown_page
+
+    study = _study(args)
+    write_study_findings(study, Path(args.results), Path(args.out_md), Path(args.out_json), log=log)
+    if args.out_html:
+        write_markdown_page(Path(args.out_md), Path(args.out_html), f"Findings of study {study.name}")
+
+
+def cmd_provenance(args) -> None:
+    from vlmswap.analysis.report import write_cell_provenance
+
+    write_cell_provenance(_study(args), args.cell, Path(args.results), Path(args.resources), Path(args.out))
+    log(f"provenance of {args.cell} -> {args.out}")
+
+
+def cmd_figures(args) -> None:
+    from vlmswap.analysis.figures import write_study_figures
+
+    write_study_figures(_study(args), Path(args.results), Path(args.out_dir), log=log)
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -393,8 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
          "out")
     p = verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
     p.add_argument("--out-tex", help="also write the table as LaTeX (booktabs)")
-    verb("findings", cmd_findings, "the paper's observations computed on this study", "results", "out-md",
-         "out-json")
+    p.add_argument("--out-html", help="also write the table as an HTML page (for the Snakemake report)")
+    p = verb("findings", cmd_findings, "the paper's observations computed on this study", "results", "out-md",
+             "out-json")
+    p.add_argument("--out-html", help="also write the findings as an HTML page (for the Snakemake report)")
+    verb("provenance", cmd_provenance, "one cell's provenance as an HTML page", "cell", "results", "resources", "out")
+    verb("figures", cmd_figures, "the study's figures (PNG + PDF)", "results", "out-dir")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
     return parser
 

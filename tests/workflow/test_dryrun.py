@@ -50,6 +50,15 @@ def test_paper_grid_lists_every_job(paper_jobs):
                    if study["backbones"][c["backbone"]]["family"] != "fused"}
     assert counts["fetch_backbone"] >= len(checkpoints)
     assert "mini_world" not in counts and "pretrain_mini" not in counts
+    # the researcher's view: findings, figures and one provenance page per cell, for the HTML report
+    assert counts["findings"] == 1 and counts["figures"] == 1 and counts["provenance"] == 99
+    outputs = {str(f) for job in paper_jobs for f in job.output}
+    assert {"results/paper/findings.md", "results/paper/findings.json", "results/paper/figures/loss.png",
+            "results/paper/figures/ours-vs-paper.pdf", "results/paper/figures/tables/table-1.png",
+            "results/paper/tables/table-1.tex", "results/paper/tables/table-1.html"} <= outputs
+    reported = {str(f) for job in paper_jobs for f in job.output if f.flags.get("report")}
+    assert "results/paper/findings.html" in reported and "results/paper/tables/table-36.html" in reported
+    assert sum(f.startswith("results/paper/provenance/") for f in reported) == 99
 
 
 def test_train_jobs_carry_the_cluster_resources(paper_jobs):
@@ -113,6 +122,7 @@ def test_slurm_profile_dry_run_from_the_repository_root():
 
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, flags=re.M))
     assert counts["train"] == "99" and counts["evaluate"] == "990" and counts["table"] == "24"
+    assert counts["findings"] == "1" and counts["figures"] == "1" and counts["provenance"] == "99"
 
 
 def test_a_wrong_config_value_stops_the_dry_run_with_the_key_path(tmp_path):

@@ -28,6 +28,8 @@ rule table:
         csv=f"{OUT}/tables/{{table}}.csv",
         md=f"{OUT}/tables/{{table}}.md",
         tex=f"{OUT}/tables/{{table}}.tex",
+        html=report(f"{OUT}/tables/{{table}}.html", caption="../report/table.rst", category="1. Tables",
+                    labels={"table": "{table}"}),
     params:
         results=OUT,
         spec=table_spec,
@@ -39,7 +41,8 @@ rule table:
         "table {wildcards.table}"
     shell:
         "{VLMSWAP} table --config {CFG} --table {wildcards.table} --results {params.results} "
-        "--out-csv {output.csv} --out-md {output.md} --out-tex {output.tex} 2>&1 | tee {log}"
+        "--out-csv {output.csv} --out-md {output.md} --out-tex {output.tex} "
+        "--out-html {output.html} 2>&1 | tee {log}"
 
 
 rule correlation:

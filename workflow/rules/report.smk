@@ -1,0 +1,104 @@
+# The researcher's view of a study: findings, figures and each cell's provenance, every one a
+# report() output, so that `snakemake --report report.html` gathers them with the tables into one
+# HTML file. Cheap, so they run on the submit host even under the SLURM profile.
+from vlmswap.analysis.figures import figure_names
+
+
+def analysis_spec():
+    """What findings and figures depend on besides the results: each cell's labels, encoder size,
+    IN1K accuracy and paper numbers, the table groups, and the findings settings."""
+    cells = []
+    for cell in STUDY.cells:
+        backbone = STUDY.backbones[cell.backbone]
+        cells.append([cell.id, backbone.family, backbone.display, backbone.params,
+                      config["objectives"][cell.objective], dict(cell.paper),
+                      backbone.checkpoints.get(cell.objective, {}).get("in1k_acc")])
+    tables = {t: [spec.title, list(spec.cells)] for t, spec in STUDY.tables.items()}
+    return canonical_json({"cells": cells, "tables": tables, "findings": config.get("findings", {}),
+                           "columns": STUDY.columns})
+
+
+def figure_files(kind):
+    names = figure_names(STUDY)
+    chosen = {
+        "study": [n for n in names if "/" not in n and not n.startswith("correlation-")],
+        "correlation": [n for n in names if n.startswith("correlation-")],
+        "tables": [n for n in names if n.startswith("tables/")],
+    }[kind]
+    return [f"{OUT}/figures/{n}" for n in chosen]
+
+
+def report_targets():
+    return ([f"{OUT}/findings.md", f"{OUT}/findings.json", f"{OUT}/findings.html"]
+            + figure_files("study") + figure_files("correlation") + figure_files("tables")
+            + [f"{OUT}/provenance/{c}.html" for c in STUDY.cell_ids])
+
+
+rule findings:
+    localrule: True
+    input:
+        all_evals(),
+    output:
+        md=f"{OUT}/findings.md",
+        json=f"{OUT}/findings.json",
+        html=report(f"{OUT}/findings.html", caption="../report/findings.rst", category="2. Findings"),
+    params:
+        results=OUT,
+        spec=analysis_spec(),
+    log:
+        f"{LOGS}/findings.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "the paper's observations, computed on this study"
+    shell:
+        "{VLMSWAP} findings --config {CFG} --results {params.results} --out-md {output.md} "
+        "--out-json {output.json} --out-html {output.html} 2>&1 | tee {log}"
+
+
+rule figures:
+    localrule: True
+    input:
+        evals=all_evals(),
+        losses=[f"{OUT}/models/{c}/loss.jsonl" for c in STUDY.cell_ids],
+    output:
+        report(figure_files("study"), caption="../report/figures.rst", category="3. Figures", subcategory="study"),
+        report(figure_files("correlation"), caption="../report/figures.rst", category="3. Figures",
+               subcategory="benchmark correlations"),
+        report(figure_files("tables"), caption="../report/figures.rst", category="3. Figures",
+               subcategory="ours vs paper per table"),
+        [f.removesuffix(".png") + ".pdf" for k in ("study", "correlation", "tables") for f in figure_files(k)],
+    params:
+        results=OUT,
+        out=f"{OUT}/figures",
+        spec=analysis_spec(),
+    log:
+        f"{LOGS}/figures.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "figures: loss curves, ours vs paper, score vs size and IN1K accuracy, correlation heatmaps"
+    shell:
+        "{VLMSWAP} figures --config {CFG} --results {params.results} --out-dir {params.out} 2>&1 | tee {log}"
+
+
+rule provenance:
+    localrule: True
+    input:
+        summary=f"{OUT}/models/{{cell}}/train.json",
+        evals=lambda wc: [eval_json(wc.cell, b) for b in STUDY.benchmarks],
+    output:
+        report(f"{OUT}/provenance/{{cell}}.html", caption="../report/provenance.rst", category="4. Provenance",
+               labels={"cell": "{cell}"}),
+    params:
+        results=OUT,
+        resources=RES,
+    log:
+        f"{LOGS}/provenance/{{cell}}.log",
+    conda:
+        "../envs/vlmswap.yaml"
+    message:
+        "provenance page of {wildcards.cell}"
+    shell:
+        "{VLMSWAP} provenance --config {CFG} --cell {wildcards.cell} --results {params.results} "
+        "--resources {params.resources} --out {output} 2>&1 | tee {log}"
