@@ -2,7 +2,7 @@
 
     vlmswap cells --config config/experiments.yaml        # list the grid
     vlmswap validate --config config/mini.yaml
-    vlmswap status --config config/mini.yaml [--json]     # which results are current, stale or missing
+    vlmswap status --config config/mini.yaml [--json]     # done/running/failed/missing/stale per cell and stage
     vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
     vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
     vlmswap train --config C --cell ID ...
@@ -45,40 +45,12 @@ def cmd_cells(args) -> None:
 
 
 def cmd_status(args) -> None:
-    """Per cell: is the model trained, and is each result current, stale (another model's) or missing."""
-    from vlmswap.analysis.report import staleness_against
+    """Per cell and stage (checkpoint, train, each evaluation) and for tables, findings and figures:
+    done / running / failed / missing / stale, the last lines of each failed job's log, the totals."""
+    from vlmswap.status import grid_status, to_json, to_text
 
-    study = _study(args)
-    results = Path(args.results or f"results/{study.name}")
-    check = staleness_against(results)
-    rows, totals = [], {"current": 0, "stale": 0, "missing": 0}
-    for cell in study.cells:
-        trained = (results / "models" / cell.id / "train.json").is_file()
-        row = {"cell": cell.id, "model": "trained" if trained else "missing", "results": {}}
-        for benchmark in study.benchmarks:
-            path = results / "evals" / cell.id / f"{benchmark}.json"
-            if not path.is_file():
-                state, why = "missing", None
-            else:
-                why = check(cell.id, json.loads(path.read_text()))
-                state = "stale" if why else "current"
-            totals[state] += 1
-            row["results"][benchmark] = {"state": state, **({"why": why} if why else {})}
-        rows.append(row)
-    if args.json:
-        print(json.dumps({"study": study.name, "results": str(results), "cells": rows, "totals": totals}, indent=2))
-        return
-    width = max(len(c.id) for c in study.cells)
-    print(f"{'cell'.ljust(width)}  model    " + "  ".join(b.ljust(8) for b in study.benchmarks))
-    for row in rows:
-        print(f"{row['cell'].ljust(width)}  {row['model'].ljust(7)}  "
-              + "  ".join(row["results"][b]["state"].ljust(8) for b in study.benchmarks))
-    for row in rows:
-        for benchmark, r in row["results"].items():
-            if r["state"] == "stale":
-                print(f"stale: {row['cell']} {benchmark}: {r['why']}")
-    print(f"{totals['current']} current, {totals['stale']} stale, {totals['missing']} missing results "
-          f"under {results}; `snakemake` reruns what is stale or missing")
+    status = grid_status(_study(args), Path(args.workdir), Path(args.results) if args.results else None)
+    print(to_json(status) if args.json else to_text(status), end="")
 
 
 def cmd_mini_world(args) -> None:
@@ -393,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("validate", cmd_validate, "check a study config")
     verb("cells", cmd_cells, "list the cell ids of a study")
-    p = verb("status", cmd_status, "which results are current, stale or missing")
+    p = verb("status", cmd_status, "where the grid stands: done, running, failed, missing or stale, per cell and stage")
     p.add_argument("--results", help="the study's results folder (default results/<study>)")
+    p.add_argument("--workdir", default=".", help="Snakemake's working directory (default: here)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     verb("mini-world", cmd_mini_world, "generate the mini world", "out")
     verb("pretrain-mini", cmd_pretrain_mini, "pretrain a tiny backbone on the mini world",
