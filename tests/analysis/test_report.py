@@ -112,5 +112,5 @@ def test_a_cell_the_paper_lacks_has_no_delta_and_a_missing_result_shows_the_pape
     write_result(results, first, "vqa-v2", {"vqa-v2": 61.0})
     write_study_table(paper, "table-1", results, out.with_suffix(".csv"), out.with_suffix(".md"), log=lambda _: None)
     row = next(line for line in out.with_suffix(".md").read_text().split("\n") if line.startswith("| IN1K | ViT-S |"))
-    assert "61.00 (+1.14)" in row  # ours 61.00, the paper's ViT-S VQA-v2 59.86
-    assert "– (paper 50.48)" in row  # GQA not run: the paper's value still shown
+    assert "61.00\u00a0(+1.14)" in row  # ours 61.00, the paper's ViT-S VQA-v2 59.86 (no-break space)
+    assert "–\u00a0(paper\u00a050.48)" in row  # GQA not run: the paper's value still shown

@@ -41,7 +41,8 @@ rule findings:
     output:
         md=f"{OUT}/findings.md",
         json=f"{OUT}/findings.json",
-        html=report(f"{OUT}/findings.html", caption="../report/findings.rst", category="2. Findings"),
+        html=report(f"{OUT}/findings.html", caption="../report/findings.rst", category="2. Findings",
+                    labels={"page": "findings"}),
     params:
         results=OUT,
         spec=analysis_spec(),
@@ -62,11 +63,11 @@ rule figures:
         evals=all_evals(),
         losses=[f"{OUT}/models/{c}/loss.jsonl" for c in STUDY.cell_ids],
     output:
-        report(figure_files("study"), caption="../report/figures.rst", category="3. Figures", subcategory="study"),
-        report(figure_files("correlation"), caption="../report/figures.rst", category="3. Figures",
-               subcategory="benchmark correlations"),
-        report(figure_files("tables"), caption="../report/figures.rst", category="3. Figures",
-               subcategory="ours vs paper per table"),
+        [report(f, caption="../report/figures.rst", category="3. Figures", subcategory=subcategory,
+                labels={"figure": f.split("/figures/")[1].removesuffix(".png")})
+         for kind, subcategory in (("study", "study"), ("correlation", "benchmark correlations"),
+                                   ("tables", "ours vs paper per table"))
+         for f in figure_files(kind)],
         [f.removesuffix(".png") + ".pdf" for k in ("study", "correlation", "tables") for f in figure_files(k)],
     params:
         results=OUT,

@@ -107,7 +107,7 @@ body { font-family: system-ui, sans-serif; font-size: 13px; margin: 1em; color: 
 table { border-collapse: collapse; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; }
 th { background: #f0f0f0; }
-td { text-align: right; white-space: nowrap; }
+td { text-align: right; }
 td:first-child, td:nth-child(2), td:nth-child(3) { text-align: left; }
 code, pre { background: #f6f6f6; font-size: 12px; }
 pre { padding: 6px; overflow-x: auto; }

@@ -396,10 +396,11 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, .
             text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
             if skipped:
                 text += DAGGER
+            # a no-break space keeps a score and its delta on one line in narrow (HTML) views
             if not math.isnan(delta):
-                text += f" ({delta:+.2f})"
+                text += f"\u00a0({delta:+.2f})"
             elif not math.isnan(paper):
-                text += f" (paper {paper:.2f})"
+                text += f"\u00a0(paper\u00a0{paper:.2f})"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     parts = [f"## {title}", "\n".join(lines)]
