@@ -75,7 +75,7 @@ def test_synthetic_grid_flags_the_known_collapse_and_the_variant_that_recovers()
     assert base["group_median"] == 40.0 and base["group_size"] == 5 and base["loc_weighted"] == 12.0
     recovery = {s["cell"]: s["recovers"] for s in base["stabilized"]}
     assert recovery == {"vmamba-b@det@512@tap@mlp2": True, "vmamba-b@det@1333x800@tap@mlp3": False}
-    assert collapse.numbers == {"margin": 10, "groups": 4, "flagged": 2, "recovered": 2}
+    assert collapse.numbers == {"margin": 10, "groups": 4, "dense_groups": 1, "flagged": 2, "recovered": 2}
 
 
 def test_collapse_margin_is_configurable():
@@ -107,6 +107,16 @@ def test_a_matched_setting_won_by_another_family_disagrees():
     frame = synthetic_grid()
     frame.loc["vit-s@in1k@224@tap@mlp2", ["loc-weighted", "overall-weighted"]] = [60.0, 70.0]
     assert by_id(compute_findings(frame, COLUMNS, "synthetic"))["best-matched"].verdict == "disagrees"
+
+
+def test_ties_and_a_grid_without_dense_groups_are_not_testable():
+    frame = synthetic_grid()
+    frame["overall-weighted"] = 50.0  # every cell scores the same: no family is strongest
+    found = by_id(compute_findings(frame, COLUMNS, "synthetic"))
+    assert found["best-matched"].verdict == "not testable" and "shared by" in found["best-matched"].summary
+    classification_only = synthetic_grid()[lambda f: f["kind"] == "classification"]
+    collapse = by_id(compute_findings(classification_only, COLUMNS, "synthetic"))["localization-collapse"]
+    assert collapse.verdict == "not testable" and collapse.numbers["dense_groups"] == 0
 
 
 def test_the_paper_numbers_agree_with_the_paper(tmp_path):

@@ -163,11 +163,14 @@ def _check_correlation(frame: pd.DataFrame, columns: list[str]) -> Finding:
                "loc_vs_text": [min(with_text), max(with_text)] if with_text else None,
                "paper_loc_vs_perception": list(PAPER_PERCEPTION_RANGE), "paper_loc_vs_text": list(PAPER_TEXT_RANGE)}
     if not with_perception or not with_text:
-        missing = "a localization benchmark" if not loc else (
-            "a perception VQA benchmark (VQA-v2, GQA, POPE, TallyQA)" if not with_perception
-            else "a text-heavy VQA benchmark (TextVQA, VizWiz)")
-        return Finding("benchmark-correlation", title, paper, UNTESTABLE,
-                       f"this study has no {missing} (or it is constant over the {n} cells).", numbers)
+        if loc and perception and text:
+            why = f"the scores are constant over the {n} cells, so their correlations are undefined."
+        else:
+            missing = "a localization benchmark" if not loc else (
+                "a perception VQA benchmark (VQA-v2, GQA, POPE, TallyQA)" if not perception
+                else "a text-heavy VQA benchmark (TextVQA, VizWiz)")
+            why = f"this study lacks {missing}."
+        return Finding("benchmark-correlation", title, paper, UNTESTABLE, why, numbers)
     p_lo, p_hi = numbers["loc_vs_perception"]
     t_lo, t_hi = numbers["loc_vs_text"]
     ordered = float(np.mean(with_perception)) > float(np.mean(with_text))
@@ -269,10 +272,16 @@ def _check_matched(frame: pd.DataFrame) -> Finding:
         if column.empty:
             continue
         best = column.idxmax()
+        tied = sorted(set(frame.loc[column.index[column == column.max()], "family"]))
         rows.append({"score": score, "best": _label(frame, best), "family": frame.loc[best, "family"],
-                     "value": float(column.max()), "n": len(column)})
+                     "value": float(column.max()), "n": len(column), "tied_families": tied if len(tied) > 1 else []})
     overall = next(r for r in rows if r["score"] == "overall-weighted")
     loc = next((r for r in rows if r["score"] == "loc-weighted"), None)
+    if overall["tied_families"]:
+        return Finding("best-matched", title, paper, UNTESTABLE,
+                       f"the best Weighted Overall ({overall['value']:.2f}) is shared by "
+                       f"{', '.join(overall['tied_families'])}: no family is strongest.",
+                       {"setting": dict(zip(("objective", "geometry", "connector"), key))}, rows)
     wins = [overall["family"] == "vmamba", loc is None or loc["family"] == "vmamba"]
     verdict = AGREES if all(wins) else PARTLY if any(wins) else DISAGREES
     objective, geometry, connector = key
@@ -289,11 +298,12 @@ def _check_collapse(frame: pd.DataFrame, margin: float) -> Finding:
              "recover them (paper.md l. 101, 142-148).")
     title = f"Localization collapse (more than {margin:g} points of Weighted Loc. below its family's median)"
     data = frame.dropna(subset=["loc-weighted"])
-    flagged, groups = [], 0
+    flagged, groups, dense = [], 0, 0
     for (family, objective), group in data.groupby(["family", "objective"], sort=False):
         if len(group) < 2:
             continue
         groups += 1
+        dense += bool(group["kind"].isin(["detection", "segmentation"]).any())
         median = float(group["loc-weighted"].median())
         for cell_id, row in group.iterrows():
             if row["loc-weighted"] >= median - margin:
@@ -307,11 +317,15 @@ def _check_collapse(frame: pd.DataFrame, margin: float) -> Finding:
                                 "recovers": bool(r["loc-weighted"] >= median - margin)}
                                for v, r in variants.iterrows()],
             })
-    numbers = {"margin": margin, "groups": groups, "flagged": len(flagged),
+    numbers = {"margin": margin, "groups": groups, "dense_groups": dense, "flagged": len(flagged),
                "recovered": sum(any(s["recovers"] for s in f["stabilized"]) for f in flagged)}
     if groups == 0:
         return Finding("localization-collapse", title, paper, UNTESTABLE,
                        "no family has two scored cells under one objective in this study.", numbers)
+    if dense == 0 and not flagged:  # the paper's statement is about dense-objective checkpoints
+        return Finding("localization-collapse", title, paper, UNTESTABLE,
+                       f"no cell is flagged in {groups} family/objective group(s), none of them with a detection or "
+                       "segmentation checkpoint and two scored cells.", numbers)
     recovered = numbers["recovered"]
     with_variants = sum(bool(f["stabilized"]) for f in flagged)
     if not flagged:
