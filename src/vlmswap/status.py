@@ -25,7 +25,7 @@ from pathlib import Path
 from vlmswap.study import Study
 
 __all__ = ["CellStatus", "GridStatus", "SnakemakeState", "StageStatus", "STATES", "grid_status",
-           "read_snakemake_state"]
+           "read_snakemake_state", "to_json", "to_text"]
 
 STATES = ("done", "running", "failed", "missing", "stale")
 LOG_TAIL_LINES = 8
