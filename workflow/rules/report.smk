@@ -1,38 +1,6 @@
 # The researcher's view of a study: findings, figures and each cell's provenance, every one a
 # report() output, so that `snakemake --report report.html` gathers them with the tables into one
 # HTML file. Cheap, so they run on the submit host even under the SLURM profile.
-from vlmswap.analysis.figures import figure_names
-
-
-def analysis_spec():
-    """What findings and figures depend on besides the results: each cell's labels, encoder size,
-    IN1K accuracy and paper numbers, the table groups, and the findings settings."""
-    cells = []
-    for cell in STUDY.cells:
-        backbone = STUDY.backbones[cell.backbone]
-        cells.append([cell.id, backbone.family, backbone.display, backbone.params,
-                      config["objectives"][cell.objective], dict(cell.paper),
-                      backbone.checkpoints.get(cell.objective, {}).get("in1k_acc")])
-    tables = {t: [spec.title, list(spec.cells)] for t, spec in STUDY.tables.items()}
-    return canonical_json({"cells": cells, "tables": tables, "findings": config.get("findings", {}),
-                           "columns": STUDY.columns})
-
-
-def figure_files(kind):
-    names = figure_names(STUDY)
-    chosen = {
-        "study": [n for n in names if "/" not in n and not n.startswith("correlation-")],
-        "correlation": [n for n in names if n.startswith("correlation-")],
-        "tables": [n for n in names if n.startswith("tables/")],
-    }[kind]
-    return [f"{OUT}/figures/{n}" for n in chosen]
-
-
-def report_targets():
-    return ([f"{OUT}/findings.md", f"{OUT}/findings.json", f"{OUT}/findings.html"]
-            + figure_files("study") + figure_files("correlation") + figure_files("tables")
-            + [f"{OUT}/provenance/{c}.html" for c in STUDY.cell_ids])
-
 
 rule findings:
     localrule: True
@@ -64,14 +32,14 @@ rule figures:
         losses=[f"{OUT}/models/{c}/loss.jsonl" for c in STUDY.cell_ids],
     output:
         [report(f, caption="../report/figures.rst", category="3. Figures", subcategory=subcategory,
-                labels={"figure": f.split("/figures/")[1].removesuffix(".png")})
+                labels={"figure": Path(f).relative_to(f"{OUT}/figures").with_suffix("").as_posix()})
          for kind, subcategory in (("study", "study"), ("correlation", "benchmark correlations"),
                                    ("tables", "ours vs paper per table"))
          for f in figure_files(kind)],
         [f.removesuffix(".png") + ".pdf" for k in ("study", "correlation", "tables") for f in figure_files(k)],
     params:
         results=OUT,
-        out=f"{OUT}/figures",
+        out=lambda wildcards, output: str(Path(output[0]).parent),  # figures/, where loss.png goes
         spec=analysis_spec(),
     log:
         f"{LOGS}/figures.log",
