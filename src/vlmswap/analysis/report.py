@@ -146,10 +146,13 @@ def cell_provenance(study: Study, cell: Cell, results_dir: Path, resources_dir: 
              f"Study `{study.name}` ({study.path}); backbone family `{backbone.family}`, "
              f"{backbone.display} ({backbone.params or 'size not given'})."]
 
+    # the recipe the model was trained with (train.json), the config's until it is trained
     parts += ["", "## Config entry", "", _json_block({
         "cell": {"backbone": cell.backbone, "objective": cell.objective, "geometry": str(cell.geometry),
                  "tap": cell.tap, "connector": cell.connector, **({"recipe": dict(cell.recipe)} if cell.recipe else {})},
-        "recipe": study.recipe(cell), "paper": dict(cell.paper) or None,
+        "recipe": (summary or {}).get("recipe", study.recipe(cell)),
+        "backbone": {"family": backbone.family, "arch": backbone.arch, "display": backbone.display,
+                     "params": backbone.params},
     })]
 
     parts += ["", "## Checkpoints", "", "| backbone | objective | source | origin | sha256 |", "| --- | --- | --- | --- | --- |"]
