@@ -345,7 +345,6 @@ def build_table(
 # Writing
 
 
-
 def _score_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c in ALL_COLUMNS or c in WEIGHTED_COLUMNS]
 
