@@ -140,3 +140,21 @@ def test_status_command_text_and_json(study_dir, capsys):
     assert data["totals"]["failed"] == 1 and data["snakemake_running"] is True
     cell = next(c for c in data["cells"] if c["cell"] == FAILED)
     assert next(s for s in cell["stages"] if s["stage"] == "evaluate:vqa-v2")["log_tail"][-1].startswith("RuntimeError")
+
+
+def test_a_failed_mini_pretraining_fails_the_checkpoint_stage(study_dir):
+    """As a real killed mini run logs it: the fetch never ran because its input's job failed."""
+    (study_dir / "resources/mini/checkpoints/vitdet-mini@det.ckpt").unlink()
+    write(study_dir / "logs/mini/pretrain_mini/vitdet-mini@det.log", "[19:34:15] pretrain vitdet-mini@det\n")
+    write(study_dir / ".snakemake" / "log" / "2026-12-01T110000.000000.snakemake.log", "\n".join([
+        "Error in rule pretrain_mini:",
+        "    message: None",
+        "    jobid: 28",
+        "    input: resources/mini/world/world.json",
+        "    output: resources/mini/pretrained/vitdet-mini@det.pth",
+        "    log: logs/mini/pretrain_mini/vitdet-mini@det.log (check log file(s) for error details)",
+        "",
+    ]) + "\n")
+    checkpoint = stages(grid_status(load_study(CONFIG), study_dir))["vitdet-mini@det@96@last-block@mlp2"]["checkpoint"]
+    assert checkpoint.state == "failed" and "rule pretrain_mini failed" in checkpoint.why
+    assert checkpoint.log_tail == ["[19:34:15] pretrain vitdet-mini@det"]

@@ -115,9 +115,12 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line.rstrip() for line in path.read_text(errors="replace").splitlines() if line.strip()][-lines:]
 
 
-def _stage(stage: str, outputs: list[str], log: str, workdir: Path, state: SnakemakeState) -> StageStatus:
-    """The state of one job from its outputs: running/failed if Snakemake says so, else done/missing."""
-    keys = [os.path.normpath(o) for o in outputs]
+def _stage(stage: str, outputs: list[str], log: str, workdir: Path, state: SnakemakeState,
+           upstream: tuple[str, ...] = ()) -> StageStatus:
+    """The state of one job from its outputs: running/failed if Snakemake says so, else done/missing.
+    `upstream` are outputs of the job(s) that make this stage's input within the same stage (the mini
+    study's pretraining before a fetch): their running or failure is this stage's."""
+    keys = [os.path.normpath(o) for o in (*outputs, *upstream)]
     if any(k in state.incomplete for k in keys):
         if state.locked:
             return StageStatus(stage, "running", outputs, log=log, log_tail=_tail(workdir / log, 2))
@@ -150,8 +153,11 @@ def grid_status(study: Study, workdir: Path = Path("."), results: Path | None = 
         backbone = study.backbones[cell.backbone]
         pairs = ([(m, o) for m in backbone.members for o in study.backbones[m].checkpoints] if backbone.members
                  else [(cell.backbone, cell.objective)])
+        pretrained = tuple(str(res / "pretrained" / f"{b}@{o}.pth") for b, o in pairs
+                           if "mini" in study.checkpoint_source(b, o))
         stages = [_stage("checkpoint", [str(res / "checkpoints" / f"{b}@{o}.ckpt") for b, o in pairs],
-                         str(logs / "fetch_backbone" / f"{pairs[0][0]}@{pairs[0][1]}.log"), workdir, state)]
+                         str(logs / "fetch_backbone" / f"{pairs[0][0]}@{pairs[0][1]}.log"), workdir, state,
+                         upstream=pretrained)]
         model = out / "models" / cell.id
         stages.append(_stage("train", [str(model / "train.json"), str(model / "model.safetensors")],
                              str(logs / "train" / f"{cell.id}.log"), workdir, state))
