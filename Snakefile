@@ -25,9 +25,15 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/diagnostics.smk"
+include: "workflow/rules/report.smk"
+
+
+# `snakemake --report report.html`: tables, findings, figures and each cell's provenance
+report: "workflow/report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+        report_targets(),

@@ -13,8 +13,10 @@ changing this script and commit the result; `--check` exits 1 if the committed f
 
     .venv/bin/python scripts/make_experiments_yaml.py [PAPER_DIR] [--out FILE] [--check]
 
-No result numbers are copied into the config except each checkpoint's `in1k_acc` (the paper's
-IN1K column), which the tables print as a property of the checkpoint.
+Each cell carries its paper row's numbers under `paper:` (IN1K accuracy, every score and weighted
+column, as printed), so that the tables can put the paper beside our results without the paper
+folder, which a clone of the repository does not have. Each checkpoint's `in1k_acc` (the paper's
+IN1K column) is printed by Tables 1-2 (`in1k_column: true`) as a property of the checkpoint.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ TAPS: list[tuple[str, str, str]] = [
 ]
 
 CONNECTORS = {"2mlp": "mlp2", "3mlp": "mlp3"}
+
+# paper_results.csv columns copied into each cell's `paper:` mapping, in the CSV's order.
+PAPER_NUMBERS = ("in1k_acc", "vqa-v2", "gqa", "vizwiz", "textvqa-ocr", "textvqa-pure", "pope", "tallyqa",
+                 "vqa-weighted", "refcoco", "refcoco+", "refcocog", "ocid-ref", "loc-weighted", "overall-weighted")
 
 # Paper tables: (id, paper number, header line in paper.md, columns, title). Line numbers are the
 # ones paper_results.csv's `source_lines` refers to; each is checked to be a table header.
@@ -283,6 +289,7 @@ class PaperStudy:
     cells: list[dict]
     cell_of_row: list[str]
     tables: list[tuple[str, str, str, str, list[str]]]  # id, title, paper, columns, cells
+    in1k_tables: set[str] = field(default_factory=set)  # tables whose paper header has the IN1K column
 
 
 def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
@@ -360,6 +367,7 @@ def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
             "geometry": geometry_of(row.result["image_size"]),
             "tap": tap_of(row.source["feature_tap"]),
             "connector": CONNECTORS[row.result["connector"]],
+            "paper": {k: float(row.result[k]) for k in PAPER_NUMBERS if row.result[k]},
         }
         cid = "@".join(cell[k] for k in ("backbone", "objective", "geometry", "tap", "connector"))
         if cid in cell_of_row:
@@ -374,7 +382,8 @@ def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
     unused = {ln for r in rows for ln in r.lines} - {t[2] for t in TABLES}
     if unused:
         raise ValueError(f"source_lines {sorted(unused)} belong to no table in TABLES")
-    return PaperStudy(objectives, backbones, cells, cell_of_row, tables)
+    in1k_tables = {tid for tid, _, line, _, _ in TABLES if "IN1K" in _cells(paper_md[line - 1])}
+    return PaperStudy(objectives, backbones, cells, cell_of_row, tables, in1k_tables)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -734,10 +743,20 @@ def render(study: PaperStudy) -> str:
 
     out.append(BENCHMARKS)
 
-    out.append("# One entry per experiment (paper_results.csv row order).")
+    out.append("# One entry per experiment (paper_results.csv row order); `paper:` holds its paper_results.csv")
+    out.append("# numbers (IN1K accuracy, scores and weighted averages in percent, as printed).")
     out.append("cells:")
     for cell in study.cells:
-        out.append(f"  - {flow(cell)}")
+        plain = {k: v for k, v in cell.items() if k != "paper"}
+        if not cell.get("paper"):
+            out.append(f"  - {flow(plain)}")
+            continue
+        # the paper's numbers on continuation lines of the same flow mapping: VQA, then localization
+        numbers = list(cell["paper"].items())
+        split = next((i for i, (k, _) in enumerate(numbers) if k == "refcoco"), len(numbers))
+        out.append(f"  - {flow(plain)[:-1]},")
+        out.append(f"     paper: {{{', '.join(f'{k}: {q(v)}' for k, v in numbers[:split])},")
+        out.append(f"       {', '.join(f'{k}: {q(v)}' for k, v in numbers[split:])}}}}}")
     out.append("")
 
     out.append(DIAGNOSTICS)
@@ -749,6 +768,8 @@ def render(study: PaperStudy) -> str:
         out.append(f"  {tid}:")
         out.append(f"    title: {q(title)}")
         out.append(f"    paper: {q(paper)}")
+        if tid in study.in1k_tables:
+            out.append("    in1k_column: true")
         out.append(f"    columns: {columns}")
         out.append("    cells:")
         out += [f"      - {c}" for c in cells]
@@ -766,7 +787,8 @@ def as_data(study: PaperStudy) -> dict:
             for b in study.backbones.values()
         },
         "cells": study.cells,
-        "tables": {tid: {"title": t, "paper": p, "columns": c, "cells": cells}
+        "tables": {tid: {"title": t, "paper": p, **({"in1k_column": True} if tid in study.in1k_tables else {}),
+                         "columns": c, "cells": cells}
                    for tid, t, p, c, cells in study.tables},
     }
 

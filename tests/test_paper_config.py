@@ -209,6 +209,27 @@ def test_in1k_acc_is_the_paper_column(config, cell_of_row, rows):
                 assert (bid, objective) in given, f"{bid}/{objective}: in1k_acc the paper does not print"
 
 
+PAPER_NUMBER_COLUMNS = ("in1k_acc", "vqa-v2", "gqa", "vizwiz", "textvqa-ocr", "textvqa-pure", "pope", "tallyqa",
+                        "vqa-weighted", "refcoco", "refcoco+", "refcocog", "ocid-ref", "loc-weighted",
+                        "overall-weighted")
+
+
+def test_each_cell_carries_its_paper_row_numbers(cell_of_row, rows):
+    """The tables compare against `paper:` (a clone has no ../shared): it must be the CSV row, exactly."""
+    for row in rows:
+        cell = cell_of_row[row["index"]]
+        expected = {k: float(row[k]) for k in PAPER_NUMBER_COLUMNS if row[k]}
+        assert cell.get("paper") == expected, f"{cell_id(cell)} (CSV row {row['index'] + 2})"
+        assert {"vqa-weighted", "overall-weighted"} <= set(cell["paper"]), cell_id(cell)
+
+
+def test_in1k_column_where_the_paper_prints_it(config):
+    lines = (PAPER / "paper.md").read_text().split("\n")
+    for tid, line in TABLE_LINES.items():
+        assert config["tables"][tid].get("in1k_column", False) == ("| IN1K |" in lines[line - 1]), tid
+    assert {t for t, spec in config["tables"].items() if spec.get("in1k_column")} == {"table-1", "table-2"}
+
+
 def test_backbone_text_is_the_paper_text(config, cell_of_row, rows):
     for row in rows:
         backbone = config["backbones"][cell_of_row[row["index"]]["backbone"]]

@@ -94,9 +94,10 @@ def test_a_table_names_a_stale_result_and_leaves_it_out_of_every_average(mini, t
     assert f"Stale: {stale}: the vqa-v2 result is left out" in text and f"Stale: {stale}: the refcoco result is left out" in text
     fresh_row = next(line for line in text.splitlines() if line.startswith("| MINI-CLS"))
     assert "50.00" in fresh_row and "stale" not in fresh_row
-    rows = csv.read_text().splitlines()
-    stale_csv = next(r for r in rows if r.startswith(stale))
-    assert stale_csv.split(",")[-5:-2] == ["", "", ""]  # vqa-v2, refcoco and their averages empty
+    import pandas as pd
+
+    frame = pd.read_csv(csv, index_col="cell_id")  # vqa-v2, refcoco and their averages empty
+    assert frame.loc[stale, ["vqa-v2", "refcoco", "vqa-weighted", "loc-weighted", "overall-weighted"]].isna().all()
 
 
 def test_status_tells_current_stale_and_missing_results(tmp_path, capsys):
@@ -105,14 +106,16 @@ def test_status_tells_current_stale_and_missing_results(tmp_path, capsys):
     fresh, stale = "vmamba-mini@cls@96@stage3@mlp2", "vmamba-mini@seg@96@stage3-outnorm@mlp2"
     _write_cell(tmp_path, fresh, _model(1e-3), "a" * 64, {"vqa-v2": 50.0, "refcoco": 10.0})
     _write_cell(tmp_path, stale, _model(1e-3), "b" * 64, {"vqa-v2": 53.85})
-    main(["status", "--config", str(ROOT / "config" / "mini.yaml"), "--results", str(tmp_path), "--json"])
+    main(["status", "--config", str(ROOT / "config" / "mini.yaml"), "--results", str(tmp_path), "--json",
+          "--workdir", str(tmp_path)])
     report = json.loads(capsys.readouterr().out)
-    cells = {c["cell"]: c for c in report["cells"]}
-    assert cells[fresh]["results"]["vqa-v2"]["state"] == "current"
-    assert cells[stale]["results"]["vqa-v2"]["state"] == "stale" and "another config" in cells[stale]["results"]["vqa-v2"]["why"]
-    assert cells[stale]["results"]["refcoco"]["state"] == "missing"
-    assert cells["vit-mini@cls@96@block-2@mlp2"]["model"] == "missing"
-    assert report["totals"] == {"current": 2, "stale": 1, "missing": 15}  # 9 cells (7 + 2 stage-ablation) x 2 benchmarks
+    cells = {c["cell"]: {s["stage"]: s for s in c["stages"]} for c in report["cells"]}
+    assert cells[fresh]["evaluate:vqa-v2"]["state"] == "done"
+    assert cells[stale]["evaluate:vqa-v2"]["state"] == "stale" and "another config" in cells[stale]["evaluate:vqa-v2"]["why"]
+    assert cells[stale]["evaluate:refcoco"]["state"] == "missing"
+    assert cells["vit-mini@cls@96@block-2@mlp2"]["train"]["state"] == "missing"
+    evals = [s["state"] for c in cells.values() for name, s in c.items() if name.startswith("evaluate:")]
+    assert (evals.count("done"), evals.count("stale"), evals.count("missing")) == (2, 1, 15)  # 9 cells (7 + 2 stage-ablation) x 2 benchmarks
     main(["status", "--config", str(ROOT / "config" / "mini.yaml"), "--results", str(tmp_path)])
     text = capsys.readouterr().out
-    assert f"stale: {stale} vqa-v2:" in text and "2 current, 1 stale, 15 missing" in text
+    assert f"stale: {stale} evaluate:vqa-v2:" in text and "1 stale" in text

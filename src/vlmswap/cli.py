@@ -2,13 +2,13 @@
 
     vlmswap cells --config config/experiments.yaml        # list the grid
     vlmswap validate --config config/mini.yaml
-    vlmswap status --config config/mini.yaml [--json]     # which results are current, stale or missing
+    vlmswap status --config config/mini.yaml [--json]     # done/running/failed/missing/stale per cell and stage
     vlmswap preflight --config config/experiments.yaml    # hand-placed inputs, disk, credentials, GPU-hours
     vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
     vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
     vlmswap train --config C --cell ID ...
     vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
-    vlmswap table | correlation
+    vlmswap table | correlation | findings | figures | provenance
     vlmswap profile | profile-figure | probe | probe-figure | fetch-probe-dataset | collapse | collapse-figure
     vlmswap figure2 | figure2-figure
                                                           # the diagnostics (README, Diagnostics)
@@ -77,40 +77,12 @@ def cmd_cells(args) -> None:
 
 
 def cmd_status(args) -> None:
-    """Per cell: is the model trained, and is each result current, stale (another model's) or missing."""
-    from vlmswap.analysis.report import staleness_against
+    """Per cell and stage (checkpoint, train, each evaluation) and for tables, findings and figures:
+    done / running / failed / missing / stale, the last lines of each failed job's log, the totals."""
+    from vlmswap.status import grid_status, to_json, to_text
 
-    study = _study(args)
-    results = Path(args.results or f"results/{study.name}")
-    check = staleness_against(results)
-    rows, totals = [], {"current": 0, "stale": 0, "missing": 0}
-    for cell in study.cells:
-        trained = (results / "models" / cell.id / "train.json").is_file()
-        row = {"cell": cell.id, "model": "trained" if trained else "missing", "results": {}}
-        for benchmark in study.benchmarks:
-            path = results / "evals" / cell.id / f"{benchmark}.json"
-            if not path.is_file():
-                state, why = "missing", None
-            else:
-                why = check(cell.id, json.loads(path.read_text()))
-                state = "stale" if why else "current"
-            totals[state] += 1
-            row["results"][benchmark] = {"state": state, **({"why": why} if why else {})}
-        rows.append(row)
-    if args.json:
-        print(json.dumps({"study": study.name, "results": str(results), "cells": rows, "totals": totals}, indent=2))
-        return
-    width = max(len(c.id) for c in study.cells)
-    print(f"{'cell'.ljust(width)}  model    " + "  ".join(b.ljust(8) for b in study.benchmarks))
-    for row in rows:
-        print(f"{row['cell'].ljust(width)}  {row['model'].ljust(7)}  "
-              + "  ".join(row["results"][b]["state"].ljust(8) for b in study.benchmarks))
-    for row in rows:
-        for benchmark, r in row["results"].items():
-            if r["state"] == "stale":
-                print(f"stale: {row['cell']} {benchmark}: {r['why']}")
-    print(f"{totals['current']} current, {totals['stale']} stale, {totals['missing']} missing results "
-          f"under {results}; `snakemake` reruns what is stale or missing")
+    status = grid_status(_study(args), Path(args.workdir), Path(args.results) if args.results else None)
+    print(to_json(status) if args.json else to_text(status), end="")
 
 
 def cmd_preflight(args) -> None:
@@ -398,7 +370,13 @@ def cmd_baselines(args) -> None:
 def cmd_table(args) -> None:
     from vlmswap.analysis.report import write_study_table
 
-    write_study_table(_study(args), args.table, Path(args.results), Path(args.out_csv), Path(args.out_md), log=log)
+    from vlmswap.analysis.report import write_markdown_page
+
+    study = _study(args)
+    write_study_table(study, args.table, Path(args.results), Path(args.out_csv), Path(args.out_md), log=log,
+                      out_tex=Path(args.out_tex) if args.out_tex else None)
+    if args.out_html:
+        write_markdown_page(Path(args.out_md), Path(args.out_html), study.tables[args.table].title)
 
 
 def cmd_correlation(args) -> None:
@@ -500,6 +478,30 @@ def cmd_figure2_figure(args) -> None:
     log(f"figure 2 -> {args.out_png}")
 
 
+def cmd_findings(args) -> None:
+    from vlmswap.analysis.findings import write_study_findings
+
+    from vlmswap.analysis.report import write_markdown_page
+
+    study = _study(args)
+    write_study_findings(study, Path(args.results), Path(args.out_md), Path(args.out_json), log=log)
+    if args.out_html:
+        write_markdown_page(Path(args.out_md), Path(args.out_html), f"Findings of study {study.name}")
+
+
+def cmd_provenance(args) -> None:
+    from vlmswap.analysis.report import write_cell_provenance
+
+    write_cell_provenance(_study(args), args.cell, Path(args.results), Path(args.resources), Path(args.out))
+    log(f"provenance of {args.cell} -> {args.out}")
+
+
+def cmd_figures(args) -> None:
+    from vlmswap.analysis.figures import write_study_figures
+
+    write_study_figures(_study(args), Path(args.results), Path(args.out_dir), log=log)
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 
@@ -522,8 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("validate", cmd_validate, "check a study config")
     verb("cells", cmd_cells, "list the cell ids of a study")
-    p = verb("status", cmd_status, "which results are current, stale or missing")
+    p = verb("status", cmd_status, "where the grid stands: done, running, failed, missing or stale, per cell and stage")
     p.add_argument("--results", help="the study's results folder (default results/<study>)")
+    p.add_argument("--workdir", default=".", help="Snakemake's working directory (default: here)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = verb("preflight", cmd_preflight, "check hand-placed inputs, disk and credentials before any job")
     p.add_argument("--resources", help="the study's resources folder (default resources/<study>)")
@@ -549,7 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=0, help="GPUs of the job (>1: shard over one process per GPU)")
     verb("baselines", cmd_baselines, "score the trivial baseline of one prepared benchmark", "benchmark", "index",
          "out")
-    verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
+    p = verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")
+    p.add_argument("--out-tex", help="also write the table as LaTeX (booktabs)")
+    p.add_argument("--out-html", help="also write the table as an HTML page (for the Snakemake report)")
+    p = verb("findings", cmd_findings, "the paper's observations computed on this study", "results", "out-md",
+             "out-json")
+    p.add_argument("--out-html", help="also write the findings as an HTML page (for the Snakemake report)")
+    verb("provenance", cmd_provenance, "one cell's provenance as an HTML page", "cell", "results", "resources", "out")
+    verb("figures", cmd_figures, "the study's figures (PNG + PDF)", "results", "out-dir")
     verb("correlation", cmd_correlation, "benchmark x benchmark Pearson matrix", "results", "out-csv", "out-png")
     verb("profile", cmd_profile, "profile one cell's VLM across square resolutions (App. G)", "cell", "llm", "out")
     verb("profile-figure", cmd_profile_figure, "the profiling CSV and six-panel figure over all profiled cells",

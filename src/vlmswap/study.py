@@ -69,6 +69,9 @@ class Cell:
     tap: str
     connector: str
     recipe: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # The paper's numbers for this cell (`in1k_acc` and score / weighted columns, percent); empty
+    # for a cell the paper does not have. Never part of the cell's identity or its training.
+    paper: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def id(self) -> str:
@@ -109,6 +112,7 @@ class Table:
     columns: str  # "vqa" | "loc" | "all"
     cells: tuple[str, ...]
     paper: str = ""
+    in1k_column: bool = False  # the paper's Tables 1-2 show the checkpoints' IN1K accuracy
 
 
 @dataclass
@@ -356,7 +360,8 @@ def _build(data: dict[str, Any], path: Path) -> Study:
             geometry = Geometry.parse(spec["geometry"])
         except ValueError as e:
             raise ConfigError(path, f"{key}.geometry", str(e), "224 or WIDTHxHEIGHT such as 1333x800") from None
-        cell = Cell(bid, objective, geometry, spec["tap"], spec["connector"], spec.get("recipe", {}))
+        cell = Cell(bid, objective, geometry, spec["tap"], spec["connector"], spec.get("recipe", {}),
+                    {k: float(v) for k, v in spec.get("paper", {}).items()})
         if cell.id in seen:
             raise ConfigError(path, key, f"duplicate cell {cell.id!r} (also cells[{seen[cell.id]}])")
         seen[cell.id] = i
@@ -369,7 +374,8 @@ def _build(data: dict[str, Any], path: Path) -> Study:
             if cid not in seen:
                 raise ConfigError(path, f"tables.{tid}.cells[{j}]",
                                   f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
-        tables[tid] = Table(tid, spec["title"], spec["columns"], tuple(spec["cells"]), spec.get("paper", ""))
+        tables[tid] = Table(tid, spec["title"], spec["columns"], tuple(spec["cells"]), spec.get("paper", ""),
+                            bool(spec.get("in1k_column", False)))
     if stage_table is not None:
         if stage_table.id in tables:
             raise ConfigError(path, f"tables.{stage_table.id}",

@@ -3,7 +3,9 @@ a run killed mid-way and restarted ends with the same weights as an uninterrupte
 diverging loss stops the run with a clear message, keeping the last good checkpoint."""
 
 import copy
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +64,8 @@ def test_killed_run_resumes_to_the_same_final_weights(setup):
     base = setup
     straight = subprocess.run(train_cmd(base, "straight"), env=ENV, capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    # progress lines a user can watch: throughput and time left
+    assert re.search(r"step 12/12 loss \S+ lr \S+ \(\S+s/step, \d+ tokens/s, ETA 0m00s\)", straight.stdout)
 
     # start again, kill -9 as soon as a resume checkpoint exists, then restart the same command
     proc = subprocess.Popen(train_cmd(base, "killed"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,6 +77,9 @@ def test_killed_run_resumes_to_the_same_final_weights(setup):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (base / "killed" / "model.safetensors").exists()
+    # loss.jsonl grew while the killed run trained, one line per step done
+    grown = [json.loads(line)["step"] for line in (base / "killed" / "loss.jsonl").read_text().splitlines()]
+    assert len(grown) >= 3 and grown == list(range(1, len(grown) + 1))
 
     resumed = subprocess.run(train_cmd(base, "killed"), env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -81,11 +88,10 @@ def test_killed_run_resumes_to_the_same_final_weights(setup):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    import json
-
     summary = json.loads((base / "killed" / "train.json").read_text())
     assert summary["resumed_from_step"] > 0 and summary["steps"] == 12
-    assert len((base / "killed" / "loss.jsonl").read_text().splitlines()) == 12
+    steps = [json.loads(line)["step"] for line in (base / "killed" / "loss.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the resumed history, then the rest: no step twice
 
 
 @pytest.mark.slow
@@ -113,8 +119,6 @@ def test_bf16_with_activation_checkpointing_trains(setup):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     state = weights(base / "bf16")
     assert {t.dtype for t in state.values()} == {torch.bfloat16}
-    import json
-
     summary = json.loads((base / "bf16" / "train.json").read_text())
     assert summary["recipe"]["grad_checkpointing"] is True and summary["steps"] == 3
 

@@ -65,6 +65,15 @@ def test_paper_grid_lists_every_job(paper_jobs):
                    if study["backbones"][c["backbone"]]["family"] != "fused"}
     assert counts["fetch_backbone"] >= len(checkpoints)
     assert "mini_world" not in counts and "pretrain_mini" not in counts
+    # the researcher's view: findings, figures and one provenance page per cell, for the HTML report
+    assert counts["findings"] == 1 and counts["figures"] == 1 and counts["provenance"] == 99
+    outputs = {str(f) for job in paper_jobs for f in job.output}
+    assert {"results/paper/findings.md", "results/paper/findings.json", "results/paper/figures/loss.png",
+            "results/paper/figures/ours-vs-paper.pdf", "results/paper/figures/tables/table-1.png",
+            "results/paper/tables/table-1.tex", "results/paper/tables/table-1.html"} <= outputs
+    reported = {str(f) for job in paper_jobs for f in job.output if f.flags.get("report")}
+    assert "results/paper/findings.html" in reported and "results/paper/tables/table-36.html" in reported
+    assert sum(f.startswith("results/paper/provenance/") for f in reported) == 99
 
 
 def test_train_jobs_carry_the_cluster_resources(paper_jobs):
@@ -158,6 +167,7 @@ def test_slurm_profile_dry_run_from_the_repository_root():
     counts = _rule_counts(out)
     assert counts["train"] == "105" and counts["evaluate_vqa"] == counts["evaluate_loc"] == "105"  # 99 rows + 6 stage-ablation cells
     assert counts["table"] == "25"  # + stage-ablation
+    assert counts["findings"] == "1" and counts["figures"] == "1" and counts["provenance"] == "105"
 
 
 def test_the_workflow_runs_from_any_directory_with_a_copied_profile(tmp_path):

@@ -1,6 +1,7 @@
 """The mini study with all ten benchmarks (config/mini-all.yaml), trimmed, run for real through
 Snakemake: world -> pretrain -> fetch -> train (DeepSpeed ZeRO-3 on the CPU) -> evaluate on every
-benchmark's official-format files -> tables + baselines + correlation. Marked slow; CI runs it."""
+benchmark's official-format files -> tables + baselines + correlation + findings + figures + provenance,
+then `snakemake --report`. Marked slow; CI runs it."""
 
 import csv
 import json
@@ -66,6 +67,25 @@ def test_trimmed_mini_study_runs_end_to_end(tmp_path):
     md = (out / "tables" / "tiny.md").read_text()
     assert "VMamba-mini(f)" in md and "OCID-Ref" in md and "Trivial baseline on pope" in md
     assert len(list(csv.DictReader((out / "tables" / "tiny-loc.csv").open()))) == 2
+    # the researcher's view: paper columns, findings, figures and provenance, then one HTML report
+    assert {"vqa-v2:paper", "vqa-v2:delta", "overall-weighted:delta"} <= set(rows[0])
+    assert (out / "tables" / "tiny.tex").read_text().count("\\toprule") == 1
+    findings = json.loads((out / "findings.json").read_text())
+    assert [f["id"] for f in findings["findings"]] == [
+        "benchmark-correlation", "in1k-vs-vlm", "size-vs-score", "best-matched", "localization-collapse"]
+    assert findings["n_scored"] == 3 and "## Localization collapse" in (out / "findings.md").read_text()
+    for name in ("loss", "ours-vs-paper", "size-vs-score", "in1k-vs-score", "correlation-all", "tables/tiny"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF", name
+    page = (out / "provenance" / f"{ids[0]}.html").read_text()
+    assert "sha256" in page and "model fingerprint" in page and "<td>current</td>" in page
+    report = snakemake(tmp_path, config, "--report", "report.html")
+    assert report.returncode == 0, (report.stdout + report.stderr)[-6000:]
+    html = (tmp_path / "report.html").read_text()
+    for needed in ("1. Tables", "2. Findings", "3. Figures", "4. Provenance", "tiny.html", "findings.html",
+                   "correlation-all.png", "loss.png", f"{ids[0]}.html"):
+        assert needed in html, needed
+
     baselines = {p.stem: json.loads(p.read_text()) for p in (out / "baselines").glob("*.json")}
     assert set(baselines) == set(BENCHMARK_COLUMNS)
     # (this trimmed run checks every format and code path; at 300 scenes and one epoch the tiny LM

@@ -98,6 +98,11 @@ def tables(*names):
 
 
 CORR = {("correlation",)}
+VIEW = {("findings",), ("figures",)}  # computed over every cell: any result or label change reruns them
+
+
+def provs(*cells):
+    return {("provenance", c) for c in cells}
 
 
 @pytest.fixture(scope="module")
@@ -128,27 +133,28 @@ def test_every_edit_reruns_exactly_what_it_affects(finished):
             lambda s: s["backbones"]["vmamba-mini"]["arch"].update(dims=24),
             {("pretrain_mini", "vmamba-mini", "cls"), ("pretrain_mini", "vmamba-mini", "seg"),
              ("fetch_backbone", "vmamba-mini", "cls"), ("fetch_backbone", "vmamba-mini", "seg")}
-            | trains(B, C) | evals([B, C]) | tables("all3", "vmamba-vqa") | CORR),
+            | trains(B, C) | evals([B, C]) | tables("all3", "vmamba-vqa") | CORR | VIEW | provs(B, C)),
         "checkpoint source": (
             lambda s: s["backbones"]["vit-mini"]["checkpoints"]["cls"]["mini"].update(epochs=2),
             {("pretrain_mini", "vit-mini", "cls"), ("fetch_backbone", "vit-mini", "cls")}
-            | trains(A) | evals([A]) | tables("all3") | CORR),
+            | trains(A) | evals([A]) | tables("all3") | CORR | VIEW | provs(A)),
         "recipe value": (
             lambda s: s["recipe"].update(lr=5e-4),
-            trains(A, B, C) | evals([A, B, C]) | tables("all3", "vmamba-vqa") | CORR),
+            trains(A, B, C) | evals([A, B, C]) | tables("all3", "vmamba-vqa") | CORR | VIEW | provs(A, B, C)),
         "one cell's recipe": (
             lambda s: s["cells"][0].update(recipe={"lr": 5e-4}),
-            trains(A) | evals([A]) | tables("all3") | CORR),
+            trains(A) | evals([A]) | tables("all3") | CORR | VIEW | provs(A)),
         "resume cadence (not a determinant)": (lambda s: s["recipe"].update(checkpoint_every=3), set()),
         "eval setting": (
             lambda s: s["eval"].update(max_new_tokens=40),
-            evals([A, B, C]) | tables("all3", "vmamba-vqa") | CORR),
+            evals([A, B, C]) | tables("all3", "vmamba-vqa") | CORR | VIEW | provs(A, B, C)),
         "benchmark subset": (
             lambda s: s["benchmarks"]["refcoco"].update(subset="slim-8"),
             {("prepare_benchmark", "refcoco"), ("baselines", "refcoco")}
-            | evals([A, B, C], ["loc"]) | tables("all3") | CORR),
-        "table membership": (lambda s: s["tables"]["all3"]["cells"].remove(A), tables("all3")),
-        "display name": (lambda s: s["backbones"]["vit-mini"].update(display="ViT-tiny"), tables("all3")),
+            | evals([A, B, C], ["loc"]) | tables("all3") | CORR | VIEW | provs(A, B, C)),
+        "table membership": (lambda s: s["tables"]["all3"]["cells"].remove(A), tables("all3") | VIEW),
+        "display name": (lambda s: s["backbones"]["vit-mini"].update(display="ViT-tiny"), tables("all3") | VIEW),
+        "a cell's paper numbers": (lambda s: s["cells"][0].update(paper={"vqa-v2": 59.86}), tables("all3") | VIEW),
         "number of GPUs": (
             lambda s: (s["train_resources"].update(gpus_per_node=4), s["eval_resources"].update(gpus=2)), set()),
         "threads and memory": (lambda s: s["train_resources"].update(cpus_per_gpu=2, mem_mb_per_gpu=9000), set()),
@@ -161,15 +167,15 @@ def test_every_edit_reruns_exactly_what_it_affects(finished):
                    s["tables"]["vmamba-vqa"]["cells"].__setitem__(0, new_tap)),
         # the cls checkpoint is pretrained at the tap its cells read
         {("pretrain_mini", "vmamba-mini", "cls"), ("fetch_backbone", "vmamba-mini", "cls")}
-        | trains(new_tap) | evals([new_tap]) | tables("all3", "vmamba-vqa") | CORR)
+        | trains(new_tap) | evals([new_tap]) | tables("all3", "vmamba-vqa") | CORR | VIEW | provs(new_tap))
     new_geometry = "vit-mini@cls@96@block-2@mlp2"
     cases["geometry"] = (
         lambda s: (s["cells"][0].update(geometry="96"), s["tables"]["all3"]["cells"].__setitem__(0, new_geometry)),
-        trains(new_geometry) | evals([new_geometry]) | tables("all3") | CORR)
+        trains(new_geometry) | evals([new_geometry]) | tables("all3") | CORR | VIEW | provs(new_geometry))
     new_connector = "vit-mini@cls@64@block-2@mlp3"
     cases["connector"] = (
         lambda s: (s["cells"][0].update(connector="mlp3"), s["tables"]["all3"]["cells"].__setitem__(0, new_connector)),
-        trains(new_connector) | evals([new_connector]) | tables("all3") | CORR)
+        trains(new_connector) | evals([new_connector]) | tables("all3") | CORR | VIEW | provs(new_connector))
 
     for name, (change, expected) in cases.items():
         got = planned(workdir, edit(change), tmp, re.sub(r"\W+", "-", name))
@@ -191,7 +197,7 @@ def test_a_deleted_result_is_rebuilt_by_the_default_target(finished, tmp_path):
     shutil.copytree(workdir, copy_dir, symlinks=True)
     (copy_dir / "results" / "rerun" / "evals" / B / "refcoco.json").unlink()
     got = planned(copy_dir, study_config(), tmp_path, "deleted")
-    assert got == {("evaluate_loc", B), ("table", "all3"), ("correlation",)}
+    assert got == {("evaluate_loc", B), ("table", "all3"), ("correlation",)} | VIEW | provs(B)
 
 
 def _files(root: Path, pattern: str) -> dict[str, bytes]:

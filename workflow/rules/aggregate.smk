@@ -27,6 +27,9 @@ rule table:
     output:
         csv=f"{OUT}/tables/{{table}}.csv",
         md=f"{OUT}/tables/{{table}}.md",
+        tex=f"{OUT}/tables/{{table}}.tex",
+        html=report(f"{OUT}/tables/{{table}}.html", caption="../report/table.rst", category="1. Tables",
+                    labels={"table": "{table}"}),
     params:
         results=lambda wc, output: os.path.dirname(os.path.dirname(output.csv)),
         spec=table_spec,
@@ -38,7 +41,8 @@ rule table:
         "table {wildcards.table}"
     shell:
         "vlmswap table --table {wildcards.table} --results {params.results} "
-        "--out-csv {output.csv} --out-md {output.md} 2>&1 | tee {log}"
+        "--out-csv {output.csv} --out-md {output.md} --out-tex {output.tex} "
+        "--out-html {output.html} 2>&1 | tee {log}"
 
 
 rule correlation:

@@ -3,7 +3,11 @@
 import os
 import re
 import sys
+from pathlib import Path
 
+import yaml
+
+from vlmswap.analysis.figures import figure_names
 from vlmswap.provenance import canonical_json, eval_settings, model_spec
 from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study, read_yaml
 from vlmswap.train.launch import job_environment, train_resources
@@ -109,7 +113,8 @@ def table_spec(wildcards):
     for cell_id in table.cells:
         cell = STUDY.cell(cell_id)
         backbone = STUDY.backbones[cell.backbone]
-        rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params])
+        rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params,
+                     backbone.family, dict(cell.paper), backbone.checkpoints.get(cell.objective, {}).get("in1k_acc")])
     # the stage-ablation table is made from diagnostics.stage_ablation (vlmswap.study), not `tables`
     entry = config["tables"].get(wildcards.table) or config["diagnostics"]["stage_ablation"]
     return canonical_json({"table": entry, "rows": rows, "columns": STUDY.columns})
@@ -287,3 +292,35 @@ def diagnostics_targets():
         targets += [f"{OUT}/diagnostics/collapse.csv", f"{OUT}/diagnostics/collapse.png",
                     f"{OUT}/diagnostics/collapse.md"]
     return targets
+
+
+# ------------------------------------------------------------------- findings, figures, report
+# (rules in report.smk)
+def analysis_spec():
+    """What findings and figures depend on besides the results: each cell's labels, encoder size,
+    IN1K accuracy and paper numbers, the table groups, and the findings settings."""
+    cells = []
+    for cell in STUDY.cells:
+        backbone = STUDY.backbones[cell.backbone]
+        cells.append([cell.id, backbone.family, backbone.display, backbone.params,
+                      config["objectives"][cell.objective], dict(cell.paper),
+                      backbone.checkpoints.get(cell.objective, {}).get("in1k_acc")])
+    tables = {t: [spec.title, list(spec.cells)] for t, spec in STUDY.tables.items()}
+    return canonical_json({"cells": cells, "tables": tables, "findings": config.get("findings", {}),
+                           "columns": STUDY.columns})
+
+
+def figure_files(kind):
+    names = figure_names(STUDY)
+    chosen = {
+        "study": [n for n in names if Path(n).parent == Path(".") and not n.startswith("correlation-")],
+        "correlation": [n for n in names if n.startswith("correlation-")],
+        "tables": [n for n in names if n.startswith("tables/")],
+    }[kind]
+    return [f"{OUT}/figures/{n}" for n in chosen]
+
+
+def report_targets():
+    return ([f"{OUT}/findings.md", f"{OUT}/findings.json", f"{OUT}/findings.html"]
+            + figure_files("study") + figure_files("correlation") + figure_files("tables")
+            + [f"{OUT}/provenance/{c}.html" for c in STUDY.cell_ids])

@@ -74,37 +74,11 @@ def write_correlation(matrix: pd.DataFrame, out_csv: Path, out_png: Path, title:
     """Write `matrix` as CSV (full precision, empty for NaN) and as an annotated PNG heatmap.
 
     The colormap is diverging and fixed to [-1, 1], so colors compare across figures; NaN entries
-    are grey and annotated "–"; the title states the number of runs.
+    are grey and annotated "–"; the title states the number of runs on a line of its own (it used to
+    run past the figure's edge and be cut at "(n =").
     """
-    # Figure + Agg canvas directly: no pyplot global state, no backend switch for the caller.
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from vlmswap.analysis.tables import COLUMN_TITLES
+    from vlmswap.analysis.figures import correlation_figure
 
     with atomic_path(out_csv) as tmp:
         matrix.to_csv(tmp, na_rep="", lineterminator="\n")
-
-    values = matrix.to_numpy(dtype=float)
-    rows = [COLUMN_TITLES.get(str(c), str(c)) for c in matrix.index]
-    cols = [COLUMN_TITLES.get(str(c), str(c)) for c in matrix.columns]
-    size = 1.2 + 0.75 * max(len(cols), 2)
-    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=-1.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, label="Pearson r")
-    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(len(rows)), rows)
-    fontsize = 9 if len(cols) <= 8 else 7
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            v = values[i, j]
-            text = "–" if np.isnan(v) else f"{v:.2f}"
-            color = "white" if not np.isnan(v) and abs(v) > 0.6 else "black"
-            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
-    ax.set_title(f"{title} (n = {n_runs} run{'s' if n_runs != 1 else ''})")
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
+    correlation_figure(matrix, title, n_runs, out_png, pdf=False)

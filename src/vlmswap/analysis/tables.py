@@ -3,24 +3,27 @@
 Data flow: `evaluate` leaves one JSON per (cell, benchmark) at
 `{results}/evals/{cell_id}/{benchmark}.json`; `collect` reads them into one frame of scores
 (percent) and sample counts; `build_table` picks a column group, adds the sample-weighted
-averages and the display labels; `write_table` writes a machine-readable CSV and the Markdown the
-paper's tables look like.
+averages, the display labels and, where a row has the paper's numbers, the paper's value and the
+difference beside each score; `write_table` writes a machine-readable CSV, the Markdown the paper's
+tables look like and a LaTeX (booktabs) copy in the paper's column order and row groups.
 
 Honesty rules, all tested:
 - a missing result is missing ("–" in Markdown, empty in CSV), never zero;
 - a weighted average is over exactly the columns the study configured for its group; if one of
   them is missing for a cell, that cell's average is missing, never taken over a partial set;
 - a benchmark that skipped examples is flagged with a dagger and a footnote giving the count, and
-  enters an average only when the caller says so (`allow_skipped=True`).
+  enters an average only when the caller says so (`allow_skipped=True`);
+- the delta beside a score is ours as printed (2 decimals) minus the paper's printed number, so a
+  reproduction that matches the paper shows 0.00 everywhere; a row without a paper number has no delta.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,7 @@ __all__ = [
     "WEIGHTED_COLUMNS",
     "build_table",
     "collect",
+    "to_latex",
     "to_markdown",
     "weighted_mean",
     "write_table",
@@ -88,10 +92,16 @@ class Row:
 
     e.g. `Row("vmamba-t@in1k@224x224@stage3@mlp3", {"Pretrained": "IN1K", "Visual Encoder":
     "VMamba-T(f)", "Encoder Size": "30M", "Image Size": "224x224", "Vision Token #": "196"})`
+
+    `paper` holds the paper's numbers for this cell (score and weighted columns, percent; empty for
+    a cell the paper does not have); `group` names the row group (the backbone family) that the
+    LaTeX copy separates with a rule, as the paper's tables do.
     """
 
     cell_id: str
     labels: dict[str, str]
+    paper: Mapping[str, float] = field(default_factory=dict)
+    group: str = ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,9 +242,11 @@ def build_table(
 
     A benchmark with skipped examples (`skipped:<benchmark>` > 0) is flagged (a dagger and a
     footnote in `write_table`); the averages that include it are left missing unless
-    `allow_skipped`. The returned frame is indexed by cell id, has the label columns, the score
-    and weighted columns, and `skipped:<benchmark>` for each benchmark shown;
-    `attrs["footnotes"]` holds the footnotes `write_table` prints.
+    `allow_skipped`. The returned frame is indexed by cell id, has the label columns, then per
+    score and weighted column `<column>`, `<column>:paper` (the row's paper number) and
+    `<column>:delta` (ours rounded to 2 decimals minus the paper's, NaN where either is missing),
+    and `skipped:<benchmark>` for each benchmark shown; `attrs["footnotes"]` holds the footnotes
+    `write_table` prints and `attrs["groups"]` each row's group.
     """
     if group not in GROUPS:
         raise ValueError(f"unknown table group {group!r} (allowed: {', '.join(GROUPS)})")
@@ -311,11 +323,21 @@ def build_table(
         for b, reason in stale.get(cell_id, {}).items():
             if b in relevant:
                 footnotes.append(f"Stale: {cell_id}: the {b} result is left out ({reason}).")
-    table.attrs["stale"] = {c: sorted(b for b in stale.get(c, {}) if b in shown_benchmarks) for c in ids}
+
+    # The paper beside ours: compare what is printed (2 decimals) with what the paper printed.
+    ordered = list(label_names)
+    for c in shown + weighted:
+        paper = pd.Series([r.paper.get(c, np.nan) for r in rows], index=table.index, dtype=float)
+        table[f"{c}:paper"] = paper
+        table[f"{c}:delta"] = (table[c].round(2) - paper).round(2)
+        ordered += [c, f"{c}:paper", f"{c}:delta"]
+    table = table[ordered].copy()
 
     for b in shown_benchmarks:
         table[f"skipped:{b}"] = data[f"skipped:{b}"].astype("Int64")
     table.attrs["footnotes"] = footnotes
+    table.attrs["stale"] = {c: sorted(b for b in stale.get(c, {}) if b in shown_benchmarks) for c in ids}
+    table.attrs["groups"] = [r.group for r in rows]
     return table
 
 
@@ -327,14 +349,41 @@ def _score_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c in ALL_COLUMNS or c in WEIGHTED_COLUMNS]
 
 
+def _label_columns(table: pd.DataFrame) -> list[str]:
+    scores = set(_score_columns(table))
+    return [c for c in table.columns
+            if c not in scores and not str(c).startswith("skipped:") and not str(c).endswith((":paper", ":delta"))]
+
+
 def _cell_text(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _has_paper(table: pd.DataFrame) -> bool:
+    return any(table[f"{c}:paper"].notna().any() for c in _score_columns(table) if f"{c}:paper" in table.columns)
+
+
+def _score_entry(table: pd.DataFrame, cell_id: str, row: pd.Series, c: str) -> tuple[str, float, float, bool]:
+    """(ours as text: 2 decimals, "–" or "stale"; the paper's number; the delta; skipped-example flag)."""
+    value = row[c]
+    text = MISSING if pd.isna(value) else f"{value:.2f}"
+    if COLUMN_BENCHMARK.get(c) in table.attrs.get("stale", {}).get(cell_id, ()):
+        text = STALE
+    skip_column = f"skipped:{COLUMN_BENCHMARK.get(c, '')}"
+    skipped = bool(skip_column in table.columns and pd.notna(row[skip_column]) and row[skip_column] > 0)
+    paper = row.get(f"{c}:paper", np.nan)
+    delta = row.get(f"{c}:delta", np.nan)
+    return text, float(paper), float(delta), skipped
+
+
 def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...] = ()) -> str:
-    """The Markdown `write_table` writes: a title, the table (scores to 2 decimals), then notes."""
+    """The Markdown `write_table` writes: a title, the table (scores to 2 decimals), then notes.
+
+    Where the row has the paper's number a score reads `ours (±delta)`; a missing or stale score of
+    a row the paper has reads `– (paper 59.86)`, so the paper's value is never hidden.
+    """
     score_columns = _score_columns(table)
-    label_columns = [c for c in table.columns if c not in score_columns and not str(c).startswith("skipped:")]
+    label_columns = _label_columns(table)
     header = [*label_columns, *(COLUMN_TITLES[c] for c in score_columns)]
     lines = [
         "| " + " | ".join(_cell_text(h) for h in header) + " |",
@@ -343,27 +392,87 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, .
     for cell_id, row in table.iterrows():
         cells = [_cell_text(row[c]) for c in label_columns]
         for c in score_columns:
-            value = row[c]
-            text = MISSING if pd.isna(value) else f"{value:.2f}"
-            if COLUMN_BENCHMARK.get(c) in table.attrs.get("stale", {}).get(cell_id, ()):
-                text = STALE
-            skip_column = f"skipped:{COLUMN_BENCHMARK.get(c, '')}"
-            if skip_column in table.columns and pd.notna(row[skip_column]) and row[skip_column] > 0:
+            text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
+            if skipped:
                 text += DAGGER
+            # a no-break space keeps a score and its delta on one line in narrow (HTML) views
+            if not math.isnan(delta):
+                text += f"\u00a0({delta:+.2f})"
+            elif not math.isnan(paper):
+                text += f"\u00a0(paper\u00a0{paper:.2f})"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     parts = [f"## {title}", "\n".join(lines)]
+    if _has_paper(table):
+        parts.append("In parentheses: ours minus the paper's number (the CSV has both, as `<column>:paper` and "
+                     "`<column>:delta`); a row without one is not in the paper.")
     parts += [str(n) for n in notes]
     parts += list(table.attrs.get("footnotes", []))
     return "\n\n".join(parts) + "\n"
 
 
-def write_table(table: pd.DataFrame, out_csv: Path, out_md: Path, title: str, notes: list[str]) -> None:
-    """Write `table` (from `build_table`) as CSV (full precision, empty where missing) and Markdown.
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
-    The Markdown shows labels then scores with 2 decimals, "–" for a missing score, a dagger on
-    a benchmark that skipped examples, then `notes` and the table's own footnotes.
+
+def _latex_text(text: Any) -> str:
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return out.replace(MISSING, "--").replace(DAGGER, r"$^\dagger$").replace("≥", r"$\geq$").replace("−", "-")
+
+
+def to_latex(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...] = ()) -> str:
+    r"""A booktabs table in the paper's column order: labels, then each score with its delta to the
+    paper in small type; `\midrule` between row groups (backbone families) as the paper separates
+    them; notes and footnotes under the tabular. Needs `\usepackage{booktabs}`."""
+    score_columns = _score_columns(table)
+    label_columns = _label_columns(table)
+    groups = table.attrs.get("groups") or [""] * len(table)
+    header = [*(_latex_text(c) for c in label_columns), *(_latex_text(COLUMN_TITLES[c]) for c in score_columns)]
+    lines = [
+        r"% Written by vlmswap (analysis/tables.py::to_latex); needs \usepackage{booktabs}.",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\scriptsize",
+        rf"\caption{{{_latex_text(title)}}}",
+        rf"\begin{{tabular}}{{{'l' * len(label_columns)}{'r' * len(score_columns)}}}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+    ]
+    for i, (cell_id, row) in enumerate(table.iterrows()):
+        if i > 0 and groups[i] != groups[i - 1]:
+            lines.append(r"\midrule")
+        cells = [_latex_text(row[c]) for c in label_columns]
+        for c in score_columns:
+            text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
+            entry = _latex_text(text) + (r"$^\dagger$" if skipped else "")
+            if not math.isnan(delta):
+                entry += rf" {{\tiny ({delta:+.2f})}}"
+            elif not math.isnan(paper):
+                entry += rf" {{\tiny (paper {paper:.2f})}}"
+            cells.append(entry)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    remarks = ["Small type: ours minus the paper's number."] if _has_paper(table) else []
+    remarks += [str(n) for n in notes] + list(table.attrs.get("footnotes", []))
+    if remarks:
+        lines.append(r"\par\smallskip")
+        lines += [rf"{{\tiny {_latex_text(r)}}}\par" for r in remarks]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, out_csv: Path, out_md: Path, title: str, notes: list[str],
+                out_tex: Path | None = None) -> None:
+    """Write `table` (from `build_table`) as CSV (full precision, empty where missing), Markdown and,
+    when `out_tex` is given, LaTeX (`to_latex`).
+
+    The Markdown shows labels then scores with 2 decimals, "–" for a missing score, a dagger on a
+    benchmark that skipped examples, the delta to the paper where the row has a paper number, then
+    `notes` and the table's own footnotes.
     """
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=True, index_label="cell_id", na_rep="", lineterminator="\n")
     write_text(out_md, to_markdown(table, title, notes))
+    if out_tex is not None:
+        write_text(out_tex, to_latex(table, title, notes))

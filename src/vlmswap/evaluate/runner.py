@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -205,6 +206,12 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
         log(f"{name}: resuming, {len(done)} predictions on disk, {len(todo)} to go on rank {rank}")
     device = next(vlm.head.parameters()).device
     t0, last = time.time(), time.time()
+    # a progress bar on a terminal; in a log file (Snakemake's tee, SLURM) a plain line every 10 s
+    bar = None
+    if rank == 0 and todo and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=name, unit="example", leave=False)
     with open(mine, "a") as sink:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
@@ -224,10 +231,16 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
                 done[e.id] = text
                 sink.write(json.dumps({"id": e.id, "prediction": text}) + "\n")
             sink.flush()
-            if time.time() - last > 10 or start + batch_size >= len(todo):
-                log(f"  {name}: {min(start + batch_size, len(todo))}/{len(todo)} "
-                    f"({(time.time() - t0) / max(1, start + len(chunk)):.3f}s per example)")
+            finished = start + len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+            elif time.time() - last > 10 or finished >= len(todo):
+                per_example = (time.time() - t0) / max(1, finished)
+                log(f"  {name}: {finished}/{len(todo)} ({per_example:.3f}s per example, "
+                    f"ETA {per_example * (len(todo) - finished):.0f}s)")
                 last = time.time()
+    if bar is not None:
+        bar.close()
     if world > 1:
         import torch.distributed as dist
 

@@ -27,6 +27,7 @@ from vlmswap.study import Cell, Study
 from vlmswap.train.engine import (deepspeed_config, distributed_env, effective_weight_decay, init_deepspeed, on_gpu,
                                   parameter_groups)
 from vlmswap.train.schedule import accumulation_steps, schedule_for
+from vlmswap.train.trackers import Trackers, open_trackers
 from vlmswap.vlm import VLMHead, materialize_backbone
 
 
@@ -127,6 +128,14 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                                f"loaded; delete the folder to restart cell {cell.id} from scratch")
         start, history = int(client["step"]), list(client["history"])
         say(f"resumed from {loaded} at step {start}/{schedule.steps}")
+    # loss.jsonl grows step by step so that a running job can be watched (the final write below
+    # replaces it atomically); after a resume it restarts from the resumed history
+    loss_log = paths.out_dir / "loss.jsonl"
+    trackers = Trackers()
+    if rank == 0:
+        write_text(loss_log, "".join(json.dumps(h) + "\n" for h in history))
+        trackers = open_trackers(list(study.raw.get("trackers", [])), paths.ckpt_dir.parent.parent / "tracking" / cell.id,
+                                 cell.id, recipe, str(study.path))
 
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -170,9 +179,16 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         record = {"step": step + 1, "loss": sum(losses) / len(losses), "lr": engine.get_lr()[0],
                   "seconds": round(time.time() - t_step, 4)}
         history.append(record)
+        if rank == 0:
+            with open(loss_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            trackers.log(record)
         if (step + 1) % max(1, schedule.steps // 20) == 0 or step == start:
+            elapsed = time.time() - t0
+            eta = elapsed / (step + 1 - start) * (schedule.steps - step - 1)
             say(f"step {step + 1}/{schedule.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                f"({record['seconds']:.2f}s)")
+                f"({record['seconds']:.2f}s/step, {tokens / max(elapsed, 1e-9):.0f} tokens/s, "
+                f"ETA {_duration(eta)})")
         if (step + 1) % every == 0 and step + 1 < schedule.steps:
             _save_checkpoint(engine, paths.ckpt_dir, step + 1, history, provenance)
     wall = time.time() - t0
@@ -199,8 +215,14 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         write_json(paths.out_dir / "train.json", summary)
         say(f"saved {paths.out_dir / 'model.safetensors'} (final loss {summary['loss_final']:.4f}, {wall:.0f}s)")
         shutil.rmtree(paths.ckpt_dir, ignore_errors=True)  # the final model supersedes resume state
+        trackers.close()
         return summary
     return {}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _set_aside_foreign_state(ckpt_dir: Path, provenance: dict, rank: int, say: Callable[[str], None]) -> None:
