@@ -112,8 +112,10 @@ def test_a_partly_finished_partly_failed_study(study_dir):
     assert all(s["checkpoint"].state == "done" for s in grid.values())
     # 7 checkpoints done; trains: 3 done, 1 running, 3 missing; 14 evaluations: 2 done, 1 failed, 1 stale, 10 missing;
     # 2 tables, findings and figures missing
-    assert status.totals == {"done": 12, "running": 1, "failed": 1, "missing": 17, "stale": 1}
-    assert [a.stage for a in status.aggregates] == ["table:mini", "table:mini-objective", "findings", "figures"]
+    # config/mini.yaml: 7 cells + the 2 stage-ablation cells (their checkpoint is done, the rest missing)
+    assert status.totals == {"done": 14, "running": 1, "failed": 1, "missing": 24, "stale": 1}
+    assert [a.stage for a in status.aggregates] == ["table:mini", "table:mini-objective", "table:stage-ablation",
+                                                    "findings", "figures"]
 
 
 def test_a_killed_run_leaves_its_running_jobs_failed(study_dir):
@@ -134,7 +136,7 @@ def test_status_command_text_and_json(study_dir, capsys):
     assert f"failed: {FAILED} evaluate:vqa-v2: rule evaluate failed" in text
     assert "    | RuntimeError: CUDA out of memory" in text
     assert f"running: {RUNNING} train" in text
-    assert "12 done, 1 running, 1 failed, 17 missing, 1 stale" in text and "Snakemake is running here" in text
+    assert "14 done, 1 running, 1 failed, 24 missing, 1 stale" in text and "Snakemake is running here" in text
     main(["status", "--config", str(CONFIG), "--workdir", str(study_dir), "--json"])
     data = json.loads(capsys.readouterr().out)
     assert data["totals"]["failed"] == 1 and data["snakemake_running"] is True

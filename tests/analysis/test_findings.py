@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.analysis.test_report import BENCHMARK_COLUMNS, PAPER_CONFIG, write_model, write_result
+from tests.analysis.test_report import BENCHMARK_COLUMNS, PAPER_CONFIG, paper_grid, write_model, write_result
 from vlmswap.analysis.findings import (
     cell_frame,
     compute_findings,
@@ -120,7 +120,7 @@ def test_ties_and_a_grid_without_dense_groups_are_not_testable():
 
 
 def test_the_paper_numbers_agree_with_the_paper(tmp_path):
-    study = load_study(PAPER_CONFIG)
+    study = paper_grid()
     results = tmp_path / "results"
     for cell in study.cells:
         write_model(results, cell.id)

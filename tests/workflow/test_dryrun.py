@@ -66,14 +66,14 @@ def test_paper_grid_lists_every_job(paper_jobs):
     assert counts["fetch_backbone"] >= len(checkpoints)
     assert "mini_world" not in counts and "pretrain_mini" not in counts
     # the researcher's view: findings, figures and one provenance page per cell, for the HTML report
-    assert counts["findings"] == 1 and counts["figures"] == 1 and counts["provenance"] == 99
+    assert counts["findings"] == 1 and counts["figures"] == 1 and counts["provenance"] == n_cells
     outputs = {str(f) for job in paper_jobs for f in job.output}
     assert {"results/paper/findings.md", "results/paper/findings.json", "results/paper/figures/loss.png",
             "results/paper/figures/ours-vs-paper.pdf", "results/paper/figures/tables/table-1.png",
             "results/paper/tables/table-1.tex", "results/paper/tables/table-1.html"} <= outputs
     reported = {str(f) for job in paper_jobs for f in job.output if f.flags.get("report")}
     assert "results/paper/findings.html" in reported and "results/paper/tables/table-36.html" in reported
-    assert sum(f.startswith("results/paper/provenance/") for f in reported) == 99
+    assert sum(f.startswith("results/paper/provenance/") for f in reported) == n_cells
 
 
 def test_train_jobs_carry_the_cluster_resources(paper_jobs):
