@@ -26,7 +26,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable
 
-CHUNK = 1 << 20
+from vlmswap.provenance import file_sha256 as sha256_file
+
 READ_CHUNK = 1 << 16
 DEFAULT_CACHE = Path(os.environ.get("VLMSWAP_DOWNLOAD_CACHE", "resources/.downloads"))
 
@@ -37,14 +38,6 @@ class DownloadError(RuntimeError):
 
 class _Retry(Exception):
     """A transient failure: try again (after the back-off)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cached_path(url: str, cache: Path) -> Path:
@@ -127,14 +120,14 @@ def _download_one(url: str, dest: str | Path, *, sha256: str | None, cache: str 
                     wait = backoff * 2 ** (attempt - 1)
                     log(f"  {url}: {e}; attempt {attempt + 1}/{attempts} in {wait:.0f} s")
                     time.sleep(wait)
-        digest = _sha256(part)
+        digest = sha256_file(part)
         if sha256 and digest != sha256:
             part.unlink()
             raise DownloadError(f"{url}: sha256 mismatch for {final.name}: expected {sha256}, got {digest}. "
                                 "The partial file was removed; fix the config's sha256 or the source")
         os.replace(part, final)
     else:
-        digest = _sha256(final)
+        digest = sha256_file(final)
         if sha256 and digest != sha256:
             raise DownloadError(f"{final} (cached {url}): sha256 {digest} differs from the config's {sha256}; "
                                 "delete the cached file to download it again")

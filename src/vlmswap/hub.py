@@ -18,7 +18,6 @@ explicit allow-list for the rest (`safe_globals`), and anything else refused by 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -30,8 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from vlmswap.atomic import atomic_path, write_json
+from vlmswap.provenance import file_sha256 as sha256_file  # one file digest for the project
 
-CHUNK = 1 << 20
 
 
 class FetchError(RuntimeError):
@@ -45,14 +44,6 @@ class Fetched:
     sha256: str
     bytes: int
     origin: str  # where the bytes actually came from (URL, mirror path, local path)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _offline(offline: bool | None) -> bool:
