@@ -465,25 +465,19 @@ llm:
 instruct:
   id: llava-v15-665k
   source: {hub: liuhaotian/LLaVA-Instruct-150K, repo_type: dataset, file: llava_v1_5_mix665k.json}
-  # image folders beside the json (prismatic_spec.md 1.7); ocr_vqa/images comes from the HF dataset
-  # with GIF/PNG converted to JPG and must be placed by hand or in the mirror
+  # image folders beside the json (prismatic_spec.md 1.7), from the URLs of Prismatic's
+  # prismatic/preprocessing/download.py; OCR-VQA's GIF/PNG images get a JPG beside them as its
+  # convert_to_jpg writes (the mix names every image by .jpg)
   files:
     - {url: "http://images.cocodataset.org/zips/train2017.zip", into: coco, extract: true, size_gb: 18.0}
     - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", into: gqa, extract: true, size_gb: 20.3}
+    - {url: "https://huggingface.co/datasets/qnguyen3/ocr_vqa/resolve/main/ocr_vqa.zip", into: ocr_vqa, extract: true, extract_as: images, to_jpg: true}
     - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", into: textvqa, extract: true, size_gb: 6.6}
     - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", into: vg, extract: true, size_gb: 9.2}
     - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", into: vg, extract: true, size_gb: 5.5}
 
 # Inputs no download brings; `vlmswap preflight` (the workflow's first rule) checks them first.
 placed_by_hand:
-  - path: data/llava-v1.5-instruct/ocr_vqa/images
-    what: "OCR-VQA images of the LLaVA-1.5 mix (about 80k files, JPG)"
-    get: "the OCR-VQA images of LLaVA's data instructions (GIF/PNG converted to JPG), or a mirror"
-    needed_by: [instruct]
-  - path: data/textvqa/textvqa_val_v051_ocr.jsonl
-    what: "TextVQA val questions with reference OCR tokens (LLaVA-1.5 eval file)"
-    get: "LLaVA-1.5's evaluation data (playground/data/eval/textvqa/llava_textvqa_val_v051_ocr.jsonl), renamed"
-    needed_by: [textvqa]
   - path: data/ocid-ref/val_expressions.json
     what: "OCID-Ref validation expressions"
     get: "the OCID-Ref release (Google Drive link in the OCID-Ref repository); unpack OCID-dataset/ beside it"
@@ -517,8 +511,9 @@ eval_resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
 BENCHMARKS = """\
 # Each benchmark's official files (the URLs its authors publish; sha256 where known, none yet:
 # they were not downloaded from the machine that wrote this file). `extract: true` unpacks an
-# archive into resources/paper/data/<benchmark>/. OCID-Ref and the TextVQA OCR question file
-# have no direct public URL: place them there (or in the `mirror`) by hand.
+# archive into resources/paper/data/<benchmark>/. The TextVQA question file with OCR tokens
+# is the one vlm-evaluation fetches (vlm_eval/tasks/registry.py); OCID-Ref has no stable direct URL
+# (a Google Drive file and a rotating share link): `placed_by_hand:` above names it.
 benchmarks:
   vqa-v2:
     subset: full
@@ -540,6 +535,7 @@ benchmarks:
     subset: full
     files:
       - {url: "https://dl.fbaipublicfiles.com/textvqa/data/TextVQA_0.5.1_val.json"}
+      - {url: "https://gist.githubusercontent.com/siddk/74a709cb5e292099bae3cbcec1d0ce8a/raw/74e367e79a23b1043eb469b36168945fbac01601/textvqa_val_v051_ocr.jsonl"}
       - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", extract: true, size_gb: 6.6}
   pope:
     subset: full

@@ -16,12 +16,13 @@ SHA = hashlib.sha256(BODY).hexdigest()
 
 
 class Server:
-    """Serves BODY at /<name>, with faults scripted per path: 'drop' (close after half the bytes,
+    """Serves BODY (or `bodies[name]`) at /<name>, with faults scripted per path: 'drop' (close after half the bytes,
     once), 'fail2' (HTTP 500 twice), 'wrong' (other bytes), 'missing' (404). Ranges honoured."""
 
     def __init__(self):
         self.requests: list[tuple[str, str | None]] = []
         self.faults: dict[str, list[str]] = {}
+        self.bodies: dict[str, bytes] = {}  # other bodies than BODY, per path
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,7 +39,7 @@ class Server:
                 if fault == "500":
                     self.send_error(500)
                     return
-                body = b"not the archive" * 100 if path.startswith("wrong") else BODY
+                body = b"not the archive" * 100 if path.startswith("wrong") else owner.bodies.get(path, BODY)
                 start = 0
                 if self.headers.get("Range"):
                     start = int(self.headers["Range"].split("=")[1].rstrip("-"))
@@ -169,7 +170,7 @@ def test_a_timm_tag_without_safetensors_falls_back_to_the_bin(tmp_path, monkeypa
 
 def test_a_second_source_is_tried_when_the_first_host_is_down(server, tmp_path, monkeypatch):
     """RefCOCO's host goes down for long spells: the config lists a second source (`also:`)."""
-    from vlmswap.hub import fetch_files
+    from vlmswap.dataset_files import fetch_files
 
     import vlmswap.download as dl
 
@@ -180,3 +181,104 @@ def test_a_second_source_is_tried_when_the_first_host_is_down(server, tmp_path, 
     assert (tmp_path / "data" / "refcoco.zip").read_bytes() == BODY and records[0]["sha256"] == SHA
     assert [p for p, _ in server.requests] == ["missing/refcoco.zip", "refcoco.zip"]
     assert any("trying the next source" in m for m in said)
+
+
+# The two inputs that were placed by hand until they got direct sources (issue 17): the entries are
+# read from config/experiments.yaml and served from 127.0.0.1 under the same URL paths.
+
+def _paper_entry(section: list[dict], url_part: str, server) -> dict:
+    import urllib.parse
+
+    entry = next(dict(e) for e in section if url_part in e["url"])
+    entry["url"] = server.url + urllib.parse.urlparse(entry["url"]).path
+    return entry
+
+
+def _paper() -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "experiments.yaml").read_text())
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _image(fmt: str, colour: tuple[int, int, int], frames: int = 1) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    first, *rest = [Image.new("RGB", (8, 6), colour if i == 0 else (0, 0, 255)) for i in range(frames)]
+    first.save(buf, format=fmt, save_all=bool(rest), append_images=rest)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("top", ["ocr_vqa_release/", ""])  # one top folder, renamed; or members at the root
+def test_ocr_vqa_images_unpack_to_the_folder_the_mix_names_with_a_jpg_beside_each_gif_and_png(
+        server, tmp_path, monkeypatch, top):
+    from PIL import Image
+
+    import vlmswap.download as dl
+    from vlmswap.dataset_files import fetch_files
+
+    monkeypatch.setattr(dl, "DEFAULT_CACHE", tmp_path / "cache")
+    entry = _paper_entry(_paper()["instruct"]["files"], "ocr_vqa", server)
+    assert entry["extract_as"] == "images" and entry["to_jpg"] and entry["into"] == "ocr_vqa"
+    server.bodies[entry["url"][len(server.url) + 1:]] = _zip({
+        f"{top}1.gif": _image("GIF", (255, 0, 0), frames=2), f"{top}2.png": _image("PNG", (0, 255, 0)),
+        f"{top}3.jpg": _image("JPEG", (9, 9, 9)), f"{top}notes.txt": b"not an image"})
+    root = tmp_path / "data" / "llava-v1.5-instruct"
+    said = []
+    records = fetch_files([entry], root, offline=False, log=said.append)
+    images = root / "ocr_vqa" / "images"  # where llava_v1_5_mix665k.json's "ocr_vqa/images/<id>.jpg" point
+    assert sorted(p.name for p in images.iterdir()) == ["1.gif", "1.jpg", "2.jpg", "2.png", "3.jpg", "notes.txt"]
+    assert records[0]["extracted"] == 4 and records[0]["converted"] == 2
+    with Image.open(images / "1.jpg") as gif_frame, Image.open(images / "2.jpg") as png:
+        assert gif_frame.format == png.format == "JPEG" and gif_frame.mode == "RGB"
+        red, green = gif_frame.getpixel((3, 3)), png.getpixel((3, 3))
+        assert red[0] > 200 and red[2] < 60 and green[1] > 200  # the GIF's first frame, not its second
+    assert not list((root / "ocr_vqa").glob(".unpacking-*")) and not (root / "ocr_vqa" / "ocr_vqa.zip").exists()
+    assert any("neither GIF, PNG nor JPG" in m for m in said)
+
+    (images / "2.jpg").unlink()  # a rerun keeps the folder, fetches nothing, converts what is missing
+    again = fetch_files([entry], root, offline=False, log=said.append)
+    assert len(server.requests) == 1 and again[0]["converted"] == 1 and (images / "2.jpg").exists()
+    assert any("is not fetched again" in m for m in said)
+
+
+def test_a_bad_image_in_the_archive_is_named(server, tmp_path, monkeypatch):
+    import vlmswap.download as dl
+    from vlmswap.dataset_files import fetch_files
+    from vlmswap.hub import FetchError
+
+    monkeypatch.setattr(dl, "DEFAULT_CACHE", tmp_path / "cache")
+    server.bodies["bad.zip"] = _zip({"images/7.gif": b"GIF89a but truncated"})
+    entry = {"url": f"{server.url}/bad.zip", "into": "ocr_vqa", "extract": True, "extract_as": "images", "to_jpg": True}
+    with pytest.raises(FetchError, match=r"ocr_vqa/images/7\.gif: cannot be read as an image"):
+        fetch_files([entry], tmp_path / "data", offline=False, log=lambda m: None)
+    with pytest.raises(FetchError, match="add `extract: true`"):
+        fetch_files([{"url": f"{server.url}/bad.zip", "to_jpg": True}], tmp_path / "data", offline=False)
+
+
+def test_textvqa_ocr_questions_are_fetched_to_where_the_loader_reads_them(server, tmp_path, monkeypatch):
+    import vlmswap.download as dl
+    from vlmswap.dataset_files import fetch_files
+    from vlmswap.evaluate.textvqa import QUESTIONS_FILE
+
+    monkeypatch.setattr(dl, "DEFAULT_CACHE", tmp_path / "cache")
+    entry = _paper_entry(_paper()["benchmarks"]["textvqa"]["files"], QUESTIONS_FILE, server)
+    line = b'{"question_id": 34602, "image": "0054c91397f2fe05.jpg", "text": "what is the brand?"}\n'
+    server.bodies[entry["url"][len(server.url) + 1:]] = line
+    fetch_files([entry], tmp_path / "data" / "textvqa", offline=False, log=lambda m: None)
+    assert (tmp_path / "data" / "textvqa" / QUESTIONS_FILE).read_bytes() == line

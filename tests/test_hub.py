@@ -162,7 +162,7 @@ def test_safetensors_and_unreadable_files(tmp_path):
 def test_dataset_files_are_fetched_and_unpacked(tmp_path):
     import zipfile
 
-    from vlmswap.hub import fetch_files
+    from vlmswap.dataset_files import fetch_files
 
     src = tmp_path / "src"
     src.mkdir()
@@ -180,7 +180,7 @@ def test_dataset_files_are_fetched_and_unpacked(tmp_path):
 def test_an_archive_escaping_its_folder_is_refused(tmp_path):
     import zipfile
 
-    from vlmswap.hub import fetch_files
+    from vlmswap.dataset_files import fetch_files
 
     with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
         z.writestr("../../escaped.txt", "x")
@@ -193,7 +193,7 @@ def test_an_archive_escaping_its_folder_is_refused(tmp_path):
 def test_files_can_land_in_a_subfolder(tmp_path):
     import zipfile
 
-    from vlmswap.hub import fetch_files
+    from vlmswap.dataset_files import fetch_files
 
     with zipfile.ZipFile(tmp_path / "train2017.zip", "w") as z:
         z.writestr("train2017/000000000009.jpg", b"jpg")

@@ -233,14 +233,13 @@ def cmd_fetch_instruct(args) -> None:
     from vlmswap.hub import fetch
 
     study = _study(args)
-    from vlmswap.hub import fetch_files
+    from vlmswap.dataset_files import fetch_files
 
     record = fetch(study.raw["instruct"]["source"], Path(args.out), mirror=study.raw.get("mirror"), log=log)
     log(f"fetched {study.raw['instruct']['id']} from {record.origin}")
     files = study.raw["instruct"].get("files", [])
     fetch_files(files, Path(args.out).parent, mirror=study.raw.get("mirror"), log=log)
-    log(f"{len(files)} image archives unpacked beside it; folders the config does not list (e.g. ocr_vqa) "
-        "must be placed there by hand or come from the mirror")
+    log(f"{len(files)} image archives unpacked beside it")
 
 
 def cmd_prepare_instruct(args) -> None:
@@ -272,7 +271,7 @@ def cmd_prepare_instruct(args) -> None:
 
 def cmd_fetch_benchmark(args) -> None:
     from vlmswap.atomic import write_json
-    from vlmswap.hub import fetch_files
+    from vlmswap.dataset_files import fetch_files
 
     study = _study(args)
     files = study.raw["benchmarks"][args.benchmark].get("files")

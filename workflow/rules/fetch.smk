@@ -124,6 +124,7 @@ if not IS_MINI:
             instruct_paths()[0],
         params:
             source=config["instruct"]["source"],
+            files=config["instruct"].get("files", []),
         retries: 2
         log:
             f"{LOGS}/fetch_instruct.log",
