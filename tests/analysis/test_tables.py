@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import require_paper
 
-from vlmswap.analysis.tables import ResultFileError, Row, build_table, collect, to_markdown, write_table
+from vlmswap.analysis.tables import ResultFileError, Row, build_table, collect, to_latex, to_markdown, write_table
 
 # Full benchmark sizes, as the paper weights them (one TextVQA run scored twice: 5000 each).
 PAPER_SIZES = {
@@ -52,7 +52,10 @@ def test_collect_reads_scores_weights_and_skips_and_leaves_missing_as_nan(tmp_pa
 
     assert list(scores.index) == [A, B] and scores.index.name == "cell_id"
     assert list(scores.columns) == ["vqa-v2", "textvqa-ocr", "textvqa-pure", "n:vqa-v2", "n:textvqa-ocr",
-                                    "n:textvqa-pure", "skipped:vqa-v2", "skipped:textvqa"]
+                                    "n:textvqa-pure", "skipped:vqa-v2", "skipped:textvqa",
+                                    "vqa-v2:lo", "vqa-v2:hi", "textvqa-ocr:lo", "textvqa-ocr:hi",
+                                    "textvqa-pure:lo", "textvqa-pure:hi"]
+    assert scores[[c for c in scores.columns if c.endswith((":lo", ":hi"))]].isna().all().all()  # none recorded
     assert scores.loc[A, "textvqa-ocr"] == 44.02 and scores.loc[A, "n:textvqa-pure"] == 5000
     assert scores.loc[A, "skipped:textvqa"] == 3 and scores.loc[A, "skipped:vqa-v2"] == 0
     assert scores.loc[B, ["textvqa-ocr", "textvqa-pure", "n:textvqa-ocr", "skipped:textvqa"]].isna().all()
@@ -106,7 +109,8 @@ def test_weighted_columns_are_sample_weighted_over_the_configured_columns(tmp_pa
     assert table.loc[A, "overall-weighted"] == pytest.approx((60 * 300 + 40 * 100 + 20 * 100) / 500)
     scores = ["vqa-v2", "gqa", "refcoco", "vqa-weighted", "loc-weighted", "overall-weighted"]
     assert list(table.columns) == ["Visual Encoder", "Image Size",
-                                   *(name for c in scores for name in (c, f"{c}:paper", f"{c}:delta")),
+                                   *(name for c in scores for name in (c, f"{c}:paper", f"{c}:delta", f"{c}:lo", f"{c}:hi")
+                                     if not (name.endswith((":lo", ":hi")) and "weighted" in c)),
                                    "skipped:vqa-v2", "skipped:gqa", "skipped:refcoco"]
     assert table[[f"{c}:delta" for c in scores]].isna().all().all()  # these rows have no paper numbers
 
@@ -254,3 +258,14 @@ def test_subset_results_are_footnoted_once_per_subset(tmp_path):
     note = "vqa-v2 was evaluated on subset 'slim-1000', not the full benchmark"
     assert table.attrs["footnotes"] == [f"{note} ({A}, {B})."]
     assert build_table(rows(A), scores, "vqa", ["vqa-v2"]).attrs["footnotes"] == [f"{note} (every row)."]
+
+
+def test_bootstrap_intervals_reach_the_table_and_the_markdown(tmp_path):
+    write_result(tmp_path, A, "vqa-v2", {"vqa-v2": 59.86}, 600, intervals={"vqa-v2": [55.1, 64.32]})
+    write_result(tmp_path, B, "vqa-v2", {"vqa-v2": 64.99}, 600)  # written before intervals existed
+    table = build_table(rows(A, B), collect(tmp_path, [A, B], ["vqa-v2"]), "vqa", ["vqa-v2"])
+    assert table.loc[A, "vqa-v2:lo"] == 55.1 and table.loc[A, "vqa-v2:hi"] == 64.32
+    assert pd.isna(table.loc[B, "vqa-v2:lo"])
+    md = to_markdown(table, "t")
+    assert "59.86\u00a0[55.1,\u00a064.3]" in md and "64.99 |" in md.replace("\u00a0", " ") and "bootstrap 95% interval" in md
+    assert "[55.1, 64.3]" in to_latex(table, "t")

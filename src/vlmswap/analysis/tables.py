@@ -80,6 +80,10 @@ COLUMN_TITLES: dict[str, str] = {
 MISSING = "–"  # en dash, as the paper prints a missing entry
 STALE = "stale"  # a result that belongs to an older model of the cell: shown, never aggregated
 DAGGER = "†"
+INTERVAL_ENDS = ("lo", "hi")
+INTERVAL_NOTE = ("In brackets: the bootstrap 95% interval of the score (1,000 resamples of the benchmark's "
+                 "examples; evaluate/intervals.py). Differences between rows inside each other's intervals "
+                 "are not evidence of a difference.")
 
 
 class ResultFileError(ValueError):
@@ -166,6 +170,9 @@ def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str],
     of its columns; a result that exists but is malformed raises ResultFileError naming the file.
     `attrs["subsets"]` maps cell -> benchmark -> the result's `subset` where it is not "full".
 
+    `<column>:lo` / `<column>:hi` hold the result's bootstrap 95% interval (`evaluate/intervals.py`),
+    NaN where it has none.
+
     `staleness(cell_id, result)` says why a result no longer belongs to its cell's current model
     (`provenance.result_staleness`), or None: a stale result is left out exactly like a missing
     one, and `attrs["stale"]` maps cell -> benchmark -> the reason, for the table to name.
@@ -173,7 +180,8 @@ def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str],
     results_dir = Path(results_dir)
     wanted = {c for b in benchmarks for c in _benchmark_columns(b)}
     columns = [c for c in ALL_COLUMNS if c in wanted]
-    names = columns + [f"n:{c}" for c in columns] + [f"skipped:{b}" for b in benchmarks]
+    names = (columns + [f"n:{c}" for c in columns] + [f"skipped:{b}" for b in benchmarks]
+             + [f"{c}:{end}" for c in columns for end in INTERVAL_ENDS])
     frame = pd.DataFrame(np.nan, index=pd.Index(list(cell_ids), name="cell_id"), columns=names, dtype=float)
     subsets: dict[str, dict[str, str]] = {}
     stale: dict[str, dict[str, str]] = {}
@@ -190,6 +198,10 @@ def collect(results_dir: Path, cell_ids: list[str], benchmarks: list[str],
             for column, score in data["columns"].items():
                 frame.loc[cell_id, column] = float(score)
                 frame.loc[cell_id, f"n:{column}"] = data["n_samples"]
+                interval = (data.get("intervals") or {}).get(column)
+                if interval is not None:  # results written before intervals existed have none
+                    for end, value in zip(INTERVAL_ENDS, interval):
+                        frame.loc[cell_id, f"{column}:{end}"] = float(value)
             frame.loc[cell_id, f"skipped:{benchmark}"] = data["n_skipped"]
             subset = data.get("subset", "full")
             if subset != "full":
@@ -245,6 +257,7 @@ def build_table(
     `allow_skipped`. The returned frame is indexed by cell id, has the label columns, then per
     score and weighted column `<column>`, `<column>:paper` (the row's paper number) and
     `<column>:delta` (ours rounded to 2 decimals minus the paper's, NaN where either is missing),
+    `<column>:lo` / `<column>:hi` (the bootstrap 95% interval of a score column, NaN without one),
     and `skipped:<benchmark>` for each benchmark shown; `attrs["footnotes"]` holds the footnotes
     `write_table` prints and `attrs["groups"]` each row's group.
     """
@@ -331,6 +344,11 @@ def build_table(
         table[f"{c}:paper"] = paper
         table[f"{c}:delta"] = (table[c].round(2) - paper).round(2)
         ordered += [c, f"{c}:paper", f"{c}:delta"]
+        if c in shown:
+            for end in INTERVAL_ENDS:
+                table[f"{c}:{end}"] = scores[f"{c}:{end}"].reindex(ids).astype(float) \
+                    if f"{c}:{end}" in scores.columns else np.nan
+            ordered += [f"{c}:{end}" for end in INTERVAL_ENDS]
     table = table[ordered].copy()
 
     for b in shown_benchmarks:
@@ -352,7 +370,19 @@ def _score_columns(table: pd.DataFrame) -> list[str]:
 def _label_columns(table: pd.DataFrame) -> list[str]:
     scores = set(_score_columns(table))
     return [c for c in table.columns
-            if c not in scores and not str(c).startswith("skipped:") and not str(c).endswith((":paper", ":delta"))]
+            if c not in scores and not str(c).startswith("skipped:")
+            and not str(c).endswith((":paper", ":delta", *(f":{end}" for end in INTERVAL_ENDS)))]
+
+
+def _has_intervals(table: pd.DataFrame) -> bool:
+    return any(f"{c}:lo" in table.columns and table[f"{c}:lo"].notna().any() for c in _score_columns(table))
+
+
+def _interval_text(table: pd.DataFrame, row: pd.Series, c: str) -> str:
+    """` [lo, hi]` (1 decimal) where the score has a bootstrap interval and is shown, else ""."""
+    if f"{c}:lo" not in table.columns or pd.isna(row[f"{c}:lo"]) or pd.isna(row[c]):
+        return ""
+    return f"\u00a0[{row[f'{c}:lo']:.1f},\u00a0{row[f'{c}:hi']:.1f}]"
 
 
 def _cell_text(text: str) -> str:
@@ -395,6 +425,8 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, .
             text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
             if skipped:
                 text += DAGGER
+            if text not in (MISSING, STALE):
+                text += _interval_text(table, row, c)
             # a no-break space keeps a score and its delta on one line in narrow (HTML) views
             if not math.isnan(delta):
                 text += f"\u00a0({delta:+.2f})"
@@ -406,6 +438,8 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, .
     if _has_paper(table):
         parts.append("In parentheses: ours minus the paper's number (the CSV has both, as `<column>:paper` and "
                      "`<column>:delta`); a row without one is not in the paper.")
+    if _has_intervals(table):
+        parts.append(INTERVAL_NOTE)
     parts += [str(n) for n in notes]
     parts += list(table.attrs.get("footnotes", []))
     return "\n\n".join(parts) + "\n"
@@ -446,6 +480,8 @@ def to_latex(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...]
         for c in score_columns:
             text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
             entry = _latex_text(text) + (r"$^\dagger$" if skipped else "")
+            if text not in (MISSING, STALE) and _interval_text(table, row, c):
+                entry += rf" {{\tiny [{row[f'{c}:lo']:.1f}, {row[f'{c}:hi']:.1f}]}}"
             if not math.isnan(delta):
                 entry += rf" {{\tiny ({delta:+.2f})}}"
             elif not math.isnan(paper):
@@ -454,6 +490,7 @@ def to_latex(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     remarks = ["Small type: ours minus the paper's number."] if _has_paper(table) else []
+    remarks += [INTERVAL_NOTE] if _has_intervals(table) else []
     remarks += [str(n) for n in notes] + list(table.attrs.get("footnotes", []))
     if remarks:
         lines.append(r"\par\smallskip")

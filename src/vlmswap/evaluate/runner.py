@@ -24,6 +24,7 @@ from PIL import Image
 
 from vlmswap.atomic import write_json, write_text
 from vlmswap.evaluate.errors import PredictionsFileError
+from vlmswap.evaluate.intervals import bootstrap_intervals
 from vlmswap.evaluate.registry import Example, Skipped, get_benchmark
 from vlmswap.language import eval_prompt
 from vlmswap.provenance import differences, move_aside, result_record, scorer_version
@@ -258,6 +259,7 @@ def evaluate_cell(cell_id: str, vlm, geometry, index_path: Path, out_json: Path,
     result = {
         "cell": cell_id, "benchmark": name, "subset": subset,
         "columns": {k: round(v, 4) for k, v in score.columns.items()},
+        "intervals": bootstrap_intervals(score.columns, score.per_example),
         "metrics": score.metrics, "n_samples": score.n_samples,
         "n_skipped": len(skipped), "skipped": [asdict(s) for s in skipped],
         "predictions": pred_path.name, "scored": scored_path.name,
