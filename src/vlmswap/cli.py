@@ -106,7 +106,7 @@ def cmd_mini_world(args) -> None:
     mini = study.raw.get("mini")
     if mini is None:
         raise ConfigError(args.config, "mini", "this study has no mini world; use config/mini.yaml")
-    keys = ("seed", "n_train", "n_eval", "n_classify", "image_size", "mix")
+    keys = ("seed", "n_train", "n_eval", "n_classify", "image_size", "mix", "grid")
     generate(Path(args.out), **{k: mini[k] for k in keys if k in mini}, log=log)
 
 

@@ -32,8 +32,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-# Recipe keys that change how a run is carried out, not what it computes.
-NON_DETERMINING_RECIPE_KEYS = ("checkpoint_every",)
+# Recipe keys that change how a run is carried out, not what it computes (a cached feature is the
+# frozen tower's output for the same image, computed in another batch: equal up to float rounding).
+NON_DETERMINING_RECIPE_KEYS = ("checkpoint_every", "cache_features")
 PACKAGE_ROOT = Path(__file__).resolve().parent
 _CHUNK = 1 << 20
 

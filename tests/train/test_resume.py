@@ -154,3 +154,26 @@ def test_resume_state_of_another_recipe_is_moved_aside_and_training_restarts(set
     assert summary["resumed_from_step"] == 0
     assert summary["provenance"]["fingerprint"] != recorded["fingerprint"]
     assert summary["provenance"]["spec"]["recipe"]["lr"] == study["recipe"]["lr"]
+
+
+@pytest.mark.slow
+def test_cached_features_train_the_same_model_and_are_reused_after_the_first_epoch(setup):
+    """`recipe.cache_features` computes the frozen tower's features once per example: the same
+    weights as recomputing them every epoch (up to float rounding), with every later draw reused."""
+    base = setup
+    study = yaml.safe_load((base / "study.yaml").read_text())
+    study["recipe"].update(max_steps=None, epochs=2, checkpoint_every=1000)
+    for name, cached in (("recompute.yaml", False), ("cached.yaml", True)):
+        changed = copy.deepcopy(study)
+        changed["recipe"]["cache_features"] = cached
+        (base / name).write_text(yaml.safe_dump(changed, sort_keys=False))
+    for name in ("recompute", "cached"):
+        run = subprocess.run(train_cmd(base, name, f"{name}.yaml"), env=ENV, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    a, b = weights(base / "recompute"), weights(base / "cached")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+    summary = json.loads((base / "cached" / "train.json").read_text())
+    cache = summary["feature_cache"]
+    assert cache["computed"] == 60 and cache["reused"] > 0  # each of the 60 images once, then from memory
+    assert "feature_cache" not in json.loads((base / "recompute" / "train.json").read_text())

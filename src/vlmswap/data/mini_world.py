@@ -273,18 +273,20 @@ def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 
 def _place(rng: np.random.Generator, size: int, sides: list[int], smallest: int | None = None,
-           height: int | None = None) -> list[tuple[int, int, int]]:
-    """Non-overlapping (1 px gap), fully inside positions; shrinks a side after repeated misses."""
+           height: int | None = None, grid: int = 1) -> list[tuple[int, int, int]]:
+    """Non-overlapping (1 px gap), fully inside positions; shrinks a side after repeated misses.
+    With `grid` > 1 (pixels), positions and sides are multiples of it."""
     placed: list[tuple[int, int, int]] = []
     smallest = max(4, round(SIZE_RANGE[0] * size)) if smallest is None else smallest
     for s in sides:
         for attempt in range(200):
             if attempt and attempt % 50 == 0:
-                s = max(smallest, s - max(1, size // 32))
+                s = max(smallest, s - max(grid, size // 32))
             if height is None:
-                x, y = (int(v) for v in rng.integers(0, size - s + 1, size=2))
+                x, y = (int(v) * grid for v in rng.integers(0, (size - s) // grid + 1, size=2))
             else:
-                x, y = int(rng.integers(0, size - s + 1)), int(rng.integers(0, height - s + 1))
+                x, y = (int(rng.integers(0, (size - s) // grid + 1)) * grid,
+                        int(rng.integers(0, (height - s) // grid + 1)) * grid)
             if all(x + s + 1 <= px or px + ps + 1 <= x or y + s + 1 <= py or py + ps + 1 <= y
                    for px, py, ps in placed):
                 placed.append((x, y, s))
@@ -293,13 +295,18 @@ def _place(rng: np.random.Generator, size: int, sides: list[int], smallest: int 
 
 
 def sample_scene(rng: np.random.Generator, image_id: int, size: int, n_shapes: int | None = None,
-                 size_range: tuple[float, float] = SIZE_RANGE, height: int | None = None) -> Scene:
-    """1-3 shapes (or `n_shapes`) with sides in `size_range` times the shorter image side."""
+                 size_range: tuple[float, float] = SIZE_RANGE, height: int | None = None, grid: int = 0) -> Scene:
+    """1-3 shapes (or `n_shapes`) with sides in `size_range` times the shorter image side. With
+    `grid` > 0, boxes snap to a grid of `grid` x `grid` cells over the image (positions and sides
+    whole cells), so that a box is a few discrete coordinates."""
     n = int(rng.integers(1, 4)) if n_shapes is None else n_shapes
     short = size if height is None else min(size, height)
+    step = short // grid if grid else 1
     sides = [round(float(rng.uniform(*size_range)) * short) for _ in range(n)]
+    if grid:
+        sides = [max(step, round(side / step) * step) for side in sides]
     sides.sort(reverse=True)  # big ones first: they are the hardest to fit
-    positions = _place(rng, size, sides, max(4, round(size_range[0] * short)), height)
+    positions = _place(rng, size, sides, max(4, round(size_range[0] * short)) if not grid else step, height, step)
     colors = list(COLORS)
     shapes = tuple(
         Shape(SHAPES[int(rng.integers(3))], colors[int(rng.integers(4))], x, y, s) for x, y, s in positions
@@ -925,10 +932,10 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _held_out_scenes(seed: int, stream: int, id0: int, n: int, size: int, seen: set) -> list[Scene]:
+def _held_out_scenes(seed: int, stream: int, id0: int, n: int, size: int, seen: set, grid: int = 0) -> list[Scene]:
     scenes, i = [], 0
     while len(scenes) < n:
-        scene = sample_scene(_rng(seed, stream, i), id0 + i, size)
+        scene = sample_scene(_rng(seed, stream, i), id0 + i, size, grid=grid)
         i += 1
         if scene.key() not in seen:
             scenes.append(scene)
@@ -1002,12 +1009,13 @@ def _instruction_turn(scene: Scene, kind: str, rng: np.random.Generator, express
     return q.question + VQA_SUFFIX, q.answer, q.family, q.answer
 
 
-def _write_gqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], dict]:
+def _write_gqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable,
+               grid: int = 0) -> tuple[list[Scene], dict]:
     """GQA testdev-balanced: `testdev_balanced_questions.json` + `images/{imageId}.jpg`."""
     kinds_all = ("query-attr", "verify-attr", "query-rel", "choose-attr", "logical-and", "compare-color",
                  "verify-rel")
     questions, scenes, cycle = {}, [], 0
-    fresh = _fresh(lambda i: sample_scene(_rng(seed, 21, i), GQA_ID0 + i, size), seen)
+    fresh = _fresh(lambda i: sample_scene(_rng(seed, 21, i), GQA_ID0 + i, size, grid=grid), seen)
     while len(questions) < n:
         scene = next(fresh)
         rng = _rng(seed, 22, scene.image_id)
@@ -1032,11 +1040,12 @@ def _write_gqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Cal
     return scenes, questions
 
 
-def _write_vizwiz(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], list]:
+def _write_vizwiz(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable,
+                  grid: int = 0) -> tuple[list[Scene], list]:
     """VizWiz val: `Annotations/val.json` + `val/VizWiz_val_{n:08d}.jpg`, one question per image."""
     unanswerable = {int(i) for i in _rng(seed, 23, 0).permutation(n)[: round(UNANSWERABLE_SHARE * n)]}
     records, scenes = [], []
-    fresh = _fresh(lambda i: sample_scene(_rng(seed, 24, i), VIZWIZ_ID0 + i, size), seen)
+    fresh = _fresh(lambda i: sample_scene(_rng(seed, 24, i), VIZWIZ_ID0 + i, size, grid=grid), seen)
     while len(records) < n:
         scene = next(fresh)
         rng = _rng(seed, 25, scene.image_id)
@@ -1087,14 +1096,15 @@ def _write_textvqa(out: Path, seed: int, n: int, size: int, seen: set, remember:
     return scenes, data
 
 
-def _write_pope(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], dict]:
+def _write_pope(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable,
+                grid: int = 0) -> tuple[list[Scene], dict]:
     """POPE: `coco_pope_{adversarial,popular,random}.json` (JSON lines) over the same images
     `val2014/COCO_val2014_{id:012d}.jpg`, n//2 yes/no pairs per split. As in POPE, the "yes" probes are
     shared by the splits; the "no" probes are drawn uniformly (random), from the most frequent absent
     objects (popular), or from absent objects sharing a color or shape with a present one, ranked by
     co-occurrence with the present objects (adversarial)."""
     n_pairs, scenes, positives = n // 2, [], []
-    fresh = _fresh(lambda i: sample_scene(_rng(seed, 28, i), POPE_ID0 + i, size), seen)
+    fresh = _fresh(lambda i: sample_scene(_rng(seed, 28, i), POPE_ID0 + i, size, grid=grid), seen)
     while sum(len(p) for p in positives) < n_pairs:
         scene = next(fresh)
         rng = _rng(seed, 29, scene.image_id)
@@ -1275,12 +1285,15 @@ def generate(
     image_size: int = 64,
     log: Callable[[str], None] = print,
     mix: str = "all",
+    grid: int = 0,
 ) -> dict:
     """Write the mini world under `out` and return its manifest (also written as `world.json`).
 
     Deterministic: the same arguments give byte-identical JSON files and identical images.
     `n_eval` is the number of VQA-v2 scenes (2 questions each), of RefCOCO sentences, and of the
     questions (expressions) of GQA, VizWiz, TextVQA, TallyQA and OCID-Ref and of each POPE split.
+    `grid` > 0 snaps the boxes of the plain scenes (training, classification, VQA-v2, RefCOCO, GQA,
+    VizWiz, POPE) to a `grid` x `grid` layout (`sample_scene`); 0 places them freely.
     """
     if mix not in TRAINING_MIXES:
         raise ValueError(f"unknown training mix {mix!r}; allowed: {', '.join(TRAINING_MIXES)}")
@@ -1300,7 +1313,7 @@ def generate(
     # The training slots: each is a plain scene, a text scene (TextVQA skills) or a counting scene
     # (TallyQA skills). The plain layouts of all slots are drawn first, as they always were, so that
     # the VQA-v2 and RefCOCO eval sets (held out of them) do not depend on the slot kinds.
-    train_scenes = [sample_scene(_rng(seed, 1, i), TRAIN_ID0 + i, size) for i in range(n_train)]
+    train_scenes = [sample_scene(_rng(seed, 1, i), TRAIN_ID0 + i, size, grid=grid) for i in range(n_train)]
     draws = _rng(seed, 11, 0).random(n_train)
     shares = SLOT_SHARE if mix == "all" else {"text": 0.0, "tally": 0.0}
     slot_kinds = ["text" if u < shares["text"] else "tally" if u < shares["text"] + shares["tally"]
@@ -1314,7 +1327,7 @@ def generate(
         rng = _rng(seed, 6, i)
         label = int(order[i])
         for _attempt in range(20):
-            scene = sample_scene(rng, i, size, n_shapes=1 if rng.random() < 0.5 else int(rng.integers(2, 4)))
+            scene = sample_scene(rng, i, size, n_shapes=1 if rng.random() < 0.5 else int(rng.integers(2, 4)), grid=grid)
             # The labelled shape must be strictly the largest, so the label is unambiguous.
             sides = sorted((o.s for o in scene.shapes), reverse=True)
             if len(sides) == 1 or sides[0] > sides[1]:
@@ -1341,7 +1354,7 @@ def generate(
     seen = {s.key() for s in train_scenes} | {s.key() for s in classify_scenes}
 
     # -- 2. VQA-v2 val (official format)
-    vqa_scenes = _held_out_scenes(seed, 7, VQA_ID0, n_eval, size, seen)
+    vqa_scenes = _held_out_scenes(seed, 7, VQA_ID0, n_eval, size, seen, grid)
     questions, annotations = [], []
     family_cycle = 0
     for scene in vqa_scenes:
@@ -1385,7 +1398,7 @@ def generate(
     images, anns, refs, ref_scenes = [], [], [], []
     sent_id, i = 0, 0
     while sent_id < n_eval:
-        scene = sample_scene(_rng(seed, 9, i), REFCOCO_ID0 + i, size)
+        scene = sample_scene(_rng(seed, 9, i), REFCOCO_ID0 + i, size, grid=grid)
         i += 1
         expressions = referring_expressions(scene)
         if scene.key() in seen or not expressions:
@@ -1445,15 +1458,15 @@ def generate(
 
     # -- 4. the other benchmarks, each held out of the training layouts and of every other eval set
     seen |= {s.key() for s in ref_scenes}
-    gqa_scenes, gqa_questions = _write_gqa(out, seed, n_eval, size, seen, remember)
+    gqa_scenes, gqa_questions = _write_gqa(out, seed, n_eval, size, seen, remember, grid)
     log(f"gqa: {len(gqa_questions)} questions over {len(gqa_scenes)} images "
         f"{dict(sorted(Counter(q['types']['structural'] for q in gqa_questions.values()).items()))}")
-    vizwiz_scenes, vizwiz = _write_vizwiz(out, seed, n_eval, size, seen, remember)
+    vizwiz_scenes, vizwiz = _write_vizwiz(out, seed, n_eval, size, seen, remember, grid)
     log(f"vizwiz: {len(vizwiz)} questions, {sum(1 - r['answerable'] for r in vizwiz)} unanswerable")
     textvqa_scenes, textvqa = _write_textvqa(out, seed, n_eval, size, seen, remember)
     log(f"textvqa: {len(textvqa)} questions over {len(textvqa_scenes)} images "
         f"({sum(len(s.words) for s in textvqa_scenes)} words)")
-    pope_scenes, pope = _write_pope(out, seed, n_eval, size, seen, remember)
+    pope_scenes, pope = _write_pope(out, seed, n_eval, size, seen, remember, grid)
     log(f"pope: {' / '.join(f'{k} {len(v)}' for k, v in pope.items())} questions over {len(pope_scenes)} images")
     tally_scenes, tally = _write_tallyqa(out, seed, n_eval, size, seen, remember)
     log(f"tallyqa: {len(tally)} questions ({sum(r['issimple'] for r in tally)} simple) over "

@@ -137,21 +137,25 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         trackers = open_trackers(list(study.raw.get("trackers", [])), paths.ckpt_dir.parent.parent / "tracking" / cell.id,
                                  cell.id, recipe, str(study.path))
 
+    sampler = [mb for step in plan[start:] for mb in micro_batches(step, world, rank, pdb)]
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=[mb for step in plan[start:] for mb in micro_batches(step, world, rank, pdb)],
+        batch_sampler=sampler,
         collate_fn=lambda items: collate(items, tokenizer.pad_token_id),
         num_workers=2 if on_gpu() else 0,
     )
-    batches = iter(loader)
+    batches, batch_indices = iter(loader), iter(sampler)
+    features_of = FeatureCache(vision, device) if recipe.get("cache_features", False) else None
     every = int(recipe.get("checkpoint_every", 500))
     t0, tokens = time.time(), 0
     for step in range(start, schedule.steps):
         t_step, losses = time.time(), []
         for _ in range(accumulation):
-            batch = next(batches)
+            batch, indices = next(batches), next(batch_indices)
             features = None
-            if "pixels" in batch:
+            if "pixels" in batch and features_of is not None:
+                features = features_of(indices, batch["pixels"])
+            elif "pixels" in batch:
                 with torch.no_grad():
                     features = vision(batch["pixels"].to(device, next(vision.parameters()).dtype))
             try:
@@ -212,12 +216,38 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             "loss_last10_mean": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
             "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
         }
+        if features_of is not None:
+            summary["feature_cache"] = {"computed": features_of.misses, "reused": features_of.hits}
         write_json(paths.out_dir / "train.json", summary)
         say(f"saved {paths.out_dir / 'model.safetensors'} (final loss {summary['loss_final']:.4f}, {wall:.0f}s)")
         shutil.rmtree(paths.ckpt_dir, ignore_errors=True)  # the final model supersedes resume state
         trackers.close()
         return summary
     return {}
+
+
+class FeatureCache:
+    """The frozen tower's features of each training example, computed the first time it is drawn and
+    reused in later epochs (`recipe.cache_features`; the mini study, where they fit in memory: 3k
+    examples x 36 tokens). The tower is frozen and in eval mode, so a feature is a function of its
+    image alone. Off by default: the paper grid's 665k x 576 tokens would not fit."""
+
+    def __init__(self, vision: torch.nn.Module, device: torch.device):
+        self.vision, self.device = vision, device
+        self.dtype = next(vision.parameters()).dtype
+        self.stored: dict[int, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    @torch.no_grad()
+    def __call__(self, indices: list[int], pixels: torch.Tensor) -> torch.Tensor:
+        missing = [k for k, i in enumerate(indices) if i not in self.stored]
+        if missing:
+            computed = self.vision(pixels[missing].to(self.device, self.dtype))
+            for k, row in zip(missing, computed):
+                self.stored[indices[k]] = row.clone()
+        self.misses += len(missing)
+        self.hits += len(indices) - len(missing)
+        return torch.stack([self.stored[i] for i in indices])
 
 
 def _duration(seconds: float) -> str:
