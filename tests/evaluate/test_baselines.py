@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from vlmswap.evaluate.baselines import CENTRAL_BOX, baseline_predictions
-from vlmswap.evaluate.registry import Example, get_benchmark
+from vlmswap.evaluate.records import Example
+from vlmswap.evaluate.registry import get_benchmark
 
 
 def ex(i, target, **meta):

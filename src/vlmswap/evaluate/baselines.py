@@ -14,7 +14,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from vlmswap.evaluate.registry import Example, get_benchmark
+from vlmswap.evaluate.records import Example
+from vlmswap.evaluate.registry import get_benchmark
 
 CENTRAL_BOX = "[0.25, 0.25, 0.75, 0.75]"
 
