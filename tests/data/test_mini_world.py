@@ -358,9 +358,9 @@ def test_manifest_hashes_baselines_and_text_corpus(world):
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
     assert "llava/llava_v1_5_mix665k.json" in manifest["sha256"]
     baselines = manifest["baselines"]
-    for name in ("vqa_majority_per_answer_type_accuracy", "vqa_majority_overall_accuracy",
-                 "refcoco_center_box_accuracy"):
-        assert 0.0 <= baselines[name] <= 100.0
+    for name in ("vqa-v2", "refcoco", "refcoco+", "refcocog"):
+        assert baselines[name]["baseline"] and baselines[name]["n_samples"] > 0
+        assert 0.0 <= baselines[name]["columns"][name] <= 100.0
     corpus = set((out / "text_corpus.txt").read_text().splitlines())
     assert SYSTEM_PROMPT in corpus and "Answer the question using a single word or phrase." in corpus
     for record in load(out / "llava/llava_v1_5_mix665k.json"):
