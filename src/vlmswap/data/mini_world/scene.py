@@ -168,6 +168,8 @@ def ocid_objects(take_id: int) -> int:
 
 
 def held_out_scenes(seed: int, stream: int, id0: int, n: int, size: int, seen: set) -> list[Scene]:
+    """The first n plain scenes of `stream` whose layouts are not in `seen` (`seen` is left as it is:
+    the VQA-v2 set may repeat a layout of its own, as it always could)."""
     scenes, i = [], 0
     while len(scenes) < n:
         scene = sample_scene(stream_rng(seed, stream, i), id0 + i, size)
@@ -209,6 +211,7 @@ def unique_colors(scene: Scene) -> list[int]:
 
 
 def written_on(scene: Scene, j: int) -> str | None:
+    """The word written on object j, if any."""
     return next((w.text for w in scene.words if w.on == j), None)
 
 
