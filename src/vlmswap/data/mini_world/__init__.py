@@ -13,7 +13,7 @@ shapes from a small palette; OCID-Ref scenes are 640x480 tables with 2-8 shapes.
 benchmark's name, its `image_id` recoverable from the file name as noted):
 
     llava/llava_v1_5_mix665k.json     LLaVA-v1.5 665K format: [{id, image?, conversations}], ~5%
-    llava/coco/train2017/{id:012d}.jpg  language-only records; see "Training turns" below
+    llava/coco/train2017/{id:012d}.jpg  language-only records; see training.py
     vqa-v2/v2_OpenEnded_mscoco_val2014_questions.json, v2_mscoco_val2014_annotations.json
     vqa-v2/val2014/COCO_val2014_{image_id:012d}.jpg   n images x 2 questions, 10 answers with a
                                       little deterministic annotator noise (soft accuracy is exercised)
@@ -46,7 +46,7 @@ benchmark's name, its `image_id` recoverable from the file name as noted):
     pope/coco_pope_{adversarial,popular,random}.json   JSON lines {question_id (1.. per split), image:
                                       "COCO_val2014_{image_id:012d}.jpg", text: "Is there a {color}
                                       {shape} in the image?", label: "yes"/"no"}, n//2 yes/no pairs per
-                                      split over the same images, the yes probes shared (see write_pope)
+                                      split over the same images, the yes probes shared (see writers.write_pope)
     pope/val2014/{image}
     tallyqa/test.json                 [{image: "VG_100K[_2]/{image_id}.jpg", answer: int 0..5,
                                       data_source, question, image_id, question_id, issimple}], n
@@ -64,10 +64,11 @@ benchmark's name, its `image_id` recoverable from the file name as noted):
     scenes.json                       every scene's ground truth by benchmark (boxes in pixels; text
                                       scenes add `words`, OCID scenes `height`)
     text_corpus.txt                   every string the tokenizer should see
-    world.json                        counts, question families, prompts, baselines, sha256 of each file
+    world.json                        counts, question families, prompts, sha256 of each file, and
+                                      the baselines, scored by vlmswap.evaluate on the files above
 
-Training turns (training.py) use exactly the evaluation prompts of `vlmswap.evaluate.prompts`. 15% of the training slots are text scenes and 15% counting scenes; grounding is ~28% of the
-turns. Eval scenes are held out: their ids differ and no eval scene repeats the layout of a
+Training turns (training.py) use exactly the evaluation prompts of `vlmswap.evaluate.prompts`.
+15% of the training slots are text scenes and 15% counting scenes; grounding is ~28% of the turns. Eval scenes are held out: their ids differ and no eval scene repeats the layout of a
 training (or classification) scene or of another eval scene. The VQA-v2 / RefCOCO / classification
 files do not depend on the other benchmarks: they are byte-identical to those of earlier versions.
 """
