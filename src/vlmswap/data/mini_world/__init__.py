@@ -68,8 +68,9 @@ benchmark's name, its `image_id` recoverable from the file name as noted):
                                       the baselines, scored by vlmswap.evaluate on the files above
 
 Training turns (training.py) use exactly the evaluation prompts of `vlmswap.evaluate.prompts`.
-15% of the training slots are text scenes and 15% counting scenes; grounding is ~28% of the turns. Eval scenes are held out: their ids differ and no eval scene repeats the layout of a
-training (or classification) scene or of another eval scene. The VQA-v2 / RefCOCO / classification
+15% of the training slots are text scenes and 15% counting scenes; grounding is ~28% of the turns.
+Eval scenes are held out: their ids differ and no eval scene repeats the layout of a training (or
+classification) scene or of another eval scene. The VQA-v2 / RefCOCO / classification
 files do not depend on the other benchmarks: they are byte-identical to those of earlier versions.
 """
 

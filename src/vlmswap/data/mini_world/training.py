@@ -29,7 +29,9 @@ from vlmswap.data.mini_world.render import box_string, render
 from vlmswap.data.mini_world.scene import TRAIN_ID0, Scene, sample_scene, sample_tally_scene, stream_rng
 from vlmswap.data.mini_world.text import ocr_tokens, sample_text_scene
 from vlmswap.data.mini_world.writers import write_compact_json, write_image
-from vlmswap.evaluate.prompts import TALLY_LETTERS, grounding_prompt, ocr_question, tally_prompt, vizwiz_prompt, vqa_prompt
+from vlmswap.evaluate.prompts import (
+    TALLY_LETTERS, grounding_prompt, ocr_question, tally_prompt, vizwiz_prompt, vqa_prompt,
+)
 
 GROUNDING_SHARE = 0.3  # chance that a plain training turn is a grounding turn (~28% of all turns)
 LANGUAGE_SHARE = 0.05  # language-only records, relative to the number of training scenes

@@ -31,7 +31,9 @@ from vlmswap.data.mini_world.scene import (
     sample_scene, sample_tally_scene, stream_rng,
 )
 from vlmswap.data.mini_world.text import ocr_tokens, sample_text_scene, text_questions
-from vlmswap.evaluate.prompts import TALLY_LETTERS, grounding_prompt, ocr_question, tally_prompt, vizwiz_prompt, vqa_prompt
+from vlmswap.evaluate.prompts import (
+    TALLY_LETTERS, grounding_prompt, ocr_question, tally_prompt, vizwiz_prompt, vqa_prompt,
+)
 
 Remember = Callable[..., None]
 
