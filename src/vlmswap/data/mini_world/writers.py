@@ -202,7 +202,7 @@ def write_refcoco(out: Path, seed: int, n: int, size: int, seen: set, remember: 
     return scenes, refs
 
 
-def write_gqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], dict]:
+def write_gqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Remember) -> tuple[list[Scene], dict]:
     """GQA testdev-balanced: `testdev_balanced_questions.json` + `images/{imageId}.jpg`."""
     questions, scenes, cycle = {}, [], 0
     fresh = fresh_scenes(lambda i: sample_scene(stream_rng(seed, 21, i), GQA_ID0 + i, size), seen)
@@ -230,7 +230,7 @@ def write_gqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Call
     return scenes, questions
 
 
-def write_vizwiz(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], list]:
+def write_vizwiz(out: Path, seed: int, n: int, size: int, seen: set, remember: Remember) -> tuple[list[Scene], list]:
     """VizWiz val: `Annotations/val.json` + `val/VizWiz_val_{n:08d}.jpg`, one question per image."""
     unanswerable = {int(i) for i in stream_rng(seed, 23, 0).permutation(n)[: round(UNANSWERABLE_SHARE * n)]}
     records, scenes = [], []
@@ -253,7 +253,7 @@ def write_vizwiz(out: Path, seed: int, n: int, size: int, seen: set, remember: C
     return scenes, records
 
 
-def write_textvqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], list]:
+def write_textvqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Remember) -> tuple[list[Scene], list]:
     """TextVQA val: `TextVQA_0.5.1_val.json`, LLaVA's `textvqa_val_v051_ocr.jsonl` (same order) and
     `train_images/{image_id}.jpg`."""
     data, lines, scenes = [], [], []
@@ -285,7 +285,7 @@ def write_textvqa(out: Path, seed: int, n: int, size: int, seen: set, remember: 
     return scenes, data
 
 
-def write_pope(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], dict]:
+def write_pope(out: Path, seed: int, n: int, size: int, seen: set, remember: Remember) -> tuple[list[Scene], dict]:
     """POPE: `coco_pope_{adversarial,popular,random}.json` (JSON lines) over the same images
     `val2014/COCO_val2014_{id:012d}.jpg`, n//2 yes/no pairs per split. As in POPE, the "yes" probes are
     shared by the splits; the "no" probes are drawn uniformly (random), from the most frequent absent
@@ -335,7 +335,7 @@ def write_pope(out: Path, seed: int, n: int, size: int, seen: set, remember: Cal
     return scenes, splits
 
 
-def write_tallyqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Callable) -> tuple[list[Scene], list]:
+def write_tallyqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Remember) -> tuple[list[Scene], list]:
     """TallyQA test: `test.json` + images at its relative paths (`VG_100K[_2]/{id}.jpg`); simple and
     complex questions alternate where the scene allows a complex one."""
     records, scenes = [], []
@@ -365,7 +365,7 @@ def write_tallyqa(out: Path, seed: int, n: int, size: int, seen: set, remember: 
     return scenes, records
 
 
-def write_ocidref(out: Path, seed: int, n: int, seen: set, remember: Callable) -> tuple[list[Scene], dict]:
+def write_ocidref(out: Path, seed: int, n: int, seen: set, remember: Remember) -> tuple[list[Scene], dict]:
     """OCID-Ref val: `val_expressions.json` + 640x480 PNGs at `OCID-dataset/{scene_path}`. Candidate
     scenes cycle through the clutter splits; the take_id sets how many objects stand on the table."""
     width, height = OCID_WH
