@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from vlmswap.evaluate.errors import PredictionsFileError
+from vlmswap.evaluate.records import PredictionsFileError
 from vlmswap.study import ConfigError, load_study
 
 
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that name a bad input (file, id or key, and the fix) and so need no traceback."""
     from vlmswap.data.instruct import InstructError
-    from vlmswap.evaluate.registry import AnnotationFileError
+    from vlmswap.evaluate.records import AnnotationFileError
     from vlmswap.hub import CheckpointError, FetchError
 
     return (FetchError, CheckpointError, AnnotationFileError, InstructError)

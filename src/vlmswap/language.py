@@ -17,13 +17,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from vlmswap.evaluate.prompts import SYSTEM_PROMPT  # the evaluation prompts' system prompt, one definition
+
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
 PAD_TOKEN = "<PAD>"
-SYSTEM_PROMPT = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
 
 
 def turn_text(message: str) -> str:

@@ -358,9 +358,9 @@ def test_manifest_hashes_baselines_and_text_corpus(world):
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
     assert "llava/llava_v1_5_mix665k.json" in manifest["sha256"]
     baselines = manifest["baselines"]
-    for name in ("vqa_majority_per_answer_type_accuracy", "vqa_majority_overall_accuracy",
-                 "refcoco_center_box_accuracy"):
-        assert 0.0 <= baselines[name] <= 100.0
+    for name in ("vqa-v2", "refcoco", "refcoco+", "refcocog"):
+        assert baselines[name]["baseline"] and baselines[name]["n_samples"] > 0
+        assert 0.0 <= baselines[name]["columns"][name] <= 100.0
     corpus = set((out / "text_corpus.txt").read_text().splitlines())
     assert SYSTEM_PROMPT in corpus and "Answer the question using a single word or phrase." in corpus
     for record in load(out / "llava/llava_v1_5_mix665k.json"):
@@ -404,3 +404,25 @@ def test_refcoco_plus_and_g_share_the_refer_folder(tmp_path):
     assert all(len(ex) == 8 and not sk for ex, sk in loaded.values())
     assert [e.target for e in loaded["refcocog"][0]] == [e.target for e in loaded["refcoco"][0]]
     assert all(e.prompt.endswith('in the picture"') for e in loaded["refcocog"][0])
+
+
+def test_a_layout_grid_snaps_every_plain_box_and_leaves_the_free_world_as_it_was(tmp_path):
+    """`mini.grid`: boxes of the plain scenes (training, classification, VQA-v2, RefCOCO) on whole grid
+    cells, so a RefCOCO box is a few discrete coordinates; grid 0 draws exactly the free layouts."""
+    import numpy as np
+
+    from vlmswap.data.mini_world.scene import sample_scene, stream_rng
+
+    free = [sample_scene(stream_rng(0, 1, i), i, 64) for i in range(50)]
+    assert free == [sample_scene(stream_rng(0, 1, i), i, 64, grid=0) for i in range(50)]
+    assert any(o.x % 16 or o.s % 16 for scene in free for o in scene.shapes)
+
+    world = generate(tmp_path, seed=2, n_train=40, n_eval=12, n_classify=12, image_size=64, grid=4,
+                     mix="vqa+grounding", log=lambda m: None)  # every training slot a plain scene
+    assert world["grid"] == 4
+    scenes = json.loads((tmp_path / "scenes.json").read_text())
+    plain = [s for name in ("vqa-v2", "refcoco", "classify") for s in scenes[name]]
+    plain += scenes["llava"]
+    assert plain and all(o[k] % 16 == 0 and o["s"] >= 16 for s in plain for o in s["shapes"] for k in ("x", "y", "s"))
+    refs = json.loads((tmp_path / "refcoco" / "refcoco" / "instances.json").read_text())["annotations"]
+    assert refs and all(np.allclose(np.array(a["bbox"]) % 16, 0) for a in refs)

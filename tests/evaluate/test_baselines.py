@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from vlmswap.evaluate.baselines import CENTRAL_BOX, baseline_predictions
-from vlmswap.evaluate.registry import Example, get_benchmark
+from vlmswap.evaluate.records import Example
+from vlmswap.evaluate.registry import get_benchmark
 
 
 def ex(i, target, **meta):
@@ -33,3 +34,10 @@ def test_most_frequent_choice():
     assert preds["1"] == "[" + ", ".join("1.0" if i == 2 else "0.0" for i in range(16)) + "]"
     _, preds = baseline_predictions("pope", [ex(1, "no"), ex(2, "no"), ex(3, "yes")])
     assert preds["3"] == "[0.0, 1.0]"
+
+
+def test_majority_of_single_answers_is_a_whole_answer():
+    """GQA's target is one answer string: the majority is the most frequent answer, not a letter of it."""
+    examples = [ex(1, "yes"), ex(2, "yes"), ex(3, "no")]
+    _, preds = baseline_predictions("gqa", examples)
+    assert set(preds.values()) == {"yes"}

@@ -2,8 +2,9 @@
 
 import pytest
 
-from vlmswap.evaluate.boxes import iou, normalize_coco_box, parse_box, score_boxes
-from vlmswap.evaluate.registry import Example
+from vlmswap.evaluate.boxes import normalize_coco_box, parse_box, score_boxes
+from vlmswap.evaluate.metrics import iou
+from vlmswap.evaluate.records import Example
 
 # -- parsing -----------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import pytest
 from .official_formats import gqa_question, write_gqa
 
 from vlmswap.evaluate.gqa import GQA, clean_prediction
-from vlmswap.evaluate.registry import AnnotationFileError, Example
+from vlmswap.evaluate.records import AnnotationFileError, Example
 
 
 @pytest.mark.parametrize("raw,clean", [

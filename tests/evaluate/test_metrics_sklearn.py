@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
-from vlmswap.evaluate.pope import POPE, SPLITS, average_precision, f1, roc_auc
-from vlmswap.evaluate.registry import Example
+from vlmswap.evaluate.metrics import average_precision, f1, roc_auc
+from vlmswap.evaluate.pope import POPE, SPLITS
+from vlmswap.evaluate.records import Example
 from vlmswap.evaluate.tallyqa import TallyQA
 
 

@@ -6,7 +6,7 @@ import pytest
 from .official_formats import ocid_entry, write_ocidref
 
 from vlmswap.evaluate.ocidref import OCIDRef, clutter_split, normalize_ocid_box
-from vlmswap.evaluate.registry import AnnotationFileError
+from vlmswap.evaluate.records import AnnotationFileError
 
 PROMPT = 'Please provide the bounding box coordinate of the region this sentence describes: "{}"'
 SCENE = "ARID20/table/top/seq{:02d}/rgb/result_{}.png"

@@ -7,10 +7,11 @@ import random
 import pytest
 from .official_formats import pope_record, write_pope
 
-from vlmswap.evaluate.pope import (
-    POPE, average_precision, draw_subset_per_split, f1, parse_choice_probabilities, roc_auc,
+from vlmswap.evaluate.metrics import (
+    average_precision, draw_subset_per_split, f1, parse_choice_probabilities, roc_auc,
 )
-from vlmswap.evaluate.registry import AnnotationFileError, Example
+from vlmswap.evaluate.pope import POPE
+from vlmswap.evaluate.records import AnnotationFileError, Example
 
 PROMPT = "{}\nAnswer the question using a single word or phrase."
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vlmswap.evaluate import BENCHMARKS
-from vlmswap.evaluate.registry import AnnotationFileError
+from vlmswap.evaluate.records import AnnotationFileError
 from vlmswap.evaluate.runner import evaluate_cell, prepare, read_index
 from vlmswap.image import Geometry, preprocess
 from vlmswap.provenance import predictions_record, sealed

@@ -7,7 +7,7 @@ import pytest
 from .official_formats import coco_ann, coco_image, ref, write_refer
 
 from vlmswap.evaluate.refcoco import RefCOCO
-from vlmswap.evaluate.registry import AnnotationFileError
+from vlmswap.evaluate.records import AnnotationFileError
 
 PROMPT = 'Please provide the bounding box coordinate of the region this sentence describes: "{}"'
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vlmswap.evaluate import BENCHMARKS, Benchmark, Example, Skipped, get_benchmark
-from vlmswap.evaluate.registry import draw_subset, subset_size
+from vlmswap.evaluate.metrics import draw_subset, subset_size
 
 
 def test_registry_names_modes_and_columns():

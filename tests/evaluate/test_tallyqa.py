@@ -6,8 +6,9 @@ import random
 import pytest
 from .official_formats import tally_record, write_tallyqa
 
-from vlmswap.evaluate.registry import AnnotationFileError, Example
-from vlmswap.evaluate.tallyqa import TallyQA, tally_prompt
+from vlmswap.evaluate.records import AnnotationFileError, Example
+from vlmswap.evaluate.prompts import tally_prompt
+from vlmswap.evaluate.tallyqa import TallyQA
 
 
 def one_hot(index: int, n: int = 16) -> str:

@@ -6,8 +6,9 @@ import random
 import pytest
 from .official_formats import textvqa_record, write_textvqa
 
-from vlmswap.evaluate.registry import AnnotationFileError
-from vlmswap.evaluate.textvqa import TextVQA, process_answer, pure_question, textvqa_accuracy
+from vlmswap.evaluate.records import AnnotationFileError
+from vlmswap.evaluate.prompts import pure_question
+from vlmswap.evaluate.textvqa import TextVQA, process_answer, textvqa_accuracy
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 

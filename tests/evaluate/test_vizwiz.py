@@ -3,7 +3,7 @@
 import pytest
 from .official_formats import vizwiz_record, write_vizwiz
 
-from vlmswap.evaluate.registry import AnnotationFileError, Example
+from vlmswap.evaluate.records import AnnotationFileError, Example
 from vlmswap.evaluate.vizwiz import VizWiz, normalize_vizwiz_prediction
 
 PROMPT = ("{}\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n"

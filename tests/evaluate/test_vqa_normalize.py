@@ -2,9 +2,9 @@
 
 import pytest
 
+from vlmswap.evaluate.metrics import soft_accuracy
 from vlmswap.evaluate.vqa_normalize import (
     normalize_answer, normalize_prediction, process_digits_articles_contractions, process_punctuation,
-    soft_accuracy,
 )
 
 

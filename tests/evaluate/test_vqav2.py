@@ -6,7 +6,7 @@ import random
 import pytest
 from .official_formats import vqa_record, write_vqa
 
-from vlmswap.evaluate.registry import AnnotationFileError, Example
+from vlmswap.evaluate.records import AnnotationFileError, Example
 from vlmswap.evaluate.vqav2 import VQAv2
 
 ANSWERS_TWO = ["2"] * 10

@@ -79,7 +79,7 @@ def figure2_cell(study, cell, vlm, index_path: Path, eval_json: Path, out_json: 
 
     from vlmswap.atomic import write_json
     from vlmswap.evaluate.boxes import parse_box
-    from vlmswap.evaluate.refcoco import grounding_prompt
+    from vlmswap.evaluate.prompts import grounding_prompt
     from vlmswap.evaluate.runner import _read_predictions, read_index
     from vlmswap.language import eval_prompt
 

@@ -1,12 +1,12 @@
 """Benchmarks: read the official files, prompt, parse and score as vlm-evaluation does.
 
-`registry` is imported first on purpose: it defines the records every benchmark module uses and
-then builds `BENCHMARKS` from those modules.
+records.py (what a benchmark reads and returns), metrics.py (draws and scores) and prompts.py
+depend on nothing in the package; each benchmark module depends only on them (and on boxes.py /
+vqa_normalize.py); registry.py maps names to benchmarks.
 """
 
-from vlmswap.evaluate.registry import (
-    BENCHMARKS, AnnotationFileError, Benchmark, BenchmarkScore, Example, Skipped, get_benchmark,
-)
+from vlmswap.evaluate.records import AnnotationFileError, Benchmark, BenchmarkScore, Example, Skipped
+from vlmswap.evaluate.registry import BENCHMARKS, get_benchmark
 
 __all__ = ["BENCHMARKS", "AnnotationFileError", "Benchmark", "BenchmarkScore", "Example", "Skipped",
            "get_benchmark"]

@@ -14,7 +14,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from vlmswap.evaluate.registry import Example, get_benchmark
+from vlmswap.evaluate.records import Example
+from vlmswap.evaluate.registry import get_benchmark
 
 CENTRAL_BOX = "[0.25, 0.25, 0.75, 0.75]"
 
@@ -42,7 +43,9 @@ def baseline_predictions(name: str, examples: list[Example]) -> tuple[str, dict[
         return f"fixed central box {CENTRAL_BOX}", {e.id: CENTRAL_BOX for e in examples}
     by_type: dict[str, Counter] = defaultdict(Counter)
     for e in examples:
-        answer = e.meta.get("multiple_choice_answer") or Counter(e.target).most_common(1)[0][0]
+        # the annotators' majority (VQA-v2 states it; a list of answers: its most frequent; GQA: the answer)
+        target = e.target if isinstance(e.target, str) else Counter(e.target).most_common(1)[0][0]
+        answer = e.meta.get("multiple_choice_answer") or target
         by_type[e.meta.get("answer_type", "all")][answer] += 1
     majority = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
     described = ", ".join(f"{t}: {a!r}" for t, a in sorted(majority.items()))

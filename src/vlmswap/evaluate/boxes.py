@@ -15,7 +15,8 @@ import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
-from vlmswap.evaluate.registry import BenchmarkScore, Example, require_predictions
+from vlmswap.evaluate.metrics import iou
+from vlmswap.evaluate.records import BenchmarkScore, Example, require_predictions
 
 Box = list[float]  # [x1, y1, x2, y2]
 
@@ -43,15 +44,6 @@ def parse_box(text: str) -> Box | None:
     if not (x1 < x2 and y1 < y2):
         return None
     return [x1, y1, x2, y2]
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two xyxy boxes (0 when they do not overlap or both are empty)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def normalize_coco_box(bbox_xywh: Sequence[float], width: float, height: float) -> Box:

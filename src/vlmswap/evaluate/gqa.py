@@ -28,11 +28,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlmswap.evaluate.registry import (
-    AnnotationFileError, BenchmarkScore, Example, Skipped, draw_subset, read_json_file, require_predictions,
+from vlmswap.evaluate.metrics import draw_subset, mean_percent
+from vlmswap.evaluate.prompts import vqa_prompt
+from vlmswap.evaluate.records import (
+    AnnotationFileError, BenchmarkScore, Example, Skipped, read_json_file, require_predictions, skipper,
     split_records,
 )
-from vlmswap.evaluate.vqav2 import vqa_prompt
 
 QUESTIONS_FILE = "testdev_balanced_questions.json"
 IMAGE_DIR = "images"
@@ -63,9 +64,7 @@ class GQA:
         return [e for e in examples if e.meta["is_balanced"]], skipped
 
     def _example(self, root: Path, qid: str, q: Any, path: Path) -> Example | Skipped:
-        def bad(reason: str, at: Path = path) -> Skipped:
-            return Skipped(qid, str(at), reason)
-
+        bad = skipper(qid, path)
         if not isinstance(q, dict):
             return bad("question record is not a JSON object")
         if not isinstance(q.get("question"), str) or not q["question"].strip():
@@ -107,10 +106,7 @@ class GQA:
             if semantic is not None:
                 groups[f"semantic:{semantic}"].append(correct)
 
-        def percent(values: list[bool]) -> float:
-            return round(100 * sum(values) / len(values), 2)
-
-        accuracy = percent([p["correct"] for p in per_example.values()])
-        metrics = {"accuracy": accuracy} | {k: percent(v) for k, v in sorted(groups.items())}
+        accuracy = mean_percent([p["correct"] for p in per_example.values()])
+        metrics = {"accuracy": accuracy} | {k: mean_percent(v) for k, v in sorted(groups.items())}
         return BenchmarkScore(columns={"gqa": accuracy}, metrics=metrics, n_samples=len(examples),
                               per_example=per_example)

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from vlmswap.evaluate.boxes import Box, score_boxes
-from vlmswap.evaluate.pope import draw_subset_per_split
-from vlmswap.evaluate.refcoco import grounding_prompt
-from vlmswap.evaluate.registry import (
-    AnnotationFileError, BenchmarkScore, Example, Skipped, read_json_file, split_records,
+from vlmswap.evaluate.metrics import draw_subset_per_split
+from vlmswap.evaluate.prompts import grounding_prompt
+from vlmswap.evaluate.records import (
+    AnnotationFileError, BenchmarkScore, Example, Skipped, read_json_file, skipper, split_records,
 )
 
 EXPRESSIONS_FILE = "val_expressions.json"
@@ -95,9 +95,7 @@ class OCIDRef:
         return split_records(draw_subset_per_split(records, splits, subset, CLUTTER_SPLITS))
 
     def _example(self, root: Path, key: str, entry: Any, path: Path) -> Example | Skipped:
-        def bad(reason: str, at: Path = path) -> Skipped:
-            return Skipped(key, str(at), reason)
-
+        bad = skipper(key, path)
         if not isinstance(entry, dict):
             return bad("expression entry is not a JSON object")
         try:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmswap.evaluate.boxes import normalize_coco_box, score_boxes
-from vlmswap.evaluate.registry import (
-    AnnotationFileError, BenchmarkScore, Example, Skipped, draw_subset, split_records,
-)
+from vlmswap.evaluate.metrics import draw_subset
+from vlmswap.evaluate.prompts import grounding_prompt
+from vlmswap.evaluate.records import AnnotationFileError, BenchmarkScore, Example, Skipped, is_int, split_records
 
 # name -> (REFER splitBy, the harness's dataset label)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -34,20 +34,10 @@ DATASETS: dict[str, tuple[str, str]] = {
 }
 IMAGE_DIR = "train2014"
 SPLIT = "val"
-GROUNDING_INSTRUCTION = "Please provide the bounding box coordinate of the region this sentence describes:"
-
-
-def grounding_prompt(sentence: str) -> str:
-    """The human message vlm-evaluation sends for RefCOCO* and OCID-Ref (prismatic_spec.md 3.1)."""
-    return f'{GROUNDING_INSTRUCTION} "{sentence}"'
 
 
 def image_path(root: Path, image_id: int) -> Path:
     return root / IMAGE_DIR / f"COCO_train2014_{image_id:012d}.jpg"
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -129,7 +119,7 @@ class RefCOCO:
         if not isinstance(ref, dict):
             return [Skipped(where, str(refs_path), "ref is not a dict")]
         for key in ("ref_id", "ann_id", "image_id"):
-            if not _is_int(ref.get(key)):
+            if not is_int(ref.get(key)):
                 return [Skipped(where, str(refs_path), f"{key} is not an integer: {ref.get(key)!r}")]
         sentences = ref.get("sentences")
         if not isinstance(sentences, list) or not sentences:
@@ -158,7 +148,7 @@ class RefCOCO:
 
         out: list[Example | Skipped] = []
         for j, sent in enumerate(sentences):
-            if not isinstance(sent, dict) or not _is_int(sent.get("sent_id")):
+            if not isinstance(sent, dict) or not is_int(sent.get("sent_id")):
                 out.append(Skipped(f"{where}.sentences[{j}]", str(refs_path), "sentence has no integer sent_id"))
                 continue
             sid = str(sent["sent_id"])

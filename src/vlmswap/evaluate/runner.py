@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from vlmswap.atomic import write_json, write_text
-from vlmswap.evaluate.errors import PredictionsFileError
 from vlmswap.evaluate.intervals import bootstrap_intervals
-from vlmswap.evaluate.registry import Example, Skipped, get_benchmark
+from vlmswap.evaluate.records import Example, PredictionsFileError, Skipped
+from vlmswap.evaluate.registry import get_benchmark
 from vlmswap.language import eval_prompt
 from vlmswap.provenance import differences, move_aside, result_record, scorer_version
 

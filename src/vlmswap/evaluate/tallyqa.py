@@ -25,25 +25,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlmswap.evaluate.pope import argmax, draw_subset_per_split, parse_choice_probabilities
-from vlmswap.evaluate.registry import (
-    AnnotationFileError, BenchmarkScore, Example, Skipped, read_json_file, require_predictions, split_records,
+from vlmswap.evaluate.metrics import argmax, draw_subset_per_split, parse_choice_probabilities
+from vlmswap.evaluate.prompts import TALLY_LETTERS, tally_prompt
+from vlmswap.evaluate.records import (
+    AnnotationFileError, BenchmarkScore, Example, Skipped, is_int, read_json_file, require_predictions, skipper,
+    split_records,
 )
 
 QUESTIONS_FILE = "test.json"
 SPLITS: tuple[str, ...] = ("simple", "complex")
-LETTERS: tuple[str, ...] = tuple(chr(ord("A") + i) for i in range(16))  # A..P <-> 0..15
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-
-
-def tally_prompt(question: str) -> str:
-    """The human message for TallyQA (prismatic_spec.md 3.1): the question, the 16 options, the trigger."""
-    options = [f"{letter}. {count}" for count, letter in enumerate(LETTERS)]
-    return "\n".join([question, *options, MC_INSTRUCTION])
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class TallyQA:
@@ -51,7 +41,7 @@ class TallyQA:
     mode = "choice"
     columns = ("tallyqa",)
     annotation_files = (QUESTIONS_FILE,)
-    choices: tuple[str, ...] = LETTERS
+    choices: tuple[str, ...] = TALLY_LETTERS  # A..P <-> counts 0..15
 
     def load(self, root: Path, subset: str = "full") -> tuple[list[Example], list[Skipped]]:
         root = Path(root).absolute()
@@ -78,22 +68,23 @@ class TallyQA:
         if not isinstance(q, dict):
             return Skipped(where, str(path), "question record is not a JSON object")
         qid = q.get("question_id")
-        if not _is_int(qid):
+        if not is_int(qid):
             return Skipped(where, str(path), f"question_id is not an integer: {qid!r}")
         sid = str(qid)
+        bad = skipper(sid, path)
         split = _split_of(q)
         if split is None:
-            return Skipped(sid, str(path), f"issimple is not a boolean: {q.get('issimple')!r}")
+            return bad(f"issimple is not a boolean: {q.get('issimple')!r}")
         answer = q.get("answer")
-        if not _is_int(answer) or answer < 0:
-            return Skipped(sid, str(path), f"answer is not a non-negative integer: {answer!r}")
+        if not is_int(answer) or answer < 0:
+            return bad(f"answer is not a non-negative integer: {answer!r}")
         if not isinstance(q.get("question"), str) or not q["question"].strip():
-            return Skipped(sid, str(path), "question text is missing or empty")
+            return bad("question text is missing or empty")
         if not isinstance(q.get("image"), str) or not q["image"]:
-            return Skipped(sid, str(path), "image path is missing")
+            return bad("image path is missing")
         image = root / q["image"]
         if not image.is_file():
-            return Skipped(sid, str(image), "image file not found")
+            return bad("image file not found", image)
         return Example(
             id=sid, image=image, prompt=tally_prompt(q["question"]), target=answer,
             meta={"split": split, "question_id": qid, "question": q["question"], "image_name": q["image"],

@@ -36,16 +36,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlmswap.evaluate.registry import (
-    AnnotationFileError, BenchmarkScore, Example, Skipped, draw_subset, read_json_file, require_predictions,
+from vlmswap.evaluate.metrics import draw_subset, soft_accuracy
+from vlmswap.evaluate.prompts import VQA_INSTRUCTION, pure_question, vqa_prompt
+from vlmswap.evaluate.records import (
+    AnnotationFileError, BenchmarkScore, Example, Skipped, is_int, read_json_file, read_json_lines,
+    require_predictions, skipper,
 )
-from vlmswap.evaluate.vqa_normalize import process_digits_articles_contractions, process_punctuation, soft_accuracy
-from vlmswap.evaluate.vqav2 import VQA_INSTRUCTION, vqa_prompt
+from vlmswap.evaluate.vqa_normalize import process_digits_articles_contractions, process_punctuation
 
 QUESTIONS_FILE = "textvqa_val_v051_ocr.jsonl"
 ANSWERS_FILE = "TextVQA_0.5.1_val.json"
 IMAGE_DIR = "train_images"
-OCR_MARKER = "\nReference OCR token:"
 PURE_SUFFIX = ":pure"  # id of the question asked without OCR tokens
 N_ANSWERS = 10  # the M4C evaluator asserts 10 answers per question
 
@@ -68,32 +69,11 @@ def textvqa_accuracy(prediction: str, answers: list[str]) -> float:
     return soft_accuracy(process_answer(prediction), [process_answer(a) for a in answers])
 
 
-def pure_question(text: str) -> str:
-    """The question without its OCR tokens: `text` cut at the first "\\nReference OCR token:"."""
-    return text.split(OCR_MARKER)[0]
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _read_question_lines(path: Path) -> list[Any]:
+    """LLaVA's question file, one entry per non-blank line (a line that is not JSON keeps its place
+    as the JSONDecodeError: the question at this index is skipped, the rest stay aligned)."""
     expected = 'JSON lines, one per question, in the order of the answers file: {"question_id", "text", ...}'
-    if not path.is_file():
-        raise AnnotationFileError(f"annotation file not found: {path} (expected {expected})")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnnotationFileError(f"cannot read annotation file {path}: {e} (expected {expected})") from e
-    out: list[Any] = []
-    for line in lines:
-        if not line.strip():
-            continue  # a trailing blank line is not a question
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            out.append(e)  # keeps its position: the question at this index is skipped, the rest stay aligned
-    return out
+    return [value for _, value in read_json_lines(path, expected)]
 
 
 class TextVQA:
@@ -141,25 +121,26 @@ class TextVQA:
         if not isinstance(ann, dict):
             return Skipped(where, str(a_path), "annotation record is not a JSON object")
         qid = ann.get("question_id")
-        if not _is_int(qid):
+        if not is_int(qid):
             return Skipped(where, str(a_path), f"question_id is not an integer: {qid!r}")
         sid = str(qid)
+        bad = skipper(sid, a_path)
         if isinstance(line, json.JSONDecodeError):
-            return Skipped(sid, str(q_path), f"question line {i + 1} is not JSON: {line}")
+            return bad(f"question line {i + 1} is not JSON: {line}", q_path)
         if not isinstance(line, dict) or not isinstance(line.get("text"), str) or not line["text"].strip():
-            return Skipped(sid, str(q_path), f"question line {i + 1} has no question 'text'")
+            return bad(f"question line {i + 1} has no question 'text'", q_path)
         if "question_id" in line and line["question_id"] != qid:
-            return Skipped(sid, str(q_path), f"question line {i + 1} is question {line['question_id']!r}, the "
-                                             f"answers file's entry {i} is {qid}: the files are out of step")
+            return bad(f"question line {i + 1} is question {line['question_id']!r}, the answers file's "
+                       f"entry {i} is {qid}: the files are out of step", q_path)
         gt = ann.get("answers")
         if not isinstance(gt, list) or len(gt) != N_ANSWERS or not all(isinstance(a, str) for a in gt):
-            return Skipped(sid, str(a_path), f"expected a list of {N_ANSWERS} answer strings")
+            return bad(f"expected a list of {N_ANSWERS} answer strings")
         image_id = ann.get("image_id")
         if not isinstance(image_id, str) or not image_id:
-            return Skipped(sid, str(a_path), f"image_id is missing or not a string: {image_id!r}")
+            return bad(f"image_id is missing or not a string: {image_id!r}")
         image = root / IMAGE_DIR / f"{image_id}.jpg"
         if not image.is_file():
-            return Skipped(sid, str(image), "image file not found")
+            return bad("image file not found", image)
         text = line["text"]
         meta = {"question_id": qid, "image_id": image_id, "question": ann.get("question"), "text": text,
                 "text_has_instruction": text.rstrip().endswith(VQA_INSTRUCTION), "split": "val"}

@@ -27,13 +27,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlmswap.evaluate.pope import average_precision, f1
-from vlmswap.evaluate.registry import (
-    AnnotationFileError, BenchmarkScore, Example, Skipped, draw_subset, read_json_file, require_predictions,
+from vlmswap.evaluate.metrics import average_precision, draw_subset, f1, mean_percent, soft_accuracy
+from vlmswap.evaluate.prompts import vizwiz_prompt
+from vlmswap.evaluate.records import (
+    AnnotationFileError, BenchmarkScore, Example, Skipped, read_json_file, require_predictions, skipper,
     split_records,
 )
-from vlmswap.evaluate.vqa_normalize import ARTICLES, CONTRACTIONS, NUMBER_WORDS, process_punctuation, soft_accuracy
-from vlmswap.evaluate.vqav2 import VQA_INSTRUCTION
+from vlmswap.evaluate.vqa_normalize import ARTICLES, CONTRACTIONS, NUMBER_WORDS, process_punctuation
 
 ANNOTATIONS_FILE = "val.json"
 # Annotations.zip unpacks to an `Annotations/` folder; a flattened copy at the root works too
@@ -41,7 +41,6 @@ ANNOTATIONS_LOCATIONS = (f"Annotations/{ANNOTATIONS_FILE}", ANNOTATIONS_FILE)
 IMAGE_DIR = "val"
 N_ANSWERS = 10
 UNANSWERABLE = "unanswerable"
-UNANSWERABLE_INSTRUCTION = "When the provided information is insufficient, respond with 'Unanswerable'."
 
 # The VizWiz evaluator's map, restricted to the keys a normalized word can equal (a key with a
 # backtick never can: "`" is punctuation and is gone by then). Its values use backticks where the
@@ -53,11 +52,6 @@ VIZWIZ_CONTRACTIONS: dict[str, str] = {
     "hadn'tve": "hadn`t`ve",
     **{k: CONTRACTIONS[k] for k in _APOSTROPHE_KEPT},
 }
-
-
-def vizwiz_prompt(question: str) -> str:
-    """The human message vlm-evaluation sends for VizWiz (prismatic_spec.md 3.1)."""
-    return f"{question}\n{UNANSWERABLE_INSTRUCTION}\n{VQA_INSTRUCTION}"
 
 
 def normalize_vizwiz_prediction(text: str) -> str:
@@ -87,9 +81,7 @@ class VizWiz:
     def _example(self, root: Path, i: int, q: Any, path: Path) -> Example | Skipped:
         sid = str(i)  # the harness's question id is the index in val.json
 
-        def bad(reason: str, at: Path = path) -> Skipped:
-            return Skipped(sid, str(at), reason)
-
+        bad = skipper(sid, path)
         if not isinstance(q, dict):
             return bad("question record is not a JSON object")
         if not isinstance(q.get("question"), str) or not q["question"].strip():
@@ -128,16 +120,13 @@ class VizWiz:
                                  "says_unanswerable": parsed == UNANSWERABLE,
                                  "answerable": e.meta["answerable"]}
 
-        def percent(values: list[float]) -> float:
-            return round(100 * sum(values) / len(values), 2)
-
         rows = list(per_example.values())
-        overall = percent([r["score"] for r in rows])
+        overall = mean_percent([r["score"] for r in rows])
         metrics = {"accuracy": overall}
         for key, answerable in (("answerable", 1), ("unanswerable", 0)):
             subset = [r["score"] for r in rows if r["answerable"] == answerable]
             if subset:
-                metrics[key] = percent(subset)
+                metrics[key] = mean_percent(subset)
         gold = [r["answerable"] == 0 for r in rows]
         said = [r["says_unanswerable"] for r in rows]
         ap = average_precision(gold, [float(s) for s in said])  # the harness scores the 0/1 call itself

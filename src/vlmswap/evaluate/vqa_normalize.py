@@ -1,4 +1,4 @@
-"""Official VQA answer normalization and soft accuracy (shared by VQA-v2, VizWiz, TextVQA).
+"""Official VQA answer normalization (shared by VQA-v2, VizWiz, TextVQA; the soft accuracy is in metrics.py).
 
 The rules follow vlm-evaluation's LAVIS-derived copy of the official VQA evaluation
 (`TRI-ML/vlm-evaluation :: vlm_eval/util/evaluation/vqav2/eval.py`), summarized in
@@ -16,7 +16,6 @@ purpose, because the paper's numbers were produced with them:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 # The official punctuation list (no apostrophe, colon or period: the period has its own rule).
 PUNCTUATION: tuple[str, ...] = (
@@ -101,19 +100,3 @@ def normalize_answer(text: str) -> str:
     """Ground-truth answers get only the punctuation step, and always
     (/work/shared/reference/prismatic_spec.md 3.2 VQA-v2)."""
     return process_punctuation(text)
-
-
-def soft_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Leave-one-out VQA accuracy in [0, 1] for an already normalized prediction and answers.
-
-    For each of the n human answers, count how many of the *other* n-1 equal the prediction and
-    take min(1, count / 3); the score is the mean over the n answers ("10 choose 9" averaging).
-    """
-    if not answers:
-        raise ValueError("soft_accuracy needs at least one ground-truth answer")
-    total_matches = sum(1 for a in answers if a == prediction)
-    credits = []
-    for a in answers:
-        others = total_matches - (1 if a == prediction else 0)
-        credits.append(min(1.0, others / 3))
-    return sum(credits) / len(credits)

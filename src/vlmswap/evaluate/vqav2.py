@@ -13,30 +13,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlmswap.evaluate.registry import (
-    AnnotationFileError, BenchmarkScore, Example, Skipped, draw_subset, read_json_file,
-    require_predictions, split_records,
+from vlmswap.evaluate.metrics import draw_subset, mean_percent, soft_accuracy
+from vlmswap.evaluate.prompts import vqa_prompt
+from vlmswap.evaluate.records import (
+    AnnotationFileError, BenchmarkScore, Example, Skipped, is_int, read_json_file, require_predictions, skipper,
+    split_records,
 )
-from vlmswap.evaluate.vqa_normalize import normalize_answer, normalize_prediction, soft_accuracy
+from vlmswap.evaluate.vqa_normalize import normalize_answer, normalize_prediction
 
 QUESTIONS_FILE = "v2_OpenEnded_mscoco_val2014_questions.json"
 ANNOTATIONS_FILE = "v2_mscoco_val2014_annotations.json"
 IMAGE_DIR = "val2014"
-VQA_INSTRUCTION = "Answer the question using a single word or phrase."
 N_ANSWERS = 10  # every VQA-v2 question has 10 human answers
-
-
-def vqa_prompt(question: str) -> str:
-    """The human message vlm-evaluation sends for VQA-v2, GQA, POPE and TextVQA (prismatic_spec.md 3.1)."""
-    return f"{question}\n{VQA_INSTRUCTION}"
 
 
 def image_path(root: Path, image_id: int) -> Path:
     return root / IMAGE_DIR / f"COCO_val2014_{image_id:012d}.jpg"
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class VQAv2:
@@ -60,7 +52,7 @@ class VQAv2:
 
         by_qid: dict[int, Any] = {}
         for q in questions["questions"]:
-            if isinstance(q, dict) and _is_int(q.get("question_id")):
+            if isinstance(q, dict) and is_int(q.get("question_id")):
                 by_qid.setdefault(q["question_id"], q)
 
         records: list[Example | Skipped] = []
@@ -80,15 +72,14 @@ class VQAv2:
         if not isinstance(ann, dict):
             return Skipped(where, str(a_path), "annotation record is not a JSON object")
         qid = ann.get("question_id")
-        if not _is_int(qid):
+        if not is_int(qid):
             return Skipped(where, str(a_path), f"question_id is not an integer: {qid!r}")
         sid = str(qid)
 
-        def bad(reason: str, path: Path = a_path) -> Skipped:
-            return Skipped(sid, str(path), reason)
+        bad = skipper(sid, a_path)
 
         image_id = ann.get("image_id")
-        if not _is_int(image_id) or image_id < 0:
+        if not is_int(image_id) or image_id < 0:
             return bad(f"image_id is not a non-negative integer: {image_id!r}")
         for key in ("question_type", "answer_type"):
             if not isinstance(ann.get(key), str):
@@ -129,12 +120,9 @@ class VQAv2:
             by_answer_type[e.meta["answer_type"]].append(credit)
             by_question_type[e.meta["question_type"]].append(credit)
 
-        def percent(values: list[float]) -> float:
-            return round(100 * sum(values) / len(values), 2)  # as the official evaluator reports
-
-        overall = percent([p["score"] for p in per_example.values()])
+        overall = mean_percent([p["score"] for p in per_example.values()])
         metrics = {"accuracy": overall}
-        metrics |= {f"answer_type:{t}": percent(v) for t, v in sorted(by_answer_type.items())}
-        metrics |= {f"question_type:{t}": percent(v) for t, v in sorted(by_question_type.items())}
+        metrics |= {f"answer_type:{t}": mean_percent(v) for t, v in sorted(by_answer_type.items())}
+        metrics |= {f"question_type:{t}": mean_percent(v) for t, v in sorted(by_question_type.items())}
         return BenchmarkScore(columns={"vqa-v2": overall}, metrics=metrics, n_samples=len(examples),
                               per_example=per_example)
