@@ -109,7 +109,7 @@ def _backbone_spec(study, backbone_id: str, objective: str) -> dict[str, Any]:
 def model_spec(study, cell) -> dict[str, Any]:
     """Everything the study config says that determines a trained cell (and nothing else: no paths,
     interpreter, GPU count or thread count)."""
-    recipe = {k: v for k, v in study.recipe(cell).items() if k not in NON_DETERMINING_RECIPE_KEYS}
+    recipe = {k: v for k, v in study.recipe(cell).as_dict().items() if k not in NON_DETERMINING_RECIPE_KEYS}
     return {
         "backbone": _backbone_spec(study, cell.backbone, cell.objective),
         "objective": cell.objective,
@@ -117,6 +117,7 @@ def model_spec(study, cell) -> dict[str, Any]:
         "tap": cell.tap,
         "connector": cell.connector,
         "recipe": recipe,
+        # the sections as written: a fingerprint must not change when the parsed records gain a field
         "llm": study.raw["llm"],
         "instruct": study.raw["instruct"],
     }
@@ -124,10 +125,7 @@ def model_spec(study, cell) -> dict[str, Any]:
 
 def eval_settings(study) -> dict[str, Any]:
     """The evaluation settings that determine predictions (with their defaults made explicit)."""
-    settings = dict(study.raw.get("eval", {}))
-    settings.setdefault("batch_size", 16)
-    settings.setdefault("max_new_tokens", 128)
-    return settings
+    return {"batch_size": study.eval.batch_size, "max_new_tokens": study.eval.max_new_tokens}
 
 
 def model_record(study, cell, checkpoint_files: list[Path], llm_dir: Path, instruct_json: Path) -> dict[str, Any]:
