@@ -5,10 +5,10 @@
     vlmswap status --config config/mini.yaml [--json]     # done/running/failed/missing/stale per cell and stage
     vlmswap preflight --config config/experiments.yaml    # hand-placed inputs, disk, credentials, GPU-hours
     vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
-    vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
-    vlmswap train --config C --cell ID ...
-    vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
-    vlmswap table | correlation | findings | figures | provenance
+    vlmswap fetch-backbone | fetch-llm | fetch-instruct | prepare-instruct | fetch-benchmark | prepare-benchmark
+    vlmswap train --config C --cell ID --checkpoint W ... --state-dir D   # W: backbone weights; D: resume state
+    vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load, several benchmarks
+    vlmswap baselines | table | correlation | findings | figures | provenance
     vlmswap profile | profile-figure | probe | probe-figure | fetch-probe-dataset | collapse | collapse-figure
     vlmswap figure2 | figure2-figure
                                                           # the diagnostics (README, Diagnostics)

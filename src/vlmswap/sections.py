@@ -143,22 +143,34 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
-class Resources:
+class JobResources:
     """A job's resources (`train_resources`, `eval_resources`, a diagnostic's `resources`)."""
 
     nodes: int = 1
     gpus_per_node: int = 0
     gpus: int = 0
     cpus: int | None = None
-    cpus_per_gpu: int = 8
+    cpus_per_gpu: int | None = None
     mem_mb: int | None = None
-    mem_mb_per_gpu: int = 8000
+    mem_mb_per_gpu: int | None = None
     runtime_min: int | None = None
     partition: str | None = None
+    # (None: the default of the job that reads it: train, evaluation or one diagnostic)
 
     @classmethod
-    def parse(cls, spec: Mapping[str, Any] | None) -> "Resources":
+    def parse(cls, spec: Mapping[str, Any] | None) -> "JobResources":
         return cls(**dict(spec or {}))
+
+    def slurm(self, runtime_min: int, mem_mb: int, gpus_key: str) -> dict[str, Any]:
+        """Snakemake resources of a one-node job (evaluation, a diagnostic), mapped by the SLURM plugin
+        to sbatch flags; `gpus_key` (`eval_gpus`, `diag_gpus`) is ours, for the shell and the message."""
+        resources = {"runtime": self.runtime_min or runtime_min, "mem_mb": self.mem_mb or mem_mb, gpus_key: self.gpus}
+        if self.gpus:
+            resources["gpu"] = self.gpus
+            resources["cpus_per_task"] = self.cpus or 8
+        if self.partition:
+            resources["slurm_partition"] = self.partition
+        return resources
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import yaml
 
 from vlmswap.image import Geometry
 from vlmswap.sections import (LLM, BenchmarkInputs, ConfigError, EvalSettings, InstructionSet, MiniWorld, Objective,
-                              Recipe, Resources, parse_benchmarks, parse_eval, parse_mini, parse_objectives)
+                              JobResources, Recipe, parse_benchmarks, parse_eval, parse_mini, parse_objectives)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "experiments.schema.yaml"
@@ -108,8 +108,8 @@ class Study:
     benchmark_inputs: dict[str, BenchmarkInputs] = field(default_factory=dict)
     mini: MiniWorld | None = None  # None: not a mini-world study
     eval: EvalSettings = field(default_factory=EvalSettings)
-    train_resources: Resources = field(default_factory=Resources)
-    eval_resources: Resources = field(default_factory=Resources)
+    train_resources: JobResources = field(default_factory=JobResources)
+    eval_resources: JobResources = field(default_factory=JobResources)
     seed: int = 0
     mirror: str | None = None
     trackers: tuple[str, ...] = ()
@@ -358,8 +358,8 @@ def _build(data: dict[str, Any], path: Path) -> Study:
                  instruct=InstructionSet(data["instruct"]["id"], data["instruct"]["source"],
                                          tuple(data["instruct"].get("files", ()))),
                  benchmark_inputs=parse_benchmarks(data), mini=parse_mini(data), eval=parse_eval(data),
-                 train_resources=Resources.parse(data.get("train_resources")),
-                 eval_resources=Resources.parse(data.get("eval_resources")),
+                 train_resources=JobResources.parse(data.get("train_resources")),
+                 eval_resources=JobResources.parse(data.get("eval_resources")),
                  seed=int(data.get("seed", 0)), mirror=data.get("mirror"), trackers=tuple(data.get("trackers", ())),
                  recipes=recipes)
 

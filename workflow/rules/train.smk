@@ -20,9 +20,9 @@ rule train:
         json=instruct_paths()[0],
         image_root=instruct_paths()[1],
     # torch threads per rank: the CPUs SLURM gives each GPU (or the laptop's cores in the mini study)
-    threads: int(config.get("train_resources", {}).get("cpus_per_gpu", 2))
+    threads: STUDY.train_resources.cpus_per_gpu or 2
     resources:
-        **train_resources(config.get("train_resources", {})),
+        **train_resources(STUDY.train_resources),
     log:
         f"{LOGS}/train/{{cell}}.log",
     conda:

@@ -17,22 +17,22 @@ import socket
 import sys
 from typing import Any, Mapping
 
+from vlmswap.sections import JobResources
+
 RDZV_PORT = 29500
 
 
-def train_resources(spec: Mapping[str, Any]) -> dict[str, Any]:
+def train_resources(spec: JobResources) -> dict[str, Any]:
     """Snakemake resources for the train rule, mapped by the SLURM plugin to sbatch flags."""
-    nodes = int(spec.get("nodes", 1))
-    gpus = int(spec.get("gpus_per_node", 0))
-    cpus = int(spec.get("cpus_per_gpu", 8)) * max(gpus, 1)
+    nodes, gpus = spec.nodes, spec.gpus_per_node
     resources: dict[str, Any] = {
-        "runtime": int(spec.get("runtime_min", 60)),
-        "mem_mb": int(spec.get("mem_mb_per_gpu", 8000)) * max(gpus, 1),
-        "cpus_per_task": cpus,
+        "runtime": spec.runtime_min or 60,
+        "mem_mb": (spec.mem_mb_per_gpu or 8000) * max(gpus, 1),
+        "cpus_per_task": (spec.cpus_per_gpu or 8) * max(gpus, 1),
         "nodes": nodes,
     }
-    if spec.get("partition"):
-        resources["slurm_partition"] = spec["partition"]
+    if spec.partition:
+        resources["slurm_partition"] = spec.partition
     if nodes > 1:
         # one task per node; per-node GPUs through gres (--gpus would be a per-job total that
         # SLURM may split unevenly); tasks_per_gpu=0 stops the plugin adding --ntasks-per-gpu

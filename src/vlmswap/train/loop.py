@@ -117,7 +117,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         model=head,
         model_parameters=parameter_groups(head, effective_weight_decay(recipe.as_dict())),
         config=deepspeed_config(recipe.as_dict(), world, accumulation),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
+        lr_scheduler=schedule.scheduler,
     )
 
     history: list[dict] = []
