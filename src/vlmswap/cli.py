@@ -412,7 +412,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that name a bad input (file, id or key, and the fix) and so need no traceback."""
     from vlmswap.data.instruct import InstructError
     from vlmswap.evaluate.registry import AnnotationFileError
-    from vlmswap.hub import CheckpointError, FetchError
+    from vlmswap.checkpoint import CheckpointError
+    from vlmswap.hub import FetchError
 
     return (FetchError, CheckpointError, AnnotationFileError, InstructError)
 
