@@ -3,7 +3,7 @@
 Three records, each a plain JSON-able dict carrying a `fingerprint` (the sha256 of its canonical
 JSON without that key, 16 hex digits):
 
-- **model** (`train.json["provenance"]`, and the resume checkpoint folder's `provenance.json`):
+- **model** (`train.json["provenance"]`, and the resume-state folder's `provenance.json`):
   `spec` (everything the config says about the cell: family, arch, tap, geometry, connector,
   recipe, checkpoint / LLM / instruction-set sources), `inputs` (sha256 of each backbone
   checkpoint file, of the LLM snapshot's files, of the instruction-set json) and `code` (a digest
