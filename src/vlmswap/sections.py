@@ -12,10 +12,9 @@ the downloader, and the provenance records hash them byte for byte.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-
 
 
 class ConfigError(ValueError):
@@ -56,7 +55,7 @@ class Recipe:
     checkpoint_every: int = 500  # optimizer steps between two saves of the resume state
     # the merged mapping as the config wrote it: train.json and the provenance records keep it
     # exactly (a default made explicit there would change every cell's fingerprint)
-    written: Mapping[str, Any] = None  # type: ignore[assignment]
+    written: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, merged: Mapping[str, Any], file: str | Path, key: str) -> "Recipe":
@@ -126,7 +125,7 @@ class MiniWorld:
     image_size: int = 64
     pretrain_epochs: int = 3
     mix: str | None = None
-    written: Mapping[str, Any] = None  # type: ignore[assignment]
+    written: Mapping[str, Any] = field(default_factory=dict)  # the `mini:` mapping as written
 
     def generator_options(self) -> dict[str, Any]:
         """The keyword arguments of data.mini_world.generate: the keys the config sets."""

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 import yaml
 
 from vlmswap.image import Geometry
-from vlmswap.sections import (LLM, BenchmarkInputs, ConfigError, EvalSettings, InstructionSet, MiniWorld, Objective,
-                              JobResources, Recipe, parse_benchmarks, parse_eval, parse_mini, parse_objectives)
+from vlmswap.sections import (LLM, BenchmarkInputs, ConfigError, EvalSettings, InstructionSet, JobResources, MiniWorld,
+                              Objective, Recipe, parse_benchmarks, parse_eval, parse_mini, parse_objectives)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "experiments.schema.yaml"
