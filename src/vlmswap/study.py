@@ -4,9 +4,11 @@ A study config (config/experiments.yaml for the paper, config/mini.yaml for the 
 checked twice on load: against the JSON schema in workflow/schemas/ (keys, types, allowed values),
 then for the cross references a schema cannot express (a cell's backbone must exist and carry a
 checkpoint for the cell's objective, a table may list only cells of the study, ...). Every error
-names the file, the key path and what would be accepted.
+names the file, the key path and what would be accepted. The other sections (recipe, objectives,
+LLM, benchmarks, mini world, evaluation, resources) are parsed once into the typed records of
+vlmswap.sections; `Study.raw` keeps the config as loaded for what must see it as written.
 
-This module is the only place that makes or parses a cell id:
+This module is the only place that makes a cell id:
 `{backbone}@{objective}@{geometry}@{tap}@{connector}`, e.g. `vmamba-t@coco-det@1333x800@stage3-outnorm@mlp3`.
 """
 
