@@ -9,8 +9,8 @@ import yaml
 
 from vlmswap.analysis.figures import figure_names
 from vlmswap.provenance import canonical_json, eval_settings, model_spec
-from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study, read_yaml
 from vlmswap.sections import JobResources
+from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study, read_yaml
 from vlmswap.train.launch import job_environment, train_resources
 
 CONFIG_FILE = str(workflow.configfiles[-1])
