@@ -14,7 +14,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo "install: pinned stack into $VENV (torch + torchvision run on the CPU here; about 2 minutes)"
 # DeepSpeed builds no CUDA/C++ ops at install: its CPU ops are JIT-built on first use, and
-# our CPU path avoids needing them (see README, "Training on CPU").
+# our CPU path avoids needing them (src/vlmswap/train/engine.py's docstring says how).
 DS_BUILD_OPS=0 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r requirements.lock
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"

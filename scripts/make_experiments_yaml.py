@@ -8,7 +8,8 @@ Inputs, all in the shared paper folder (default ../shared/paper, next to the rep
   paper.md                read only for the row order of each table (the CSV groups rows by
                           experiment, the paper's tables order them differently)
 
-The output is deterministic, hand-style YAML: the same inputs give the same bytes. Run it after
+The output is written by the yaml library (block style, one line per source, objective and set of
+paper numbers; a comment before each section) and is deterministic: the same inputs give the same bytes. Run it after
 changing this script and commit the result; `--check` exits 1 if the committed file is stale.
 
     .venv/bin/python scripts/make_experiments_yaml.py [PAPER_DIR] [--out FILE] [--check]
@@ -177,7 +178,6 @@ class BackboneSpec:
     display: str
     params: str
     checkpoints: dict[str, dict] = field(default_factory=dict)
-    comments: dict[str, str] = field(default_factory=dict)  # objective -> comment line
     members: list[str] = field(default_factory=list)
     first_row: int = 0
     size: int = 224  # the square size the checkpoints were trained at (only orders the file)
@@ -296,7 +296,7 @@ def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
     backbones: dict[str, BackboneSpec] = {}
     objectives: dict[str, tuple[str, str]] = {}
 
-    def add_checkpoint(spec: BackboneSpec, objective: str, source: dict, comment: str, row: Row) -> None:
+    def add_checkpoint(spec: BackboneSpec, objective: str, source: dict, row: Row) -> None:
         if spec.id not in backbones:
             backbones[spec.id] = spec
         have = backbones[spec.id]
@@ -315,13 +315,6 @@ def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
                 have.checkpoints[objective]["in1k_acc"] = source["in1k_acc"]
         else:
             have.checkpoints[objective] = dict(source)
-            have.comments[objective] = comment
-
-    def comment_for(src: dict[str, str]) -> str:
-        text = src["variant"]
-        if src["confidence"] != "high":
-            text += f" [{src['confidence']} confidence: see checkpoint_sources.csv notes]"
-        return text
 
     cells, cell_of_row = [], []
     fused_rows = []
@@ -336,7 +329,7 @@ def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
         source = checkpoint_source(row.source)
         if row.result["in1k_acc"]:
             source["in1k_acc"] = float(row.result["in1k_acc"])
-        add_checkpoint(backbone_of(row), objective, source, comment_for(row.source), row)
+        add_checkpoint(backbone_of(row), objective, source, row)
 
     # Fused pairs: the members are backbones of their own (each tower's checkpoint and arch).
     fused_ids = {}
@@ -353,7 +346,7 @@ def build(rows: list[Row], paper_md: list[str]) -> PaperStudy:
             members.append(bid)
         spec = BackboneSpec("+".join(members), "fused", None, row.encoder, row.result["encoder_size"],
                             members=members, first_row=row.index, size=checkpoint_size(row.source))
-        add_checkpoint(spec, OBJECTIVES[row.pretrain][0], {"members": True}, comment_for(row.source), row)
+        add_checkpoint(spec, OBJECTIVES[row.pretrain][0], {"members": True}, row)
         fused_ids[row.index] = spec.id
 
     for row in rows:
@@ -433,137 +426,252 @@ def paper_row_order(paper_md: list[str], header_line: int, rows: list[Row]) -> l
 
 
 # ------------------------------------------------------------------------------------------------
+# The fixed sections (not derived from the CSVs)
+
+LLM = {"id": "vicuna-7b-v1.5", "source": {"hub": "lmsys/vicuna-7b-v1.5", "size_gb": 13.5}}
+
+# image folders beside the json (prismatic_spec.md 1.7), from the URLs of Prismatic's
+# prismatic/preprocessing/download.py
+_IMAGE_ARCHIVES = [
+    ("http://images.cocodataset.org/zips/train2017.zip", "coco", 18.0),
+    ("https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", "gqa", 20.3),
+    ("https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", "textvqa", 6.6),
+    ("https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", "vg", 9.2),
+    ("https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", "vg", 5.5),
+]
+INSTRUCT = {
+    "id": "llava-v15-665k",
+    "source": {"hub": "liuhaotian/LLaVA-Instruct-150K", "repo_type": "dataset", "file": "llava_v1_5_mix665k.json"},
+    "files": [{"url": url, "into": into, "extract": True, "size_gb": size} for url, into, size in _IMAGE_ARCHIVES[:2]]
+    # OCR-VQA's images: Prismatic's source; its GIF/PNG files get a JPG beside them, as Prismatic's
+    # convert_to_jpg writes (the mix names every image by .jpg)
+    + [{"url": "https://huggingface.co/datasets/qnguyen3/ocr_vqa/resolve/main/ocr_vqa.zip", "into": "ocr_vqa",
+        "extract": True, "extract_as": "images", "to_jpg": True}]
+    + [{"url": url, "into": into, "extract": True, "size_gb": size} for url, into, size in _IMAGE_ARCHIVES[2:]],
+}
+
+PLACED_BY_HAND = [
+    {"path": "data/ocid-ref/val_expressions.json",
+     "what": "OCID-Ref validation expressions",
+     "get": "the OCID-Ref release (Google Drive link in the OCID-Ref repository); unpack OCID-dataset/ beside it",
+     "needed_by": ["ocid-ref"]},
+    {"path": "data/ocid-ref/OCID-dataset",
+     "what": "OCID scenes (the images OCID-Ref refers to)",
+     "get": "the OCID dataset archive from its publisher, unpacked here",
+     "needed_by": ["ocid-ref"]},
+]
+
+# Prismatic one-stage finetune recipe (../shared/reference/prismatic_spec.md 1.2; paper App. A)
+RECIPE = {
+    "epochs": 1, "global_batch": 128, "per_device_batch": 16, "lr": 2.0e-5,
+    "weight_decay": 0.1,                  # Prismatic's configured value ...
+    "weight_decay_applied_to": "none",    # ... which its FSDP run applied to no parameter
+    "max_grad_norm": 1.0, "warmup_ratio": 0.03, "max_length": 2048, "precision": "bf16",
+    "grad_checkpointing": True, "seed": 7, "checkpoint_every": 500,
+}
+TRAIN_RESOURCES = {"nodes": 1, "gpus_per_node": 4, "cpus_per_gpu": 8, "mem_mb_per_gpu": 64000, "runtime_min": 1440}
+EVAL_RESOURCES = {"gpus": 1, "cpus": 8, "mem_mb": 64000, "runtime_min": 240}
+
+_COCO_VAL2014 = {"url": "http://images.cocodataset.org/zips/val2014.zip", "extract": True, "size_gb": 6.2}
+_POPE = "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco"
+_VQA = "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa"
+_REFER = "bvision{}.cs.unc.edu/licheng/referit/data"  # the UNC host goes down for long spells: a second source
+
+
+def _refer(name: str) -> dict:
+    return {"url": f"https://{_REFER.format('web1')}/{name}.zip", "extract": True,
+            "also": [f"http://{_REFER.format('')}/{name}.zip"]}
+
+
+# Each benchmark's official files (the URLs its authors publish); refcoco+ and refcocog share
+# refcoco's folder; the TextVQA question file with OCR tokens is the one vlm-evaluation fetches
+# (vlm_eval/tasks/registry.py); OCID-Ref has no stable direct URL and is placed by hand.
+BENCHMARKS = {
+    "vqa-v2": {"subset": "full", "files": [
+        {"url": f"{_VQA}/v2_Questions_Val_mscoco.zip", "extract": True},
+        {"url": f"{_VQA}/v2_Annotations_Val_mscoco.zip", "extract": True},
+        dict(_COCO_VAL2014)]},
+    "gqa": {"subset": "full", "files": [
+        {"url": "https://downloads.cs.stanford.edu/nlp/data/gqa/questions1.2.zip", "extract": True},
+        {"url": "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", "extract": True, "size_gb": 20.3}]},
+    "vizwiz": {"subset": "full", "files": [
+        {"url": "https://vizwiz.cs.colorado.edu/VizWiz_final/vqa_data/Annotations.zip", "extract": True},
+        {"url": "https://vizwiz.cs.colorado.edu/VizWiz_final/images/val.zip", "extract": True}]},
+    "textvqa": {"subset": "full", "files": [
+        {"url": "https://dl.fbaipublicfiles.com/textvqa/data/TextVQA_0.5.1_val.json"},
+        {"url": "https://gist.githubusercontent.com/siddk/74a709cb5e292099bae3cbcec1d0ce8a/raw/"
+                "74e367e79a23b1043eb469b36168945fbac01601/textvqa_val_v051_ocr.jsonl"},
+        {"url": "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", "extract": True, "size_gb": 6.6}]},
+    "pope": {"subset": "full", "files": [
+        {"url": f"{_POPE}/coco_pope_{split}.json"} for split in ("adversarial", "popular", "random")]
+        + [dict(_COCO_VAL2014)]},
+    "tallyqa": {"subset": "full", "files": [
+        {"url": "https://github.com/manoja328/tallyqa/raw/master/tallyqa.zip", "extract": True},
+        {"url": "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", "extract": True, "size_gb": 9.2},
+        {"url": "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", "extract": True, "size_gb": 5.5}]},
+    "refcoco": {"subset": "full", "files": [_refer("refcoco"), _refer("refcoco+"), _refer("refcocog"),
+                                            {"url": "http://images.cocodataset.org/zips/train2014.zip",
+                                             "extract": True, "size_gb": 12.6}]},
+    "refcoco+": {"subset": "full"},
+    "refcocog": {"subset": "full"},
+    "ocid-ref": {"subset": "full"},
+}
+
+_RESOURCES_1GPU = {"gpus": 1, "cpus": 8, "mem_mb": 64000}
+# The paper's diagnostics (issue 14; vlmswap.diagnostics, workflow/rules/diagnostics.smk). The stage
+# ablation adds its cells to the grid (vlmswap.study), so the 99 paper rows stay `cells`.
+DIAGNOSTICS = {
+    "stage_ablation": {"backbones": ["vmamba-t", "maxvit-t", "mambavision-t"], "objective": "in1k", "geometry": "224",
+                       "taps": ["stage2", "stage3", "stage4"], "connector": "mlp2",
+                       "tokens": {"stage2": 784, "stage3": 196, "stage4": 49}},
+    "profile": {"cells": ["vit-b@in1k@224@block-2@mlp2", "vmamba-t@in1k@224@stage3@mlp2",
+                          "vitdet-b@coco-det@1024@last-block@mlp2"],
+                "resolutions": [224, 384, 512, 768, 1024, 1280, 1536, 2048],
+                "iterations": 200, "warmup": 100, "text_tokens": 128, "batch_size": 1,
+                "resources": {**_RESOURCES_1GPU, "runtime_min": 120}},
+    "linear_probe": {"cells": [f"{b}@in1k@224@{tap}@mlp2" for b, tap in (
+                         ("vit-s", "block-2"), ("vit-b", "block-2"), ("maxvit-t", "stage3"), ("maxvit-b", "stage3"),
+                         ("mambavision-t", "stage3"), ("mambavision-b", "stage3"), ("vmamba-t", "stage3"),
+                         ("vmamba-s", "stage3"), ("vmamba-b", "stage3"))],
+                     "datasets": ["cifar10", "cifar100", "dtd", "flowers102", "oxford-pets", "food101", "eurosat"],
+                     "max_train": 10000, "max_test": 10000,
+                     "resources": {**_RESOURCES_1GPU, "runtime_min": 240}},
+    # the paper's pair; the first 4 RefCOCO val sentences; layer 16 of Vicuna-7B's 32
+    "figure2": {"cells": ["vmamba-t@in1k@224@stage3@mlp2", "vit-s@in1k@224@block-2@mlp2"], "examples": 4,
+                "layer": 16, "resources": {**_RESOURCES_1GPU, "runtime_min": 60}},
+    "collapse": {"cells": ["vitdet-b@coco-det@1024@last-block@mlp2", "vitdet-l@coco-det@1024@last-block@mlp2",
+                           "vitdet-l@coco-det@1024@last-block@mlp3", "vmamba-t@coco-det@1333x800@stage3-outnorm@mlp2",
+                           "vmamba-s@coco-det@1333x800@stage3-outnorm@mlp2",
+                           "vmamba-b@coco-det@1333x800@stage3-outnorm@mlp2",
+                           "vmamba-t@coco-det@512@stage3-outnorm@mlp2", "vmamba-t@in1k@224@stage3@mlp2"],
+                 "llm_layers": [1, 8, 16, 24, 32], "benchmark": "refcoco", "max_images": 1000,
+                 "resources": {**_RESOURCES_1GPU, "runtime_min": 120}},
+}
+
+# What each top-level section's comment says in the written file.
+SECTION_COMMENTS = {
+    "study": "outputs under results/paper/, downloads under resources/paper/",
+    "instruct": "The instruction set and its image folders, unpacked beside the json (prismatic_spec.md 1.7);\n"
+                "OCR-VQA's GIF/PNG images get a JPG beside them (Prismatic's convert_to_jpg).",
+    "placed_by_hand": "Inputs no download brings; `vlmswap preflight` (the workflow's first rule) checks them first.",
+    "recipe": "Prismatic one-stage finetune recipe (../shared/reference/prismatic_spec.md 1.2; paper App. A).\n"
+              "weight_decay is Prismatic's configured 0.1, which its FSDP run applied to no parameter:\n"
+              "weight_decay_applied_to: none reproduces that (README, Fidelity notes); `matrices` applies it\n"
+              "to every >= 2-D non-bias parameter.",
+    "objectives": "Objective id -> the paper's \"Pretrained Dataset\" text and what the checkpoint was trained for.",
+    "backbones": "Backbone id -> family, architecture (timm model name where timm has it), the paper's\n"
+                 "\"Visual Encoder\" and \"Encoder Size\" texts, and one official checkpoint per objective\n"
+                 "(which variant, and how sure the attribution is: checkpoint_sources.csv).",
+    "benchmarks": "Each benchmark's official files (the URLs its authors publish; sha256 where known, none yet:\n"
+                  "they were not downloaded from the machine that wrote this file). `extract: true` unpacks an\n"
+                  "archive into resources/paper/data/<benchmark>/; refcoco+ and refcocog share refcoco's folder;\n"
+                  "the UNC host of the REFER files goes down for long spells, so each has a second source (`also`).\n"
+                  "TextVQA is generated once and fills two columns, textvqa-ocr and textvqa-pure. OCID-Ref\n"
+                  "(val_expressions.json + OCID-dataset/) and the TextVQA OCR question file have no direct public\n"
+                  "URL: place them there (or in the `mirror`) by hand.",
+    "cells": "One entry per experiment (paper_results.csv row order); `paper:` holds its paper_results.csv\n"
+             "numbers (IN1K accuracy, scores and weighted averages in percent, as printed).",
+    "diagnostics": "Diagnostics (README, Diagnostics). stage_ablation: Appendix B, stages 2/3/4 of the hierarchical\n"
+                   "backbones at IN1K/224 (cells added to the grid, table `stage-ablation`; token counts checked by\n"
+                   "`vlmswap validate`). profile: Appendix G, one GPU job per cell, square resolutions ascending up to\n"
+                   "the first OOM, 200 iterations of which 100 warm-up, batch 1, 128 text tokens. linear_probe: the\n"
+                   "IN1K/224 backbones on torchvision datasets (fetched by `fetch_probe_dataset`). figure2: RefCOCO\n"
+                   "boxes and expression-token similarity maps, VMamba-T vs ViT-S as the paper's Figure 2 (the first\n"
+                   "`examples` sentences of the prepared RefCOCO val index, or a list of sent ids; `layer` of\n"
+                   "Vicuna-7B's 32 decoder layers). collapse: position probes on the collapse cells of Tables 5/6\n"
+                   "and their stable controls.",
+    "tables": "Every paper table; cells in the paper's row order. columns: vqa -> the VQA columns +\n"
+              "vqa-weighted; loc -> the localization columns + loc-weighted + overall-weighted.",
+}
+
+
+# ------------------------------------------------------------------------------------------------
 # YAML text
 
-_PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+%:@()-]*")
+
+class StudyDumper(yaml.SafeDumper):
+    """yaml.safe_dump with the file's layout: sections and records in block style, a mapping or list
+    of plain values on one line (a source, an objective, a cell's paper numbers), no anchors."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
-def q(value) -> str:
-    """A scalar as YAML: plain where that reads back as the same string, else double-quoted."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    if _PLAIN.fullmatch(text) and ": " not in text and yaml.safe_load(text) == text:
-        return text
-    return json.dumps(text, ensure_ascii=False)
+def _leaf(values) -> bool:
+    return all(not isinstance(v, (dict, list)) for v in values)
 
 
-def flow(mapping: dict) -> str:
-    return "{" + ", ".join(f"{k}: {q(v)}" for k, v in mapping.items()) + "}"
+def _mapping(dumper: StudyDumper, data: dict):
+    # one line when it fits (a long source may wrap); the recipe and other long records in block style
+    short = _leaf(data.values()) and sum(len(str(k)) + len(str(v)) + 4 for k, v in data.items()) <= 120
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=short)
 
 
-FIXED_BLOCKS = """\
-study: paper                       # outputs under results/paper/, downloads under resources/paper/
-seed: 7
+def _sequence(dumper: StudyDumper, data: list):
+    # short lists of plain values on one line; cell-id lists one per line
+    short = _leaf(data) and sum(len(str(v)) + 2 for v in data) <= 80
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=short)
 
-llm:
-  id: vicuna-7b-v1.5
-  source: {hub: lmsys/vicuna-7b-v1.5, size_gb: 13.5}
 
-instruct:
-  id: llava-v15-665k
-  source: {hub: liuhaotian/LLaVA-Instruct-150K, repo_type: dataset, file: llava_v1_5_mix665k.json}
-  # image folders beside the json (prismatic_spec.md 1.7), from the URLs of Prismatic's
-  # prismatic/preprocessing/download.py; OCR-VQA's GIF/PNG images get a JPG beside them as its
-  # convert_to_jpg writes (the mix names every image by .jpg)
-  files:
-    - {url: "http://images.cocodataset.org/zips/train2017.zip", into: coco, extract: true, size_gb: 18.0}
-    - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", into: gqa, extract: true, size_gb: 20.3}
-    - {url: "https://huggingface.co/datasets/qnguyen3/ocr_vqa/resolve/main/ocr_vqa.zip", into: ocr_vqa, extract: true, extract_as: images, to_jpg: true}
-    - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", into: textvqa, extract: true, size_gb: 6.6}
-    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", into: vg, extract: true, size_gb: 9.2}
-    - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", into: vg, extract: true, size_gb: 5.5}
+class _Section(dict):
+    """The one-key mapping of a top-level section: always block style."""
 
-# Inputs no download brings; `vlmswap preflight` (the workflow's first rule) checks them first.
-placed_by_hand:
-  - path: data/ocid-ref/val_expressions.json
-    what: "OCID-Ref validation expressions"
-    get: "the OCID-Ref release (Google Drive link in the OCID-Ref repository); unpack OCID-dataset/ beside it"
-    needed_by: [ocid-ref]
-  - path: data/ocid-ref/OCID-dataset
-    what: "OCID scenes (the images OCID-Ref refers to)"
-    get: "the OCID dataset archive from its publisher, unpacked here"
-    needed_by: [ocid-ref]
 
-# Prismatic one-stage finetune recipe (../shared/reference/prismatic_spec.md 1.2; paper App. A).
-recipe:
-  epochs: 1
-  global_batch: 128
-  per_device_batch: 16
-  lr: 2.0e-5
-  weight_decay: 0.1                # Prismatic's configured value ...
-  weight_decay_applied_to: none    # ... which its FSDP run applied to no parameter (README, Fidelity notes);
-                                   # `matrices` applies it to every >= 2-D non-bias parameter
-  max_grad_norm: 1.0
-  warmup_ratio: 0.03
-  max_length: 2048
-  precision: bf16
-  grad_checkpointing: true
-  seed: 7
-  checkpoint_every: 500
+class _Flow(dict):
+    """A record written as one flow mapping, wrapped at the line width (a cell with its paper numbers)."""
 
-train_resources: {nodes: 1, gpus_per_node: 4, cpus_per_gpu: 8, mem_mb_per_gpu: 64000, runtime_min: 1440}
-eval_resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
-"""
 
-BENCHMARKS = """\
-# Each benchmark's official files (the URLs its authors publish; sha256 where known, none yet:
-# they were not downloaded from the machine that wrote this file). `extract: true` unpacks an
-# archive into resources/paper/data/<benchmark>/. The TextVQA question file with OCR tokens
-# is the one vlm-evaluation fetches (vlm_eval/tasks/registry.py); OCID-Ref has no stable direct URL
-# (a Google Drive file and a rotating share link): `placed_by_hand:` above names it.
-benchmarks:
-  vqa-v2:
-    subset: full
-    files:
-      - {url: "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Questions_Val_mscoco.zip", extract: true}
-      - {url: "https://s3.amazonaws.com/cvmlp/vqa/mscoco/vqa/v2_Annotations_Val_mscoco.zip", extract: true}
-      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true, size_gb: 6.2}
-  gqa:
-    subset: full
-    files:
-      - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/questions1.2.zip", extract: true}
-      - {url: "https://downloads.cs.stanford.edu/nlp/data/gqa/images.zip", extract: true, size_gb: 20.3}
-  vizwiz:
-    subset: full
-    files:
-      - {url: "https://vizwiz.cs.colorado.edu/VizWiz_final/vqa_data/Annotations.zip", extract: true}
-      - {url: "https://vizwiz.cs.colorado.edu/VizWiz_final/images/val.zip", extract: true}
-  textvqa:                         # one run fills two columns: textvqa-ocr and textvqa-pure
-    subset: full
-    files:
-      - {url: "https://dl.fbaipublicfiles.com/textvqa/data/TextVQA_0.5.1_val.json"}
-      - {url: "https://gist.githubusercontent.com/siddk/74a709cb5e292099bae3cbcec1d0ce8a/raw/74e367e79a23b1043eb469b36168945fbac01601/textvqa_val_v051_ocr.jsonl"}
-      - {url: "https://dl.fbaipublicfiles.com/textvqa/images/train_val_images.zip", extract: true, size_gb: 6.6}
-  pope:
-    subset: full
-    files:
-      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/coco_pope_adversarial.json"}
-      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/coco_pope_popular.json"}
-      - {url: "https://raw.githubusercontent.com/AoiDragon/POPE/e3e39262c85a6a83f26cf5094022a782cb0df58d/output/coco/coco_pope_random.json"}
-      - {url: "http://images.cocodataset.org/zips/val2014.zip", extract: true, size_gb: 6.2}
-  tallyqa:
-    subset: full
-    files:
-      - {url: "https://github.com/manoja328/tallyqa/raw/master/tallyqa.zip", extract: true}
-      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip", extract: true, size_gb: 9.2}
-      - {url: "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip", extract: true, size_gb: 5.5}
-  refcoco:                         # the UNC host goes down for long spells: a second source each
-    subset: full
-    files:
-      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco.zip", extract: true,
-         also: ["http://bvision.cs.unc.edu/licheng/referit/data/refcoco.zip"]}
-      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcoco+.zip", extract: true,
-         also: ["http://bvision.cs.unc.edu/licheng/referit/data/refcoco+.zip"]}
-      - {url: "https://bvisionweb1.cs.unc.edu/licheng/referit/data/refcocog.zip", extract: true,
-         also: ["http://bvision.cs.unc.edu/licheng/referit/data/refcocog.zip"]}
-      - {url: "http://images.cocodataset.org/zips/train2014.zip", extract: true, size_gb: 12.6}
-  refcoco+: {subset: full}         # shares resources/paper/data/refcoco with refcoco
-  refcocog: {subset: full}
-  ocid-ref: {subset: full}         # val_expressions.json + OCID-dataset/: place by hand
-"""
+StudyDumper.add_representer(dict, _mapping)
+StudyDumper.add_representer(list, _sequence)
+StudyDumper.add_representer(
+    _Section, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=False))
+StudyDumper.add_representer(
+    _Flow, lambda dumper, data: dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=True))
+
+
+def section(key: str, value) -> str:
+    """One top-level key as YAML, after its comment."""
+    comment = SECTION_COMMENTS.get(key)
+    text = yaml.dump(_Section({key: value}), Dumper=StudyDumper, sort_keys=False, width=110, allow_unicode=True,
+                     default_flow_style=False)
+    return ("".join(f"# {line}\n" for line in comment.split("\n")) if comment else "") + text
+
+
+def render(study: PaperStudy) -> str:
+    data = as_data(study)
+    out = [header_comment(study)]
+    for key, value in data.items():
+        out.append(section(key, value))
+    return "\n".join(out)
+
+
+def as_data(study: PaperStudy) -> dict:
+    """The config as data, in the file's order."""
+    ordered = sorted(study.backbones.values(), key=lambda b: backbone_order(b, study))
+    return {
+        "study": "paper",
+        "seed": 7,
+        "llm": LLM,
+        "instruct": INSTRUCT,
+        "placed_by_hand": PLACED_BY_HAND,
+        "recipe": RECIPE,
+        "train_resources": TRAIN_RESOURCES,
+        "eval_resources": EVAL_RESOURCES,
+        "objectives": {oid: {"display": display, "kind": kind} for oid, (display, kind)
+                       in sorted(study.objectives.items(), key=lambda o: OBJECTIVE_ORDER.index(o[0]))},
+        "backbones": {
+            b.id: {"family": b.family, **({"members": list(b.members)} if b.members else {}),
+                   **({"arch": b.arch} if b.arch else {}), "display": b.display, "params": b.params,
+                   "checkpoints": dict(sorted(b.checkpoints.items(), key=lambda c: OBJECTIVE_ORDER.index(c[0])))}
+            for b in ordered
+        },
+        "benchmarks": BENCHMARKS,
+        "cells": [_Flow({k: v for k, v in cell.items() if k != "paper" or v}) for cell in study.cells],
+        "diagnostics": DIAGNOSTICS,
+        "tables": {tid: {"title": title, "paper": paper, **({"in1k_column": True} if tid in study.in1k_tables else {}),
+                         "columns": columns, "cells": list(cells)}
+                   for tid, title, paper, columns, cells in study.tables},
+    }
 
 
 def header_comment(study: PaperStudy) -> str:
@@ -634,161 +742,6 @@ def backbone_order(b: BackboneSpec, study: PaperStudy) -> tuple:
     return FAMILY_ORDER.index(b.family), first, params, b.size, b.first_row
 
 
-# The paper's diagnostics (issue 14; vlmswap.diagnostics, workflow/rules/diagnostics.smk). Fixed text:
-# the stage ablation adds its cells to the grid (vlmswap.study), so the 99 paper rows stay `cells`.
-DIAGNOSTICS = """\
-# Diagnostics (README, Diagnostics). stage_ablation: Appendix B, stages 2/3/4 of the hierarchical
-# backbones at IN1K/224 (cells added to the grid, table `stage-ablation`; token counts checked by
-# `vlmswap validate`). profile: Appendix G, one GPU job per cell, square resolutions ascending up to
-# the first OOM, 200 iterations of which 100 warm-up, batch 1, 128 text tokens. linear_probe: the IN1K/224
-# backbones on torchvision datasets (fetched by `fetch_probe_dataset`). figure2: RefCOCO boxes and
-# expression-token similarity maps, VMamba-T vs ViT-S as the paper's Figure 2. collapse: position probes on
-# the collapse cells of Tables 5/6 and their stable controls.
-diagnostics:
-  stage_ablation:
-    backbones: [vmamba-t, maxvit-t, mambavision-t]
-    objective: in1k
-    geometry: "224"
-    taps: [stage2, stage3, stage4]
-    connector: mlp2
-    tokens: {stage2: 784, stage3: 196, stage4: 49}
-  profile:
-    cells:
-      - vit-b@in1k@224@block-2@mlp2
-      - vmamba-t@in1k@224@stage3@mlp2
-      - vitdet-b@coco-det@1024@last-block@mlp2
-    resolutions: [224, 384, 512, 768, 1024, 1280, 1536, 2048]
-    iterations: 200
-    warmup: 100
-    text_tokens: 128
-    batch_size: 1
-    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 120}
-  linear_probe:
-    cells:
-      - vit-s@in1k@224@block-2@mlp2
-      - vit-b@in1k@224@block-2@mlp2
-      - maxvit-t@in1k@224@stage3@mlp2
-      - maxvit-b@in1k@224@stage3@mlp2
-      - mambavision-t@in1k@224@stage3@mlp2
-      - mambavision-b@in1k@224@stage3@mlp2
-      - vmamba-t@in1k@224@stage3@mlp2
-      - vmamba-s@in1k@224@stage3@mlp2
-      - vmamba-b@in1k@224@stage3@mlp2
-    datasets: [cifar10, cifar100, dtd, flowers102, oxford-pets, food101, eurosat]
-    max_train: 10000
-    max_test: 10000
-    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 240}
-  figure2:
-    cells: [vmamba-t@in1k@224@stage3@mlp2, vit-s@in1k@224@block-2@mlp2]  # the paper's pair
-    examples: 4  # the first 4 RefCOCO val sentences of the prepared index; or a list of sent ids
-    layer: 16    # of Vicuna-7B's 32 decoder layers
-    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 60}
-  collapse:
-    cells:
-      - vitdet-b@coco-det@1024@last-block@mlp2
-      - vitdet-l@coco-det@1024@last-block@mlp2
-      - vitdet-l@coco-det@1024@last-block@mlp3
-      - vmamba-t@coco-det@1333x800@stage3-outnorm@mlp2
-      - vmamba-s@coco-det@1333x800@stage3-outnorm@mlp2
-      - vmamba-b@coco-det@1333x800@stage3-outnorm@mlp2
-      - vmamba-t@coco-det@512@stage3-outnorm@mlp2
-      - vmamba-t@in1k@224@stage3@mlp2
-    llm_layers: [1, 8, 16, 24, 32]
-    benchmark: refcoco
-    max_images: 1000
-    resources: {gpus: 1, cpus: 8, mem_mb: 64000, runtime_min: 120}
-"""
-
-
-def render(study: PaperStudy) -> str:
-    out = [header_comment(study), FIXED_BLOCKS]
-
-    out.append("# Objective id -> the paper's \"Pretrained Dataset\" text and what the checkpoint was trained for.")
-    out.append("objectives:")
-    for oid, (display, kind) in sorted(study.objectives.items(), key=lambda o: OBJECTIVE_ORDER.index(o[0])):
-        out.append(f"  {oid}: {flow({'display': display, 'kind': kind})}")
-    out.append("")
-
-    out.append("# Backbone id -> family, architecture (timm model name where timm has it), the paper's")
-    out.append("# \"Visual Encoder\" and \"Encoder Size\" texts, and one official checkpoint per objective.")
-    out.append("backbones:")
-    ordered = sorted(study.backbones.values(), key=lambda b: backbone_order(b, study))
-    family = None
-    for b in ordered:
-        if b.family != family:
-            family = b.family
-            out.append(f"  # --- {family}")
-        out.append(f"  {b.id}:")
-        out.append(f"    family: {q(b.family)}")
-        if b.members:
-            out.append(f"    members: [{', '.join(b.members)}]")
-        if b.arch:
-            out.append(f"    arch: {q(b.arch)}")
-        out.append(f"    display: {q(b.display)}")
-        out.append(f"    params: {q(b.params)}")
-        out.append("    checkpoints:")
-        for objective, source in sorted(b.checkpoints.items(), key=lambda c: OBJECTIVE_ORDER.index(c[0])):
-            comment = b.comments.get(objective)
-            if b.members:
-                out.append(f"      {objective}: {flow(source)}  # {comment}")
-                continue
-            out.append(f"      {objective}:  # {comment}" if comment else f"      {objective}:")
-            for k, v in source.items():
-                out.append(f"        {k}: {q(v)}")
-    out.append("")
-
-    out.append(BENCHMARKS)
-
-    out.append("# One entry per experiment (paper_results.csv row order); `paper:` holds its paper_results.csv")
-    out.append("# numbers (IN1K accuracy, scores and weighted averages in percent, as printed).")
-    out.append("cells:")
-    for cell in study.cells:
-        plain = {k: v for k, v in cell.items() if k != "paper"}
-        if not cell.get("paper"):
-            out.append(f"  - {flow(plain)}")
-            continue
-        # the paper's numbers on continuation lines of the same flow mapping: VQA, then localization
-        numbers = list(cell["paper"].items())
-        split = next((i for i, (k, _) in enumerate(numbers) if k == "refcoco"), len(numbers))
-        out.append(f"  - {flow(plain)[:-1]},")
-        out.append(f"     paper: {{{', '.join(f'{k}: {q(v)}' for k, v in numbers[:split])},")
-        out.append(f"       {', '.join(f'{k}: {q(v)}' for k, v in numbers[split:])}}}}}")
-    out.append("")
-
-    out.append(DIAGNOSTICS)
-
-    out.append("# Every paper table; cells in the paper's row order. columns: vqa -> the VQA columns +")
-    out.append("# vqa-weighted; loc -> the localization columns + loc-weighted + overall-weighted.")
-    out.append("tables:")
-    for tid, title, paper, columns, cells in study.tables:
-        out.append(f"  {tid}:")
-        out.append(f"    title: {q(title)}")
-        out.append(f"    paper: {q(paper)}")
-        if tid in study.in1k_tables:
-            out.append("    in1k_column: true")
-        out.append(f"    columns: {columns}")
-        out.append("    cells:")
-        out += [f"      - {c}" for c in cells]
-    return "\n".join(out) + "\n"
-
-
-def as_data(study: PaperStudy) -> dict:
-    """What `render` must read back as (checked after rendering)."""
-    return {
-        "objectives": {k: {"display": d, "kind": kind} for k, (d, kind) in study.objectives.items()},
-        "backbones": {
-            b.id: {**{"family": b.family}, **({"members": b.members} if b.members else {}),
-                   **({"arch": b.arch} if b.arch else {}), "display": b.display, "params": b.params,
-                   "checkpoints": b.checkpoints}
-            for b in study.backbones.values()
-        },
-        "cells": study.cells,
-        "tables": {tid: {"title": t, "paper": p, **({"in1k_column": True} if tid in study.in1k_tables else {}),
-                         "columns": c, "cells": cells}
-                   for tid, t, p, c, cells in study.tables},
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paper_dir", nargs="?", type=Path, default=DEFAULT_PAPER_DIR,
@@ -803,8 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(study)
 
     loaded = yaml.safe_load(text)
-    expected = as_data(study)
-    for key, value in expected.items():
+    for key, value in as_data(study).items():
         if loaded[key] != value:
             raise AssertionError(f"rendered YAML does not read back as built: {key}")
 

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from vlmswap.cli import main
-from vlmswap.hub import CheckpointError, fetch, read_checkpoint
+from vlmswap.checkpoint import CheckpointError, read_checkpoint
+from vlmswap.hub import fetch
 from vlmswap.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -150,7 +150,8 @@ def test_a_timm_tag_without_safetensors_falls_back_to_the_bin(tmp_path, monkeypa
     import torch
     from huggingface_hub.errors import EntryNotFoundError
 
-    from vlmswap.hub import fetch, read_checkpoint
+    from vlmswap.checkpoint import read_checkpoint
+    from vlmswap.hub import fetch
 
     weights = tmp_path / "pytorch_model.bin"
     torch.save({"cls_token": torch.zeros(1, 1, 8)}, weights)

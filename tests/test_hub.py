@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlmswap.hub import FetchError, UnsafeCheckpointError, fetch, read_checkpoint
+from vlmswap.checkpoint import UnsafeCheckpointError, read_checkpoint
+from vlmswap.hub import FetchError, fetch
 
 
 def _file(tmp_path, name="w.pth", data=b"weights" * 100):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmswap.hub import UnsafeCheckpointError, read_checkpoint
+from vlmswap.checkpoint import UnsafeCheckpointError, read_checkpoint
 
 
 @pytest.fixture

@@ -53,8 +53,11 @@ def study_dir(tmp_path):
     Snakemake's log, with a log of its own). RUNNING: training now (a marker, Snakemake holds the
     lock). STALE: a result of an older model. Everything else missing; checkpoints all fetched."""
     study = load_study(CONFIG)
-    for backbone, objective in study.fetch_targets():
-        write(tmp_path / "resources" / "mini" / "checkpoints" / f"{backbone}@{objective}.ckpt", "x")
+    for cell in study.cells:  # every checkpoint a cell reads, a fused pair's towers' included
+        backbone = study.backbones[cell.backbone]
+        for member in backbone.members or (cell.backbone,):
+            objective = next(iter(study.backbones[member].checkpoints)) if backbone.members else cell.objective
+            write(tmp_path / "resources" / "mini" / "checkpoints" / f"{member}@{objective}.ckpt", "x")
     model = sealed({"kind": "model", "spec": {"lr": 1}})
     for cell in (DONE, FAILED, STALE):
         trained(tmp_path, cell, model)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from vlmswap.image import Geometry
-from vlmswap.study import ConfigError, Cell, load_study, parse_cell_id, study_from_dict
+from vlmswap.study import ConfigError, Cell, load_study, study_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "config" / "mini.yaml"
@@ -26,9 +26,6 @@ def test_mini_study_expands_to_its_cells():
     assert study.cell_ids[0] == "vit-mini@cls@96@block-2@mlp2"
     assert study.cell_ids[7:] == ["vmamba-mini@cls@96@stage2@mlp2", "vmamba-mini@cls@96@stage4@mlp2"]
     assert study.columns == ["vqa-v2", "refcoco"]
-    # the fused pair fetches its towers' checkpoints, each once
-    assert study.fetch_targets() == [("vit-mini", "cls"), ("vmamba-mini", "cls"), ("vmamba-mini", "seg"),
-                                     ("mambavision-mini", "cls"), ("vitdet-mini", "det"), ("dino-mini", "cls")]
     assert [c.id for c in study.cells_of_table("mini")] == study.cell_ids[:7]
     assert study.tables["stage-ablation"].cells == ("vmamba-mini@cls@96@stage2@mlp2", "vmamba-mini@cls@96@stage3@mlp2",
                                                     "vmamba-mini@cls@96@stage4@mlp2")
@@ -41,25 +38,27 @@ def test_paper_study_has_the_99_cells_and_tables():
     assert len(set(study.cell_ids)) == 105
     assert len(study.tables["stage-ablation"].cells) == 9
     assert {"table-1", "table-2", "table-5", "table-6"} <= set(study.tables)
-    assert study.recipe(study.cells[0])["global_batch"] == 128
+    assert study.recipe(study.cells[0]).global_batch == 128
 
 
-def test_cell_id_round_trip():
+def test_cell_id_names_the_five_parts():
     cell = Cell("vmamba-t", "coco-det", Geometry(1333, 800), "stage3-outnorm", "mlp3")
     assert cell.id == "vmamba-t@coco-det@1333x800@stage3-outnorm@mlp3"
-    assert parse_cell_id(cell.id) == ("vmamba-t", "coco-det", Geometry(1333, 800), "stage3-outnorm", "mlp3")
-    with pytest.raises(ValueError, match="5 '@'-separated parts"):
-        parse_cell_id("vit-s@in1k@224")
-    with pytest.raises(ValueError, match="connector"):
-        parse_cell_id("vit-s@in1k@224@block-2@mlp9")
 
 
 def test_per_cell_recipe_override(mini_raw):
     raw = copy.deepcopy(mini_raw)
     raw["cells"][0]["recipe"] = {"lr": 5e-4}
     study = study_from_dict(raw, "x.yaml")
-    assert study.recipe(study.cells[0])["lr"] == 5e-4
-    assert study.recipe(study.cells[1])["lr"] == 1e-3
+    assert study.recipe(study.cells[0]).lr == 5e-4
+    assert study.recipe(study.cells[1]).lr == 1e-3
+
+
+def test_a_recipe_without_a_needed_key_fails_on_load_naming_it(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    del raw["recipe"]["lr"]
+    with pytest.raises(ConfigError, match=r"^config/bad.yaml: recipe.lr: the recipe has no 'lr'; add it"):
+        study_from_dict(raw, "config/bad.yaml")
 
 
 def _error(raw) -> ConfigError:

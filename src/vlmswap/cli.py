@@ -5,10 +5,10 @@
     vlmswap status --config config/mini.yaml [--json]     # done/running/failed/missing/stale per cell and stage
     vlmswap preflight --config config/experiments.yaml    # hand-placed inputs, disk, credentials, GPU-hours
     vlmswap mini-world | pretrain-mini | build-mini-llm   # the mini world's own inputs
-    vlmswap fetch-backbone | fetch-llm | prepare-instruct | prepare-benchmark
-    vlmswap train --config C --cell ID ...
-    vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load
-    vlmswap table | correlation | findings | figures | provenance
+    vlmswap fetch-backbone | fetch-llm | fetch-instruct | prepare-instruct | fetch-benchmark | prepare-benchmark
+    vlmswap train --config C --cell ID --checkpoint W ... --state-dir D   # W: backbone weights; D: resume state
+    vlmswap evaluate --config C --cell ID --index I1 I2 --out R1 R2 ...  # one model load, several benchmarks
+    vlmswap baselines | table | correlation | findings | figures | provenance
     vlmswap profile | profile-figure | probe | probe-figure | fetch-probe-dataset | collapse | collapse-figure
     vlmswap figure2 | figure2-figure
                                                           # the diagnostics (README, Diagnostics)
@@ -103,100 +103,27 @@ def cmd_mini_world(args) -> None:
     from vlmswap.data.mini_world import generate
 
     study = _study(args)
-    mini = study.raw.get("mini")
-    if mini is None:
+    if study.mini is None:
         raise ConfigError(args.config, "mini", "this study has no mini world; use config/mini.yaml")
-    keys = ("seed", "n_train", "n_eval", "n_classify", "image_size", "mix", "grid")
-    generate(Path(args.out), **{k: mini[k] for k in keys if k in mini}, log=log)
+    generate(Path(args.out), **study.mini.generator_options(), log=log)
 
 
 def cmd_pretrain_mini(args) -> None:
     """Pretrain a tiny backbone on the mini world for its objective; saved in the official layout."""
-    from vlmswap.image import Geometry
-    from vlmswap.vision.pretrain import KINDS, pretrain_backbone
-    from vlmswap.vision.registry import build_backbone
+    from vlmswap.vision.pretrain import pretrain_mini
 
-    study = _study(args)
-    spec = study.backbones[args.backbone]
-    source = spec.checkpoints[args.objective]
-    if "mini" not in source:
-        raise ConfigError(args.config, f"backbones.{args.backbone}.checkpoints.{args.objective}",
-                          "pretrain-mini needs a `mini:` source")
-    kind = study.raw["objectives"][args.objective]["kind"]
-    if kind not in KINDS:
-        raise ConfigError(args.config, f"objectives.{args.objective}.kind",
-                          f"the mini world pretrains for {', '.join(KINDS)}, not {kind!r}", list(KINDS))
-    tap = _pretrain_tap(study, args.backbone, args.objective, kind)
-    size = int(source["mini"].get("image_size", study.raw["mini"].get("image_size", 64)))
-    geometry = Geometry(size, size)
-    # built only for its transform (letterbox fill, normalization)
-    probe = build_backbone(spec.family, spec.arch, tap, geometry)
-    data, classes = _pretrain_set(Path(args.world) / "classify", geometry, probe.pixels, kind)
-    log(f"pretrain {args.backbone}@{args.objective} ({kind}, tap {tap}): {len(data)} images at {size}px, "
-        f"{len(classes)} classes")
-    epochs = int(source["mini"].get("epochs", study.raw["mini"].get("pretrain_epochs", 3)))
-    summary = pretrain_backbone(spec.family, spec.arch, tap, kind, data, len(classes), Path(args.out),
-                                epochs=epochs, seed=int(study.raw.get("seed", 0)), log=log)
+    summary = pretrain_mini(_study(args), args.backbone, args.objective, Path(args.world), Path(args.out), log=log)
     log(f"pretrained: {summary}")
-
-
-def _pretrain_tap(study, backbone: str, objective: str, kind: str = "classification") -> str:
-    """The tap the study's cells read from this checkpoint (dense heads train the backbone there).
-    A classification network trains the whole model whatever the tap, so its checkpoint serves
-    cells at several taps (the Appendix B stage ablation reads one checkpoint at stages 2, 3, 4)."""
-    from vlmswap.vision.registry import FAMILIES
-
-    taps = sorted({c.tap for c in study.cells if c.backbone == backbone and c.objective == objective})
-    default = FAMILIES[study.backbones[backbone].family].taps[0]
-    if kind == "classification" and len(taps) > 1:
-        return default
-    if len(taps) > 1:
-        raise ConfigError(study.path, f"backbones.{backbone}.checkpoints.{objective}",
-                          f"cells read this mini checkpoint at several taps {taps}; pretrain one backbone per tap")
-    return taps[0] if taps else default
-
-
-def _pretrain_set(folder: Path, geometry: Geometry, pixels_of, kind: str):
-    """The world's classification images with their image labels, boxes and masks, in the frame of
-    the letterboxed `geometry` input (the images are square; a square geometry only rescales)."""
-    import torch
-    from PIL import Image
-
-    from vlmswap.data.mini_world import class_mask
-    from vlmswap.vision.pretrain import PretrainSet
-
-    classes = json.loads((folder / "classes.json").read_text())
-    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines() if line.strip()]
-    if not geometry.square:
-        raise ValueError(f"{folder}: mini pretraining runs at a square size, got {geometry}")
-    images, boxes, masks = [], [], []
-    for row in rows:
-        with Image.open(folder / row["image"]) as im:
-            images.append(pixels_of(im, geometry))
-        if kind != "classification" and "objects" not in row:
-            raise ValueError(f"{folder / 'train.jsonl'}: record {row['image']} has no `objects` (boxes and "
-                             "polygons); regenerate the mini world with this version (snakemake reruns it)")
-        scale = geometry.width / row.get("size", geometry.width)
-        objects = row.get("objects", [])
-        boxes.append([(o["label"], *(v * scale for v in o["bbox"])) for o in objects])
-        if kind == "segmentation":  # the renderer's own pixels, at the world's size, then to the geometry
-            mask = class_mask(objects, row.get("size", geometry.width))
-            mask = mask.resize((geometry.width, geometry.height), Image.NEAREST)
-            masks.append(torch.as_tensor(list(mask.getdata()), dtype=torch.long).view(geometry.height, geometry.width))
-    data = PretrainSet(torch.stack(images), torch.tensor([r["label"] for r in rows]), boxes,
-                       torch.stack(masks) if masks else None)
-    return data, classes
 
 
 def cmd_build_mini_llm(args) -> None:
     from vlmswap.language import build_mini_llm
 
     study = _study(args)
-    source = study.raw["llm"]["source"]
+    source = study.llm.source
     if "mini" not in source:
         raise ConfigError(args.config, "llm.source", "build-mini-llm needs a `mini:` source")
-    summary = build_mini_llm(Path(args.world) / "text_corpus.txt", Path(args.out), source["mini"],
-                             seed=int(study.raw.get("seed", 0)))
+    summary = build_mini_llm(Path(args.world) / "text_corpus.txt", Path(args.out), source["mini"], seed=study.seed)
     log(f"mini LLM: {summary}")
 
 
@@ -215,7 +142,7 @@ def cmd_fetch_backbone(args) -> None:
     study = _study(args)
     source = _source_with_input(dict(study.checkpoint_source(args.backbone, args.objective)), args.input)
     source.pop("in1k_acc", None)
-    record = fetch(source, Path(args.out), mirror=study.raw.get("mirror"), log=log)
+    record = fetch(source, Path(args.out), mirror=study.mirror, log=log)
     log(f"fetched {args.backbone}@{args.objective}: {record.bytes / 2**20:.1f} MiB sha256 {record.sha256[:12]} "
         f"from {record.origin}")
 
@@ -224,21 +151,21 @@ def cmd_fetch_llm(args) -> None:
     from vlmswap.hub import fetch
 
     study = _study(args)
-    source = _source_with_input(dict(study.raw["llm"]["source"]), args.input)
-    record = fetch(source, Path(args.out), mirror=study.raw.get("mirror"), log=log)
-    log(f"fetched LLM {study.raw['llm']['id']} from {record.origin}")
+    source = _source_with_input(dict(study.llm.source), args.input)
+    record = fetch(source, Path(args.out), mirror=study.mirror, log=log)
+    log(f"fetched LLM {study.llm.id} from {record.origin}")
 
 
 def cmd_fetch_instruct(args) -> None:
+    from vlmswap.dataset_files import fetch_files
     from vlmswap.hub import fetch
 
     study = _study(args)
-    from vlmswap.dataset_files import fetch_files
 
-    record = fetch(study.raw["instruct"]["source"], Path(args.out), mirror=study.raw.get("mirror"), log=log)
-    log(f"fetched {study.raw['instruct']['id']} from {record.origin}")
-    files = study.raw["instruct"].get("files", [])
-    fetch_files(files, Path(args.out).parent, mirror=study.raw.get("mirror"), log=log)
+    record = fetch(study.instruct.source, Path(args.out), mirror=study.mirror, log=log)
+    log(f"fetched {study.instruct.id} from {record.origin}")
+    files = list(study.instruct.files)
+    fetch_files(files, Path(args.out).parent, mirror=study.mirror, log=log)
     log(f"{len(files)} image archives unpacked beside it")
 
 
@@ -274,7 +201,7 @@ def cmd_fetch_benchmark(args) -> None:
     from vlmswap.dataset_files import fetch_files
 
     study = _study(args)
-    files = study.raw["benchmarks"][args.benchmark].get("files")
+    files = list(study.benchmark_inputs[args.benchmark].files)
     if not files:  # no public direct download (e.g. OCID-Ref on Google Drive): placed by hand
         dest = Path(args.dest)
         if not dest.is_dir() or not any(dest.iterdir()):
@@ -284,7 +211,7 @@ def cmd_fetch_benchmark(args) -> None:
         write_json(Path(args.out), {"benchmark": args.benchmark, "dest": args.dest, "files": "placed by hand"})
         log(f"{args.benchmark}: using the files placed in {dest}")
         return
-    records = fetch_files(files, Path(args.dest), mirror=study.raw.get("mirror"), log=log)
+    records = fetch_files(files, Path(args.dest), mirror=study.mirror, log=log)
     write_json(Path(args.out), {"benchmark": args.benchmark, "dest": args.dest, "files": records})
     log(f"{args.benchmark}: {len(records)} official files in {args.dest}")
 
@@ -293,8 +220,7 @@ def cmd_prepare_benchmark(args) -> None:
     from vlmswap.evaluate.runner import prepare
 
     study = _study(args)
-    subset = study.raw["benchmarks"][args.benchmark].get("subset", "full")
-    prepare(args.benchmark, Path(args.root), subset, Path(args.out), log=log)
+    prepare(args.benchmark, Path(args.root), study.benchmark_inputs[args.benchmark].subset, Path(args.out), log=log)
 
 
 def cmd_train(args) -> None:
@@ -303,18 +229,15 @@ def cmd_train(args) -> None:
     study = _study(args)
     cell = study.cell(args.cell)
     paths = TrainPaths([Path(p) for p in args.checkpoint], Path(args.llm), Path(args.instruct_json), Path(args.image_root),
-                       Path(args.out), Path(args.ckpt_dir))
+                       Path(args.out), Path(args.state_dir))
     train_cell(study, cell, paths, log=log)
 
 
 def cmd_evaluate(args) -> None:
     """Evaluate one cell on several benchmarks with one model load (one job per cell and column
     group on the cluster); each benchmark keeps its own predictions, resume and result file."""
-    import os
-
-    import torch
-
     from vlmswap.evaluate.runner import evaluate_cell
+    from vlmswap.train.launch import evaluation_env
     from vlmswap.vlm import load_trained
 
     study = _study(args)
@@ -322,11 +245,7 @@ def cmd_evaluate(args) -> None:
     if not len(args.index) == len(args.out):
         raise SystemExit(f"evaluate: {len(args.index)} --index files but {len(args.out)} --out files; "
                          "give one result path per prepared index, in the same order")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:  # one process per GPU under torchrun: each evaluates a shard
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    rank, world, device, dtype = evaluation_env()  # one process per GPU under torchrun: each a shard
     model_dir = Path(args.model)
     vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), model_dir, device, dtype)
     records = _predictions_records(study, model_dir, [Path(index) for index in args.index])
@@ -453,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb("fetch-benchmark", cmd_fetch_benchmark, "fetch a benchmark's official files", "benchmark", "dest", "out")
     verb("prepare-benchmark", cmd_prepare_benchmark, "index a benchmark's official files", "benchmark", "root", "out")
     p = verb("train", cmd_train, "train one cell", "cell", "checkpoint", "llm", "instruct-json", "image-root", "out",
-         "ckpt-dir")
+         "state-dir")
     p.add_argument("--nodes", type=int, default=1, help="nodes of the job (several: srun + torchrun)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs of the job in all (>1: one process per GPU)")
     p = verb("evaluate", cmd_evaluate, "evaluate one cell on one or more benchmarks", "cell", "checkpoint", "llm", "model",
@@ -493,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that name a bad input (file, id or key, and the fix) and so need no traceback."""
     from vlmswap.data.instruct import InstructError
+    from vlmswap.checkpoint import CheckpointError
     from vlmswap.evaluate.records import AnnotationFileError
-    from vlmswap.hub import CheckpointError, FetchError
+    from vlmswap.hub import FetchError
 
     return (FetchError, CheckpointError, AnnotationFileError, InstructError)
 

@@ -41,17 +41,16 @@ class Preflight:
 
 def _sources(study: Study) -> Iterator[tuple[str, dict[str, Any], Path]]:
     """(label, source, destination under resources/) of every download the study needs."""
-    raw = study.raw
     for backbone_id, backbone in study.backbones.items():
         for objective, source in backbone.checkpoints.items():
             yield (f"checkpoint {backbone_id}@{objective}", dict(source),
                    Path("checkpoints") / f"{backbone_id}@{objective}.ckpt")
-    yield f"LLM {raw['llm']['id']}", dict(raw["llm"]["source"]), Path("llm")
-    yield f"instruction set {raw['instruct']['id']}", dict(raw["instruct"]["source"]), Path("data/llava-v1.5-instruct")
-    for i, f in enumerate(raw["instruct"].get("files", [])):
+    yield f"LLM {study.llm.id}", dict(study.llm.source), Path("llm")
+    yield f"instruction set {study.instruct.id}", dict(study.instruct.source), Path("data/llava-v1.5-instruct")
+    for i, f in enumerate(study.instruct.files):
         yield f"instruction images {f.get('into', i)}", dict(f), Path("data/llava-v1.5-instruct") / f.get("into", "")
-    for name, spec in raw["benchmarks"].items():
-        for f in spec.get("files", []):
+    for name, inputs in study.benchmark_inputs.items():
+        for f in inputs.files:
             yield f"{name} file {f.get('name') or f.get('url') or f.get('file')}", dict(f), Path("data") / name
 
 
@@ -103,16 +102,14 @@ def run_preflight(study: Study, resources: Path) -> Preflight:
         report.problems.append(f"gated hub repositories ({names}) need a token: accept their licence on the hub, "
                                "then `huggingface-cli login` or set HF_TOKEN")
 
-    train = study.raw.get("train_resources", {})
-    evaluate = study.raw.get("eval_resources", {})
+    train, evaluate = study.train_resources, study.eval_resources
     groups = [g for g, cols in (("vqa", VQA_COLUMNS), ("loc", LOC_COLUMNS))
               if any(set(BENCHMARK_COLUMNS[b]) <= set(cols) for b in study.benchmarks)]
     n_cells = len(study.cells)
-    train_gpus = int(train.get("nodes", 1)) * int(train.get("gpus_per_node", 0))
+    train_gpus = train.nodes * train.gpus_per_node
     report.jobs = {"train": n_cells, "evaluate": n_cells * len(groups)}
-    report.gpu_hours = round(n_cells * train_gpus * int(train.get("runtime_min", 60)) / 60
-                             + n_cells * len(groups) * int(evaluate.get("gpus", 0)) * int(evaluate.get("runtime_min", 60)) / 60,
-                             1)
+    report.gpu_hours = round(n_cells * train_gpus * (train.runtime_min or 60) / 60
+                             + n_cells * len(groups) * evaluate.gpus * (evaluate.runtime_min or 60) / 60, 1)
     return report
 
 

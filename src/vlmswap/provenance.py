@@ -3,7 +3,7 @@
 Three records, each a plain JSON-able dict carrying a `fingerprint` (the sha256 of its canonical
 JSON without that key, 16 hex digits):
 
-- **model** (`train.json["provenance"]`, and the resume checkpoint folder's `provenance.json`):
+- **model** (`train.json["provenance"]`, and the resume-state folder's `provenance.json`):
   `spec` (everything the config says about the cell: family, arch, tap, geometry, connector,
   recipe, checkpoint / LLM / instruction-set sources), `inputs` (sha256 of each backbone
   checkpoint file, of the LLM snapshot's files, of the instruction-set json) and `code` (a digest
@@ -110,7 +110,7 @@ def _backbone_spec(study, backbone_id: str, objective: str) -> dict[str, Any]:
 def model_spec(study, cell) -> dict[str, Any]:
     """Everything the study config says that determines a trained cell (and nothing else: no paths,
     interpreter, GPU count or thread count)."""
-    recipe = {k: v for k, v in study.recipe(cell).items() if k not in NON_DETERMINING_RECIPE_KEYS}
+    recipe = {k: v for k, v in study.recipe(cell).as_dict().items() if k not in NON_DETERMINING_RECIPE_KEYS}
     return {
         "backbone": _backbone_spec(study, cell.backbone, cell.objective),
         "objective": cell.objective,
@@ -118,6 +118,7 @@ def model_spec(study, cell) -> dict[str, Any]:
         "tap": cell.tap,
         "connector": cell.connector,
         "recipe": recipe,
+        # the sections as written: a fingerprint must not change when the parsed records gain a field
         "llm": study.raw["llm"],
         "instruct": study.raw["instruct"],
     }
@@ -125,10 +126,7 @@ def model_spec(study, cell) -> dict[str, Any]:
 
 def eval_settings(study) -> dict[str, Any]:
     """The evaluation settings that determine predictions (with their defaults made explicit)."""
-    settings = dict(study.raw.get("eval", {}))
-    settings.setdefault("batch_size", 16)
-    settings.setdefault("max_new_tokens", 128)
-    return settings
+    return {"batch_size": study.eval.batch_size, "max_new_tokens": study.eval.max_new_tokens}
 
 
 def model_record(study, cell, checkpoint_files: list[Path], llm_dir: Path, instruct_json: Path) -> dict[str, Any]:

@@ -4,9 +4,11 @@ A study config (config/experiments.yaml for the paper, config/mini.yaml for the 
 checked twice on load: against the JSON schema in workflow/schemas/ (keys, types, allowed values),
 then for the cross references a schema cannot express (a cell's backbone must exist and carry a
 checkpoint for the cell's objective, a table may list only cells of the study, ...). Every error
-names the file, the key path and what would be accepted.
+names the file, the key path and what would be accepted. The other sections (recipe, objectives,
+LLM, benchmarks, mini world, evaluation, resources) are parsed once into the typed records of
+vlmswap.sections; `Study.raw` keeps the config as loaded for what must see it as written.
 
-This module is the only place that makes or parses a cell id:
+This module is the only place that makes a cell id:
 `{backbone}@{objective}@{geometry}@{tap}@{connector}`, e.g. `vmamba-t@coco-det@1333x800@stage3-outnorm@mlp3`.
 """
 
@@ -22,6 +24,8 @@ from typing import Any, Mapping
 import yaml
 
 from vlmswap.image import Geometry
+from vlmswap.sections import (LLM, BenchmarkInputs, ConfigError, EvalSettings, InstructionSet, JobResources, MiniWorld,
+                              Objective, Recipe, parse_benchmarks, parse_eval, parse_mini, parse_objectives)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "experiments.schema.yaml"
@@ -46,19 +50,6 @@ VQA_COLUMNS = ("vqa-v2", "gqa", "vizwiz", "textvqa-ocr", "textvqa-pure", "pope",
 LOC_COLUMNS = ("refcoco", "refcoco+", "refcocog", "ocid-ref")
 
 
-class ConfigError(ValueError):
-    """A study config that cannot be used; the message names file, key path and the fix."""
-
-    def __init__(self, file: str | Path, key_path: str, problem: str, allowed: Any = None):
-        self.file, self.key_path, self.problem, self.allowed = str(file), key_path, problem, allowed
-        message = f"{file}: {key_path or '<top level>'}: {problem}"
-        if allowed is not None:
-            if isinstance(allowed, (list, tuple, set, frozenset)):
-                allowed = ", ".join(sorted(str(a) for a in allowed))
-            message += f" (allowed: {allowed})"
-        super().__init__(message)
-
-
 @dataclass(frozen=True)
 class Cell:
     """One experiment: a backbone checkpoint seen through one interface (geometry, tap, connector)."""
@@ -79,19 +70,6 @@ class Cell:
 
     def __str__(self) -> str:
         return self.id
-
-
-def parse_cell_id(cell_id: str) -> tuple[str, str, Geometry, str, str]:
-    """Split a cell id into (backbone, objective, geometry, tap, connector)."""
-    parts = cell_id.split("@")
-    if len(parts) != 5:
-        raise ValueError(
-            f"cell id {cell_id!r} must have 5 '@'-separated parts: backbone@objective@geometry@tap@connector"
-        )
-    backbone, objective, geometry, tap, connector = parts
-    if connector not in CONNECTORS:
-        raise ValueError(f"cell id {cell_id!r}: connector {connector!r} is not one of {', '.join(CONNECTORS)}")
-    return backbone, objective, Geometry.parse(geometry), tap, connector
 
 
 @dataclass(frozen=True)
@@ -117,7 +95,8 @@ class Table:
 
 @dataclass
 class Study:
-    """A validated study config. `raw` keeps the config as loaded (after defaults)."""
+    """A validated study config: every section typed (vlmswap.sections). `raw` keeps the config as
+    loaded, for what must see it as written (the diagnostics' blocks, the preflight's hand-placed list)."""
 
     name: str
     path: Path
@@ -125,18 +104,22 @@ class Study:
     backbones: dict[str, Backbone]
     cells: list[Cell]
     tables: dict[str, Table]
-
-    @property
-    def results_dir(self) -> Path:
-        return Path("results") / self.name
-
-    @property
-    def resources_dir(self) -> Path:
-        return Path("resources") / self.name
+    objectives: dict[str, Objective] = field(default_factory=dict)
+    llm: LLM | None = None
+    instruct: InstructionSet | None = None
+    benchmark_inputs: dict[str, BenchmarkInputs] = field(default_factory=dict)
+    mini: MiniWorld | None = None  # None: not a mini-world study
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    train_resources: JobResources = field(default_factory=JobResources)
+    eval_resources: JobResources = field(default_factory=JobResources)
+    seed: int = 0
+    mirror: str | None = None
+    trackers: tuple[str, ...] = ()
+    recipes: dict[str, Recipe] = field(default_factory=dict)  # cell id -> its recipe
 
     @property
     def benchmarks(self) -> list[str]:
-        return list(self.raw["benchmarks"])
+        return list(self.benchmark_inputs)
 
     @property
     def columns(self) -> list[str]:
@@ -157,39 +140,15 @@ class Study:
     def cell_ids(self) -> list[str]:
         return [c.id for c in self.cells]
 
-    def recipe(self, cell: Cell) -> dict[str, Any]:
-        """The study recipe with the cell's overrides applied."""
-        merged = dict(self.raw["recipe"])
-        merged.update(cell.recipe)
-        return merged
+    def recipe(self, cell: Cell) -> Recipe:
+        """The study recipe with the cell's overrides applied (parsed and checked on load)."""
+        return self.recipes[cell.id]
 
     def checkpoint_source(self, backbone: str, objective: str) -> Mapping[str, Any]:
         return self.backbones[backbone].checkpoints[objective]
 
-    def fetch_targets(self) -> list[tuple[str, str]]:
-        """Every (backbone, objective) checkpoint some cell needs, fused members expanded."""
-        seen: dict[tuple[str, str], None] = {}
-        for cell in self.cells:
-            backbone = self.backbones[cell.backbone]
-            if backbone.members:
-                for member in backbone.members:
-                    for objective in self.backbones[member].checkpoints:
-                        seen[(member, objective)] = None
-            else:
-                seen[(cell.backbone, cell.objective)] = None
-        return list(seen)
-
     def cells_of_table(self, table_id: str) -> list[Cell]:
         return [self.cell(c) for c in self.tables[table_id].cells]
-
-    def table_columns(self, table_id: str) -> list[str]:
-        group = self.tables[table_id].columns
-        cols = self.columns
-        if group == "vqa":
-            return [c for c in cols if c in VQA_COLUMNS]
-        if group == "loc":
-            return [c for c in cols if c in LOC_COLUMNS]
-        return cols
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,7 +350,20 @@ def _build(data: dict[str, Any], path: Path) -> Study:
         raise ConfigError(path, "diagnostics.linear_probe.datasets", "mini-classify exists only in the mini world; "
                           "probe the paper's backbones on torchvision datasets",
                           "cifar10, cifar100, dtd, flowers102, oxford-pets, food101, eurosat")
-    return Study(data["study"], path, data, backbones, cells, tables)
+    recipes = {}
+    keys = {cell_id: f"cells[{i}].recipe" for cell_id, i in seen.items() if cells[i].recipe}
+    for cell in cells:
+        recipes[cell.id] = Recipe.parse({**data["recipe"], **cell.recipe}, path, keys.get(cell.id, "recipe"))
+    return Study(data["study"], path, data, backbones, cells, tables,
+                 objectives=parse_objectives(data),
+                 llm=LLM(data["llm"]["id"], data["llm"]["source"]),
+                 instruct=InstructionSet(data["instruct"]["id"], data["instruct"]["source"],
+                                         tuple(data["instruct"].get("files", ()))),
+                 benchmark_inputs=parse_benchmarks(data), mini=parse_mini(data), eval=parse_eval(data),
+                 train_resources=JobResources.parse(data.get("train_resources")),
+                 eval_resources=JobResources.parse(data.get("eval_resources")),
+                 seed=int(data.get("seed", 0)), mirror=data.get("mirror"), trackers=tuple(data.get("trackers", ())),
+                 recipes=recipes)
 
 
 STAGE_TABLE = "stage-ablation"

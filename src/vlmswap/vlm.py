@@ -203,7 +203,7 @@ def _weights_arch(spec, objective):
 def materialize_backbone(study, cell, checkpoint_files):
     """Build the cell's backbone at its geometry and tap, and load its official checkpoint(s)
     (one file, or one per tower of a fused backbone, in `members` order)."""
-    from vlmswap.hub import read_checkpoint
+    from vlmswap.checkpoint import read_checkpoint
     from vlmswap.vision.registry import build_backbone
 
     spec = study.backbones[cell.backbone]

@@ -1,6 +1,6 @@
 """Resume and safety of a real training run (DeepSpeed ZeRO-3 on the CPU, tiny models):
 a run killed mid-way and restarted ends with the same weights as an uninterrupted run, and a
-diverging loss stops the run with a clear message, keeping the last good checkpoint."""
+diverging loss stops the run with a clear message, keeping the last good resume state."""
 
 import copy
 import json
@@ -47,7 +47,7 @@ def train_cmd(base: Path, out: str, config: str = "study.yaml") -> list[str]:
     return [sys.executable, "-m", "vlmswap.cli", "train", "--config", str(base / config),
             "--cell", "vit-mini@cls@32@block-2@mlp2", "--checkpoint", str(base / "vit.pth"), "--llm", str(base / "llm"),
             "--instruct-json", str(base / "world/llava/llava_v1_5_mix665k.json"),
-            "--image-root", str(base / "world/llava"), "--out", str(base / out), "--ckpt-dir", str(base / f"{out}-ckpt")]
+            "--image-root", str(base / "world/llava"), "--out", str(base / out), "--state-dir", str(base / f"{out}-state")]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
@@ -67,13 +67,13 @@ def test_killed_run_resumes_to_the_same_final_weights(setup):
     # progress lines a user can watch: throughput and time left
     assert re.search(r"step 12/12 loss \S+ lr \S+ \(\S+s/step, \d+ tokens/s, ETA 0m00s\)", straight.stdout)
 
-    # start again, kill -9 as soon as a resume checkpoint exists, then restart the same command
+    # start again, kill -9 as soon as resume state exists, then restart the same command
     proc = subprocess.Popen(train_cmd(base, "killed"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = base / "killed-ckpt" / "latest"
+    latest = base / "killed-state" / "latest"
     deadline = time.time() + 300
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert latest.exists(), "no resume checkpoint appeared"
+    assert latest.exists(), "no resume state appeared"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (base / "killed" / "model.safetensors").exists()
@@ -104,7 +104,7 @@ def test_diverging_loss_stops_with_a_clear_message(setup):
                          timeout=600)
     assert run.returncode != 0
     text = run.stdout + run.stderr
-    assert "TrainingDiverged" in text and "vit-mini@cls@32@block-2@mlp2" in text and "Last good checkpoint" in text
+    assert "TrainingDiverged" in text and "vit-mini@cls@32@block-2@mlp2" in text and "Last good resume state" in text
     assert not (base / "diverge" / "model.safetensors").exists()
 
 
@@ -130,14 +130,14 @@ def test_resume_state_of_another_recipe_is_moved_aside_and_training_restarts(set
 
     base = setup
     proc = subprocess.Popen(train_cmd(base, "edited"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = base / "edited-ckpt" / "latest"
+    latest = base / "edited-state" / "latest"
     deadline = time.time() + 300
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert latest.exists(), "no resume checkpoint appeared"
+    assert latest.exists(), "no resume state appeared"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    recorded = json.loads((base / "edited-ckpt" / "provenance.json").read_text())
+    recorded = json.loads((base / "edited-state" / "provenance.json").read_text())
 
     study = yaml.safe_load((base / "study.yaml").read_text())
     study["recipe"]["lr"] = study["recipe"]["lr"] / 2
@@ -148,7 +148,7 @@ def test_resume_state_of_another_recipe_is_moved_aside_and_training_restarts(set
     assert "resumed from" not in run.stdout
     moved = [line for line in run.stdout.splitlines() if "moved aside" in line]
     assert len(moved) == 1 and "spec.recipe.lr" in moved[0]
-    (aside,) = base.glob("edited-ckpt.stale-*")
+    (aside,) = base.glob("edited-state.stale-*")
     assert (aside / "latest").is_file()  # the old state is kept for the user, not deleted
     summary = json.loads((base / "edited" / "train.json").read_text())
     assert summary["resumed_from_step"] == 0

@@ -1,5 +1,6 @@
 """Schedule, batch order and launcher: the recipe's arithmetic, fixed on CPU."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from vlmswap.data.instruct import micro_batches, split_modality_batches
 from vlmswap.train.engine import deepspeed_config, effective_weight_decay, parameter_groups
+from vlmswap.sections import JobResources
 from vlmswap.train.launch import launcher, train_resources
 from vlmswap.train.schedule import accumulation_steps, schedule_for
 
@@ -16,11 +18,21 @@ def test_prismatic_step_counts_for_the_665k_mixture():
     assert (s.steps, s.warmup) == (5198, 155)
 
 
-def test_warmup_then_cosine_to_zero():
+def test_warmup_then_cosine_to_zero_as_prismatic_computes_it():
     s = schedule_for(1000, 10, 1, 0.1)
-    assert s.factor(0) == 0 and s.factor(5) == pytest.approx(0.5) and s.factor(10) == pytest.approx(1.0)
-    assert s.factor(55) == pytest.approx(0.5)
-    assert s.factor(99) < 1e-3 and s.factor(100) == pytest.approx(0.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = s.scheduler(optimizer)
+    factors = []
+    for _ in range(101):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # the closed form Prismatic's recipe states: linear warmup, then 0.5 * (1 + cos(pi * progress))
+    expected = [step / 10 if step < 10 else max(0.0, 0.5 * (1 + math.cos(math.pi * (step - 10) / 90)))
+                for step in range(101)]
+    assert factors == pytest.approx(expected, abs=1e-12)
+    assert factors[0] == 0 and factors[5] == pytest.approx(0.5) and factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5) and factors[99] < 1e-3 and factors[100] == pytest.approx(0.0)
 
 
 def test_accumulation_derived_from_world_size():
@@ -94,8 +106,8 @@ def test_launchers_for_cpu_one_node_and_two_nodes():
         "py -m torch.distributed.run --standalone --nproc-per-node 4")
     multi = launcher({"nodes": 2, "gpus_per_node": 4}, python="py")
     assert multi.startswith("srun --nodes 2 --ntasks-per-node 1") and "--nnodes 2 --nproc-per-node 4" in multi
-    one = train_resources({"nodes": 1, "gpus_per_node": 4, "cpus_per_gpu": 8, "mem_mb_per_gpu": 64000})
+    one = train_resources(JobResources(nodes=1, gpus_per_node=4, cpus_per_gpu=8, mem_mb_per_gpu=64000))
     assert one["gpu"] == 4 and one["cpus_per_task"] == 32 and one["mem_mb"] == 256000 and "mpi" not in one
-    two = train_resources({"nodes": 2, "gpus_per_node": 4})
+    two = train_resources(JobResources(nodes=2, gpus_per_node=4))
     assert two["mpi"] == "srun" and two["tasks"] == 2 and two["tasks_per_gpu"] == 0 and two["gres"] == "gpu:4"
     assert "gpu" not in two  # a per-job --gpus total could be split unevenly across nodes

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmswap.hub import read_checkpoint
+from vlmswap.checkpoint import read_checkpoint
 from vlmswap.image import Geometry
 from vlmswap.vision import beit_adapter
 from vlmswap.vision.beit_adapter import BEiTAdapter, relative_position_bias, relative_position_index

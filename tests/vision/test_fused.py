@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmswap.hub import read_checkpoint
+from vlmswap.checkpoint import read_checkpoint
 from vlmswap.image import Geometry, preprocess
 from vlmswap.vision.fused import FusedBackbone
 from vlmswap.vision.registry import build_backbone

@@ -13,7 +13,7 @@ import torch
 from transformers import (AutoModel, Dinov2Config, SiglipImageProcessor, SiglipVisionConfig, ViTConfig,
                           ViTForImageClassification)
 
-from vlmswap.hub import read_checkpoint
+from vlmswap.checkpoint import read_checkpoint
 from vlmswap.image import Geometry
 from vlmswap.vision.hf_encoder import HfBackbone, check, resolve
 from vlmswap.vision.registry import FAMILIES, build_backbone

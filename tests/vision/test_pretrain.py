@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from vlmswap.hub import read_checkpoint
+from vlmswap.checkpoint import read_checkpoint
 from vlmswap.image import Geometry
 from vlmswap.vision.pretrain import PretrainSet, pretrain_backbone, pretrain_classifier
 from vlmswap.vision.base import unwrap_checkpoint

@@ -1,17 +1,19 @@
 """The registry is the only list of families and rejects unknown ids with the allowed values."""
 
+import importlib
+
 import pytest
 
 from vlmswap.image import Geometry
 from vlmswap.vision.base import VisionBackbone
-from vlmswap.vision.registry import FAMILIES, Family, build_backbone
+from vlmswap.vision.registry import FAMILIES, build_backbone
 
 
 def test_families_and_taps():
     # every family of the paper study has its module; the registry is the only list of them
     assert set(FAMILIES) == {"vit", "vmamba", "maxvit", "mambavision", "vim", "vitdet", "vit-adapter",
                              "beit-adapter", "fused", "timm", "hf"}
-    assert all(family.implemented for family in FAMILIES.values())
+    assert all(hasattr(importlib.import_module(family.module), "build") for family in FAMILIES.values())
     assert FAMILIES["vit"].taps == ("block-2",)
     assert FAMILIES["vmamba"].taps == ("stage3", "stage3-outnorm", "stage2", "stage4")
     assert FAMILIES["vit-adapter"].taps == FAMILIES["beit-adapter"].taps == ("adapter-stride32",)
@@ -30,13 +32,6 @@ def test_only_generic_families_are_checked_on_the_meta_device():
 def test_unknown_family_names_the_allowed_ones():
     with pytest.raises(ValueError, match="unknown backbone family 'resnet'; allowed: beit-adapter, fused"):
         build_backbone("resnet", "resnet50", "stage3", Geometry.parse("224"))
-
-
-def test_a_family_without_a_module_says_it_is_not_implemented():
-    # a family may be named (so configs naming it validate and dry-run) before its module exists
-    planned = Family("resnet", None, ("stage3",))
-    with pytest.raises(NotImplementedError, match="'resnet' is part of the paper study but has no implementation"):
-        planned.build("resnet50", "stage3", Geometry.parse("224"))
 
 
 def test_reading_the_registry_does_not_import_timm():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vlmswap.vision import scan
+from vlmswap.vision import scan, scan_native
 from vlmswap.vision.scan import (compiled_available, cross_merge, cross_scan, selective_scan, selective_scan_chunked,
                                  selective_scan_compiled, selective_scan_reference)
 
@@ -256,10 +256,10 @@ def test_scan_switch_rejects_unknown_values_and_unusable_fused(monkeypatch):
         _run(selective_scan, inputs)
     monkeypatch.setenv("VLMSWAP_SCAN", "fused")
     import vlmswap.vision.scan as scan
-    monkeypatch.setattr(scan, "_fused_kernel", lambda: None)     # as without mamba_ssm's CUDA extension
+    monkeypatch.setattr(scan, "fused_kernel", lambda: None)     # as without mamba_ssm's CUDA extension
     with pytest.raises(RuntimeError, match="fused.*not importable"):
         _run(selective_scan, inputs)
-    monkeypatch.setattr(scan, "_fused_kernel", lambda: _fake_mamba_kernel)
+    monkeypatch.setattr(scan, "fused_kernel", lambda: _fake_mamba_kernel)
     with pytest.raises(RuntimeError, match="fused.*CUDA tensors"):                # a kernel, but CPU tensors
         _run(selective_scan, inputs)
 
@@ -280,14 +280,14 @@ def _fake_mamba_kernel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 def test_fused_call_matches_mamba_ssm_signature_and_layout():
-    from vlmswap.vision.scan import _call_fused
+    from vlmswap.vision.scan_native import call_fused
     u, delta, A, B, C, D, bias = _inputs(2, 8, 33, 16, 1, seed=13)
     ref = selective_scan_reference(u, delta, A, B, C, D, bias, True)
     # 3-D B/C (one group), non-contiguous inputs, float64 A and D, a bfloat16 u with float32 delta
-    y = _call_fused(_fake_mamba_kernel, u.transpose(1, 2).contiguous().transpose(1, 2), delta, A.double(),
+    y = call_fused(_fake_mamba_kernel, u.transpose(1, 2).contiguous().transpose(1, 2), delta, A.double(),
                     B[:, 0], C[:, 0], D.double(), bias.double(), 1)
     assert y.dtype == torch.float32 and _relative_error(y, ref) < 1e-6
-    y = _call_fused(_fake_mamba_kernel, u.bfloat16(), delta, A, B, C, D, bias, True)
+    y = call_fused(_fake_mamba_kernel, u.bfloat16(), delta, A, B, C, D, bias, True)
     assert y.dtype == torch.bfloat16    # computed from float32 delta/B/C (the widest dtype), returned as u's
     ref16 = selective_scan_reference(u.bfloat16().float(), delta, A, B, C, D, bias, True)
     assert _relative_error(y.float(), ref16) < 1e-2
@@ -372,7 +372,7 @@ def test_compiled_scan_gradient_of_one_input_only():
 def test_a_failed_build_falls_back_to_the_pure_scan_and_says_so_once(monkeypatch, capsys):
     inputs = _inputs(2, 8, 40, 4, 2, seed=25)
     monkeypatch.setenv("VLMSWAP_SCAN_BUILD", "0")     # as where the build fails: no compiled ops
-    scan._compiled_ops.cache_clear()
+    scan_native.compiled_ops.cache_clear()
     try:
         assert not compiled_available()
         assert torch.equal(_run(selective_scan, inputs), _run(selective_scan_chunked, inputs))
@@ -385,7 +385,7 @@ def test_a_failed_build_falls_back_to_the_pure_scan_and_says_so_once(monkeypatch
         assert capsys.readouterr().err.count("vlmswap.scan: compiled CPU scan disabled") == 1
     finally:
         monkeypatch.delenv("VLMSWAP_SCAN_BUILD")
-        scan._compiled_ops.cache_clear()
+        scan_native.compiled_ops.cache_clear()
 
 
 def test_a_build_error_is_a_fallback_not_a_failure(monkeypatch, capsys):
@@ -395,14 +395,14 @@ def test_a_build_error_is_a_fallback_not_a_failure(monkeypatch, capsys):
         raise RuntimeError("Error building extension 'vlmswap_scan_cpu': g++: not found")
 
     monkeypatch.setattr(cpp_extension, "load", broken)
-    scan._compiled_ops.cache_clear()
+    scan_native.compiled_ops.cache_clear()
     try:
         assert not compiled_available()
         assert "compiled CPU scan unavailable (Error building extension" in capsys.readouterr().err
         inputs = _inputs(1, 8, 20, 1, 4)
         assert torch.equal(_run(selective_scan, inputs), _run(selective_scan_chunked, inputs))
     finally:
-        scan._compiled_ops.cache_clear()
+        scan_native.compiled_ops.cache_clear()
 
 
 def test_the_meta_device_never_reaches_the_compiled_scan():

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vlmswap.hub import fetch, read_checkpoint
+from vlmswap.checkpoint import read_checkpoint
+from vlmswap.hub import fetch
 from vlmswap.image import Geometry, fill_color
 from vlmswap.vision.registry import FAMILIES, build_backbone
 from vlmswap.vision.timm_encoder import TimmBackbone, build_model, check, parse_tap

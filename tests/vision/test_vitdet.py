@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmswap.hub import read_checkpoint
+from vlmswap.checkpoint import read_checkpoint
 from vlmswap.image import Geometry
 from vlmswap.vision import vitdet
 from vlmswap.vision.registry import FAMILIES

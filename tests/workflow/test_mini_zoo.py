@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from tests.workflow.test_mini_end_to_end import ROOT, snakemake
-from vlmswap.hub import read_checkpoint
+from vlmswap.checkpoint import read_checkpoint
 from vlmswap.vision.registry import FAMILIES
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from vlmswap.analysis.figures import figure_names
 from vlmswap.provenance import canonical_json, eval_settings, model_spec
+from vlmswap.sections import JobResources
 from vlmswap.study import BENCHMARK_COLUMNS, LOC_COLUMNS, VQA_COLUMNS, ConfigError, load_study, read_yaml
 from vlmswap.train.launch import job_environment, train_resources
 
@@ -26,7 +27,7 @@ if read_yaml(CONFIG_FILE) != config:
 RES = f"resources/{STUDY.name}"
 OUT = f"results/{STUDY.name}"
 LOGS = f"logs/{STUDY.name}"
-IS_MINI = "mini" in config
+IS_MINI = STUDY.mini is not None
 # Every rule's shell calls `vlmswap` by name: the console script of the environment that runs
 # Snakemake (its bin folder goes first on PATH), or of the rule's conda env under `--sdm conda`.
 # The study config reaches the jobs through VLMSWAP_CONFIG. Neither the interpreter's path nor
@@ -44,7 +45,7 @@ wildcard_constraints:
     benchmark=_alternatives(STUDY.benchmarks),
     table=_alternatives(STUDY.tables) if STUDY.tables else "$^",
     backbone=_alternatives(STUDY.backbones),
-    objective=_alternatives(config["objectives"]),
+    objective=_alternatives(STUDY.objectives),
     dataset=_alternatives(config.get("diagnostics", {}).get("linear_probe", {}).get("datasets", [])) or "$^",
 
 
@@ -113,7 +114,7 @@ def table_spec(wildcards):
     for cell_id in table.cells:
         cell = STUDY.cell(cell_id)
         backbone = STUDY.backbones[cell.backbone]
-        rows.append([cell_id, config["objectives"][cell.objective]["display"], backbone.display, backbone.params,
+        rows.append([cell_id, STUDY.objectives[cell.objective].display, backbone.display, backbone.params,
                      backbone.family, dict(cell.paper), backbone.checkpoints.get(cell.objective, {}).get("in1k_acc")])
     # the stage-ablation table is made from diagnostics.stage_ablation (vlmswap.study), not `tables`
     entry = config["tables"].get(wildcards.table) or config["diagnostics"]["stage_ablation"]
@@ -129,29 +130,20 @@ def pretrain_spec(wildcards):
     """What a mini backbone's pretraining depends on: the member, its tap, the world's image size."""
     backbone = STUDY.backbones[wildcards.backbone]
     taps = sorted({c.tap for c in STUDY.cells if c.backbone == wildcards.backbone and c.objective == wildcards.objective})
-    mini = config.get("mini", {})
+    mini = STUDY.mini.written if STUDY.mini else {}  # as written: a default made explicit would rerun it
     return canonical_json({
         "family": backbone.family, "arch": backbone.arch, "taps": taps,
         "source": backbone.checkpoints[wildcards.objective],
-        "objective": config["objectives"][wildcards.objective],
+        "objective": STUDY.objectives[wildcards.objective].as_dict(),
         "image_size": mini.get("image_size"), "pretrain_epochs": mini.get("pretrain_epochs"),
-        "seed": config.get("seed", 0),
+        "seed": STUDY.seed,
     })
 
 
 def eval_resources():
     """Snakemake resources of an evaluation job (mapped by the SLURM plugin to sbatch flags);
     `eval_gpus` is ours: the shell passes it to `vlmswap evaluate --gpus`."""
-    spec = config.get("eval_resources", {})
-    gpus = int(spec.get("gpus", 0))
-    resources = {"runtime": int(spec.get("runtime_min", 60)), "mem_mb": int(spec.get("mem_mb", 8000)),
-                 "eval_gpus": gpus}
-    if gpus:
-        resources["gpu"] = gpus
-        resources["cpus_per_task"] = int(spec.get("cpus", 8))
-    if spec.get("partition"):
-        resources["slurm_partition"] = spec["partition"]
-    return resources
+    return STUDY.eval_resources.slurm(runtime_min=60, mem_mb=8000, gpus_key="eval_gpus")
 
 
 # column group -> the study's benchmarks that fill it: one evaluation job per cell and group
@@ -186,7 +178,8 @@ def _index_inputs(wildcards):
         return [world_flag()] + _mini_index_sources(wildcards.benchmark)
     # RefCOCO+ and RefCOCOg read the files fetched for RefCOCO (one REFER folder)
     inputs = [f"{RES}/data/{data_folder(wildcards.benchmark)}.fetched.json"]
-    if not config["benchmarks"].get(data_folder(wildcards.benchmark), {}).get("files"):
+    fetched = STUDY.benchmark_inputs.get(data_folder(wildcards.benchmark))
+    if not (fetched and fetched.files):
         # files placed by hand exist before any job: declared as they are (a fetched file is not a
         # rule's declared output, so it is tracked through the fetch record instead)
         inputs += [f for f in index_sources(wildcards.benchmark) if os.path.exists(f)]
@@ -219,16 +212,8 @@ def diagnostic_cells(name):
 
 def diagnostic_resources(name):
     """Snakemake resources of one diagnostic job (as eval_resources; `diag_gpus` is ours, for the message)."""
-    spec = DIAGNOSTICS.get(name, {}).get("resources", {})
-    gpus = int(spec.get("gpus", 0))
-    resources = {"runtime": int(spec.get("runtime_min", 30)), "mem_mb": int(spec.get("mem_mb", 4000)),
-                 "diag_gpus": gpus}
-    if gpus:
-        resources["gpu"] = gpus
-        resources["cpus_per_task"] = int(spec.get("cpus", 8))
-    if spec.get("partition"):
-        resources["slurm_partition"] = spec["partition"]
-    return resources
+    spec = JobResources.parse(DIAGNOSTICS.get(name, {}).get("resources"))
+    return spec.slurm(runtime_min=30, mem_mb=4000, gpus_key="diag_gpus")
 
 
 def profile_spec(wildcards):
@@ -303,7 +288,7 @@ def analysis_spec():
     for cell in STUDY.cells:
         backbone = STUDY.backbones[cell.backbone]
         cells.append([cell.id, backbone.family, backbone.display, backbone.params,
-                      config["objectives"][cell.objective], dict(cell.paper),
+                      STUDY.objectives[cell.objective].as_dict(), dict(cell.paper),
                       backbone.checkpoints.get(cell.objective, {}).get("in1k_acc")])
     tables = {t: [spec.title, list(spec.cells)] for t, spec in STUDY.tables.items()}
     return canonical_json({"cells": cells, "tables": tables, "findings": config.get("findings", {}),

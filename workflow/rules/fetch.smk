@@ -19,7 +19,7 @@ if IS_MINI:
             preflight=f"{RES}/preflight.json",
         params:
             out=lambda wc, output: os.path.dirname(output[0]),
-            mini=config["mini"],
+            mini=STUDY.mini.written,
         log:
             f"{LOGS}/mini_world.log",
         conda:
@@ -58,7 +58,7 @@ if IS_MINI:
             directory(f"{RES}/llm-build"),
         params:
             world=lambda wc, input: os.path.dirname(input[0]),
-            source=canonical_json({"source": config["llm"]["source"], "seed": config.get("seed", 0)}),
+            source=canonical_json({"source": STUDY.llm.source, "seed": STUDY.seed}),
         log:
             f"{LOGS}/build_mini_llm.log",
         conda:
@@ -97,11 +97,11 @@ rule fetch_llm:
     localrule: True  # downloads run on the submit host (compute nodes are often offline)
     input:
         preflight=f"{RES}/preflight.json",
-        built=_built_input(config["llm"]["source"], f"{RES}/llm-build"),
+        built=_built_input(STUDY.llm.source, f"{RES}/llm-build"),
     output:
         directory(f"{RES}/llm"),
     params:
-        source=config["llm"]["source"],
+        source=STUDY.llm.source,
         built=lambda wc, input: f"--input {input.built}" if input.built else "",
     retries: 2
     log:
@@ -109,7 +109,7 @@ rule fetch_llm:
     conda:
         "../envs/vlmswap.yaml"
     message:
-        "fetch the LLM ({config[llm][id]})"
+        f"fetch the LLM ({STUDY.llm.id})"
     shell:
         "vlmswap fetch-llm {params.built} --out {output} 2>&1 | tee {log}"
 
@@ -123,15 +123,15 @@ if not IS_MINI:
         output:
             instruct_paths()[0],
         params:
-            source=config["instruct"]["source"],
-            files=config["instruct"].get("files", []),
+            source=STUDY.instruct.source,
+            files=list(STUDY.instruct.files),
         retries: 2
         log:
             f"{LOGS}/fetch_instruct.log",
         conda:
             "../envs/vlmswap.yaml"
         message:
-            "fetch the instruction set ({config[instruct][id]}); its image folders are placed beside it"
+            f"fetch the instruction set ({STUDY.instruct.id}); its image folders are placed beside it"
         shell:
             "vlmswap fetch-instruct --out {output} 2>&1 | tee {log}"
 
@@ -164,7 +164,7 @@ if not IS_MINI:
         output:
             f"{RES}/data/{{benchmark}}.fetched.json",
         params:
-            files=lambda wc: config["benchmarks"][wc.benchmark].get("files", []),
+            files=lambda wc: list(STUDY.benchmark_inputs[wc.benchmark].files),
             dest=lambda wc: benchmark_root(wc.benchmark),
         retries: 2
         log:

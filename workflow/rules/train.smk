@@ -1,6 +1,7 @@
-# One training job per cell. Declared outputs are the final model only; resume checkpoints live
-# in {OUT}/checkpoints/{cell}/, which Snakemake does not own, so a retried or requeued job
-# continues from its last checkpoint (Snakemake deletes declared outputs before every attempt).
+# One training job per cell. Declared outputs are the final model only; the resume state lives
+# in {OUT}/resume/{cell}/, which Snakemake does not own, so a retried or requeued job continues
+# from its last saved step (Snakemake deletes declared outputs before every attempt).
+# (`checkpoints` below are the backbone's fetched weights, never resume state.)
 
 
 rule train:
@@ -14,14 +15,14 @@ rule train:
         losses=f"{OUT}/models/{{cell}}/loss.jsonl",
     params:
         spec=cell_spec,  # config -> model: a change reruns exactly the cells it touches
-        ckpt_dir=lambda wc: f"{OUT}/checkpoints/{wc.cell}",
+        state_dir=lambda wc: f"{OUT}/resume/{wc.cell}",
         out=lambda wc: model_dir(wc.cell),
         json=instruct_paths()[0],
         image_root=instruct_paths()[1],
     # torch threads per rank: the CPUs SLURM gives each GPU (or the laptop's cores in the mini study)
-    threads: int(config.get("train_resources", {}).get("cpus_per_gpu", 2))
+    threads: STUDY.train_resources.cpus_per_gpu or 2
     resources:
-        **train_resources(config.get("train_resources", {})),
+        **train_resources(STUDY.train_resources),
     log:
         f"{LOGS}/train/{{cell}}.log",
     conda:
@@ -32,4 +33,4 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} vlmswap train --nodes {resources.nodes} --gpus {resources.train_gpus} --cell '{wildcards.cell}' "
         "--checkpoint {input.checkpoints} --llm {input.llm} --instruct-json {params.json} "
-        "--image-root {params.image_root} --out {params.out} --ckpt-dir {params.ckpt_dir} 2>&1 | tee {log}"
+        "--image-root {params.image_root} --out {params.out} --state-dir {params.state_dir} 2>&1 | tee {log}"

@@ -117,7 +117,7 @@ def cell_frame(study: Study, results_dir: Path) -> pd.DataFrame:
         acc = in1k_accuracy(study, cell)
         records.append({
             "cell_id": cell.id, "backbone": cell.backbone, "family": backbone.family, "objective": cell.objective,
-            "kind": study.raw["objectives"][cell.objective]["kind"], "display": backbone.display,
+            "kind": study.objectives[cell.objective].kind, "display": backbone.display,
             "params": encoder_millions(backbone.params), "in1k_acc": np.nan if acc is None else acc,
             "geometry": str(cell.geometry), "connector": cell.connector,
         })

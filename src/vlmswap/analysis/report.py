@@ -30,7 +30,7 @@ def row_for(study: Study, cell: Cell, results_dir: Path, in1k_column: bool = Fal
     summary = results_dir / "models" / cell.id / "train.json"
     tokens = json.loads(summary.read_text()).get("visual_tokens", "") if summary.exists() else ""
     labels = {
-        "Pretrained": study.raw["objectives"][cell.objective]["display"],
+        "Pretrained": study.objectives[cell.objective].display,
         "Visual Encoder": backbone.display + ("(f)" if cell.connector == "mlp3" else ""),
         "Encoder Size": backbone.params,
     }
@@ -150,7 +150,7 @@ def cell_provenance(study: Study, cell: Cell, results_dir: Path, resources_dir: 
     parts += ["", "## Config entry", "", _json_block({
         "cell": {"backbone": cell.backbone, "objective": cell.objective, "geometry": str(cell.geometry),
                  "tap": cell.tap, "connector": cell.connector, **({"recipe": dict(cell.recipe)} if cell.recipe else {})},
-        "recipe": (summary or {}).get("recipe", study.recipe(cell)),
+        "recipe": (summary or {}).get("recipe", study.recipe(cell).as_dict()),
         "backbone": {"family": backbone.family, "arch": backbone.arch, "display": backbone.display,
                      "params": backbone.params},
     })]
@@ -173,9 +173,9 @@ def cell_provenance(study: Study, cell: Cell, results_dir: Path, resources_dir: 
     llm_record = resources_dir / "llm.source.json"
     llm_origin = json.loads(llm_record.read_text()).get("origin", "") if llm_record.is_file() else "not recorded"
     parts += ["", "## LLM and instruction set", "",
-              f"- LLM `{study.raw['llm']['id']}` from {json.dumps(study.raw['llm']['source'])} (origin {llm_origin}); "
+              f"- LLM `{study.llm.id}` from {json.dumps(study.llm.source)} (origin {llm_origin}); "
               f"snapshot sha256 `{inputs.get('llm_sha256', 'not trained yet')}`",
-              f"- instruction set `{study.raw['instruct']['id']}`; sha256 `{inputs.get('instruct_sha256', 'not trained yet')}`"]
+              f"- instruction set `{study.instruct.id}`; sha256 `{inputs.get('instruct_sha256', 'not trained yet')}`"]
 
     parts += ["", "## Code", "", f"- code version (digest of the package sources): `{record.get('code', 'not trained yet')}`",
               f"- git commit at training: `{(summary or {}).get('git', 'not trained yet')}`"]

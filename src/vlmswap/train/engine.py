@@ -11,23 +11,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
 from typing import Any, Mapping
 
 import torch
 
-
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank). A plain `python` launch becomes a world of one: DeepSpeed
-    would otherwise try MPI discovery when RANK/WORLD_SIZE/... are missing."""
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
-    os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+from vlmswap.train.launch import distributed_env  # noqa: F401  (the process-group env, shared with evaluate)
 
 
 def on_gpu() -> bool:

@@ -1,4 +1,5 @@
-"""How a training job starts: the launcher prefix and the SLURM resources of the train rule.
+"""How a training or evaluation job starts: the launcher prefix, the SLURM resources of the train
+rule, and the rank / world / device each process reads from the environment torchrun gives it.
 
 - no GPU (the mini study, CI): one process; DeepSpeed runs on its CPU accelerator with gloo;
 - one node x N GPUs: `torchrun --standalone --nproc-per-node N`;
@@ -10,26 +11,28 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import socket
 import sys
 from typing import Any, Mapping
+
+from vlmswap.sections import JobResources
 
 RDZV_PORT = 29500
 
 
-def train_resources(spec: Mapping[str, Any]) -> dict[str, Any]:
+def train_resources(spec: JobResources) -> dict[str, Any]:
     """Snakemake resources for the train rule, mapped by the SLURM plugin to sbatch flags."""
-    nodes = int(spec.get("nodes", 1))
-    gpus = int(spec.get("gpus_per_node", 0))
-    cpus = int(spec.get("cpus_per_gpu", 8)) * max(gpus, 1)
+    nodes, gpus = spec.nodes, spec.gpus_per_node
     resources: dict[str, Any] = {
-        "runtime": int(spec.get("runtime_min", 60)),
-        "mem_mb": int(spec.get("mem_mb_per_gpu", 8000)) * max(gpus, 1),
-        "cpus_per_task": cpus,
+        "runtime": spec.runtime_min or 60,
+        "mem_mb": (spec.mem_mb_per_gpu or 8000) * max(gpus, 1),
+        "cpus_per_task": (spec.cpus_per_gpu or 8) * max(gpus, 1),
         "nodes": nodes,
     }
-    if spec.get("partition"):
-        resources["slurm_partition"] = spec["partition"]
+    if spec.partition:
+        resources["slurm_partition"] = spec.partition
     if nodes > 1:
         # one task per node; per-node GPUs through gres (--gpus would be a per-job total that
         # SLURM may split unevenly); tasks_per_gpu=0 stops the plugin adding --ntasks-per-gpu
@@ -67,8 +70,6 @@ def job_environment(config_file: str) -> None:
     Snakemake first on PATH (a rule's conda env, under `--sdm conda`, goes before it), and the
     study config in VLMSWAP_CONFIG (the CLI's default for `--config`). Set in the Snakefile's
     process, so it holds for local jobs and for every SLURM jobstep (which parses the Snakefile)."""
-    import os
-
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     os.environ["VLMSWAP_CONFIG"] = os.path.abspath(config_file)
 
@@ -79,8 +80,6 @@ def relaunch_command(argv: list[str], nodes: int, gpus_per_node: int, python: st
     under torchrun). The rules call `vlmswap train|evaluate --nodes N --gpus G ...` and the command
     re-executes itself under this launcher, so no interpreter path or GPU count is part of a rule's
     shell text or params (moving the venv or changing the GPU count reruns nothing)."""
-    import os
-
     if "RANK" in os.environ or nodes * gpus_per_node <= 1:
         return None
     prefix = launcher({"nodes": nodes, "gpus_per_node": gpus_per_node}, python)
@@ -89,9 +88,40 @@ def relaunch_command(argv: list[str], nodes: int, gpus_per_node: int, python: st
 
 def relaunch_if_distributed(argv: list[str], nodes: int, gpus_per_node: int) -> None:
     """Replace this process by the distributed launch of the same command, when one is needed."""
-    import os
-
     command = relaunch_command(argv, nodes, gpus_per_node)
     if command is not None:
         sys.stdout.flush()
         os.execvp("bash", ["bash", "-c", command])
+
+
+# -------------------------------------------------------------------------- inside each process
+
+
+def ranks_from_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) as torchrun sets them; a plain launch is rank 0 of a world of one."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """Training: (rank, world_size, local_rank). A plain `python` launch becomes a world of one:
+    DeepSpeed would otherwise try MPI discovery when RANK/WORLD_SIZE/... are missing."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+    os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    return ranks_from_env()
+
+
+def evaluation_env() -> tuple[int, int, str, Any]:
+    """Evaluation: (rank, world_size, device, dtype). Under torchrun each process evaluates a shard
+    and joins the process group here (NCCL on GPUs, gloo otherwise); one process needs no group."""
+    import torch
+
+    rank, world, local_rank = ranks_from_env()
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return rank, world, device, torch.bfloat16 if device.startswith("cuda") else torch.float32

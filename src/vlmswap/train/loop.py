@@ -1,9 +1,11 @@
 """Train one cell: frozen backbone -> connector + LLM, one stage, DeepSpeed ZeRO-3, resumable.
 
 Read top to bottom: set up the process group, materialize the models, fix the batch order,
-build the engine, resume if a checkpoint exists, loop, save. Intermediate checkpoints go to a
-folder that Snakemake does not own (it deletes declared outputs before a retry), so a killed or
-requeued job continues from its last checkpoint with the same batch order.
+build the engine, resume if resume state exists, loop, save. The resume state (DeepSpeed's
+engine, optimizer and step, saved every `recipe.checkpoint_every` steps) goes to a folder that
+Snakemake does not own (it deletes declared outputs before a retry), so a killed or requeued job
+continues from its last saved step with the same batch order. "Checkpoint" in this project means
+a backbone's fetched weights only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
@@ -23,26 +25,27 @@ from vlmswap.atomic import atomic_path, write_json, write_text
 from vlmswap.data.instruct import InstructDataset, collate, micro_batches, split_modality_batches
 from vlmswap.language import load_llm, load_tokenizer
 from vlmswap.provenance import differences, file_sha256, model_record, move_aside
+from vlmswap.sections import Recipe
 from vlmswap.study import Cell, Study
-from vlmswap.train.engine import (deepspeed_config, distributed_env, effective_weight_decay, init_deepspeed, on_gpu,
-                                  parameter_groups)
+from vlmswap.train.engine import deepspeed_config, effective_weight_decay, init_deepspeed, on_gpu, parameter_groups
+from vlmswap.train.launch import distributed_env
 from vlmswap.train.schedule import accumulation_steps, schedule_for
 from vlmswap.train.trackers import Trackers, open_trackers
 from vlmswap.vlm import VLMHead, materialize_backbone
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
+    """The loss became NaN or inf; the last good resume state is kept."""
 
 
 @dataclass
 class TrainPaths:
-    checkpoint_files: list[Path]  # the fetched backbone checkpoint(s); several for a fused backbone
+    weight_files: list[Path]  # the fetched backbone checkpoint(s) (weights); several for a fused backbone
     llm_dir: Path           # the fetched LLM folder
     instruct_json: Path
     image_root: Path
     out_dir: Path           # declared outputs: model.safetensors, train.json, loss.jsonl
-    ckpt_dir: Path          # undeclared: resume checkpoints
+    state_dir: Path         # undeclared: the resume state
 
 
 def git_hash() -> str:
@@ -65,14 +68,14 @@ def batch_plan(dataset: InstructDataset, global_batch: int, seed: int, steps: in
     return plan[:steps]
 
 
-def llm_load_options(recipe: Mapping[str, Any], world: int) -> dict[str, Any]:
+def llm_load_options(recipe: Recipe, world: int) -> dict[str, Any]:
     """How train_cell loads the LLM: on a GPU in the recipe's dtype and partitioned under ZeRO-3 (the
     engine's own config, so zero.Init partitions as the engine will), else float32, whole."""
     if not on_gpu():
         return {}
-    gb, pdb = int(recipe["global_batch"]), int(recipe["per_device_batch"])
-    dtype = torch.bfloat16 if recipe.get("precision", "bf16") == "bf16" else torch.float32
-    return {"dtype": dtype, "zero3_config": deepspeed_config(recipe, world, accumulation_steps(gb, pdb, world))}
+    dtype = torch.bfloat16 if recipe.precision == "bf16" else torch.float32
+    accumulation = accumulation_steps(recipe.global_batch, recipe.per_device_batch, world)
+    return {"dtype": dtype, "zero3_config": deepspeed_config(recipe.as_dict(), world, accumulation)}
 
 
 def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print) -> dict:
@@ -83,12 +86,12 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     say = log if rank == 0 else (lambda _msg: None)
     recipe = study.recipe(cell)
     # what this run is: config, input files and code; resume state of any other run is set aside
-    provenance = model_record(study, cell, paths.checkpoint_files, paths.llm_dir, paths.instruct_json)
+    provenance = model_record(study, cell, paths.weight_files, paths.llm_dir, paths.instruct_json)
     device = torch.device("cuda", local_rank) if on_gpu() else torch.device("cpu")
-    torch.manual_seed(int(recipe["seed"]))
+    torch.manual_seed(recipe.seed)
 
     # models: the frozen tower stays outside the engine; connector + LLM are what ZeRO-3 shards
-    vision = materialize_backbone(study, cell, paths.checkpoint_files).to(device)
+    vision = materialize_backbone(study, cell, paths.weight_files).to(device)
     if on_gpu():
         vision = vision.to(torch.bfloat16)
     tokenizer = load_tokenizer(paths.llm_dir)
@@ -96,35 +99,34 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     # the CPU path (mini study, tests) keeps the full float32 load
     llm = load_llm(paths.llm_dir, tokenizer, **llm_load_options(recipe, world))
     llm.config.use_cache = False
-    if recipe.get("grad_checkpointing", True):
+    if recipe.grad_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     head = VLMHead(cell.connector, vision.embed_dim, llm)
     n_visual = vision.num_tokens(cell.geometry.width, cell.geometry.height)
 
     dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.transform,
-                              int(recipe["max_length"]), n_visual)
-    gb, pdb = int(recipe["global_batch"]), int(recipe["per_device_batch"])
-    schedule = schedule_for(len(dataset), gb, float(recipe["epochs"]), float(recipe["warmup_ratio"]),
-                            recipe.get("max_steps"))
+                              recipe.max_length, n_visual)
+    gb, pdb = recipe.global_batch, recipe.per_device_batch
+    schedule = schedule_for(len(dataset), gb, recipe.epochs, recipe.warmup_ratio, recipe.max_steps)
     accumulation = accumulation_steps(gb, pdb, world)
-    plan = batch_plan(dataset, gb, int(recipe["seed"]), schedule.steps, world)
+    plan = batch_plan(dataset, gb, recipe.seed, schedule.steps, world)
     say(f"cell {cell.id}: {len(dataset)} examples, {schedule.steps} steps ({schedule.warmup} warmup), "
         f"global batch {gb} = {pdb} per device x {accumulation} accumulation x {world} ranks, {n_visual} visual tokens")
 
     engine, _, _, _ = deepspeed.initialize(
         model=head,
-        model_parameters=parameter_groups(head, effective_weight_decay(recipe)),
-        config=deepspeed_config(recipe, world, accumulation),
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor),
+        model_parameters=parameter_groups(head, effective_weight_decay(recipe.as_dict())),
+        config=deepspeed_config(recipe.as_dict(), world, accumulation),
+        lr_scheduler=schedule.scheduler,
     )
 
     history: list[dict] = []
     start = 0
-    _set_aside_foreign_state(paths.ckpt_dir, provenance, rank, say)
-    if (paths.ckpt_dir / "latest").is_file():
-        loaded, client = engine.load_checkpoint(str(paths.ckpt_dir))
+    _set_aside_foreign_state(paths.state_dir, provenance, rank, say)
+    if (paths.state_dir / "latest").is_file():
+        loaded, client = engine.load_checkpoint(str(paths.state_dir))
         if loaded is None:
-            raise RuntimeError(f"{paths.ckpt_dir}: a resume checkpoint is named in 'latest' but could not be "
+            raise RuntimeError(f"{paths.state_dir}: resume state is named in 'latest' but could not be "
                                f"loaded; delete the folder to restart cell {cell.id} from scratch")
         start, history = int(client["step"]), list(client["history"])
         say(f"resumed from {loaded} at step {start}/{schedule.steps}")
@@ -134,8 +136,8 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     trackers = Trackers()
     if rank == 0:
         write_text(loss_log, "".join(json.dumps(h) + "\n" for h in history))
-        trackers = open_trackers(list(study.raw.get("trackers", [])), paths.ckpt_dir.parent.parent / "tracking" / cell.id,
-                                 cell.id, recipe, str(study.path))
+        trackers = open_trackers(list(study.trackers), paths.state_dir.parent.parent / "tracking" / cell.id,
+                                 cell.id, recipe.as_dict(), str(study.path))
 
     sampler = [mb for step in plan[start:] for mb in micro_batches(step, world, rank, pdb)]
     loader = torch.utils.data.DataLoader(
@@ -145,8 +147,8 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         num_workers=2 if on_gpu() else 0,
     )
     batches, batch_indices = iter(loader), iter(sampler)
-    features_of = FeatureCache(vision, device) if recipe.get("cache_features", False) else None
-    every = int(recipe.get("checkpoint_every", 500))
+    features_of = FeatureCache(vision, device) if recipe.cache_features else None
+    every = recipe.checkpoint_every
     t0, tokens = time.time(), 0
     for step in range(start, schedule.steps):
         t_step, losses = time.time(), []
@@ -173,9 +175,9 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
             torch.distributed.all_reduce(bad)
             if bad.item():
-                last = (paths.ckpt_dir / "latest").read_text().strip() if (paths.ckpt_dir / "latest").exists() else None
+                last = (paths.state_dir / "latest").read_text().strip() if (paths.state_dir / "latest").exists() else None
                 raise TrainingDiverged(f"cell {cell.id}: loss is {loss.item()} at step {step}; stopped. "
-                                       f"Last good checkpoint: {paths.ckpt_dir / last if last else 'none'}")
+                                       f"Last good resume state: {paths.state_dir / last if last else 'none'}")
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
@@ -194,7 +196,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                 f"({record['seconds']:.2f}s/step, {tokens / max(elapsed, 1e-9):.0f} tokens/s, "
                 f"ETA {_duration(eta)})")
         if (step + 1) % every == 0 and step + 1 < schedule.steps:
-            _save_checkpoint(engine, paths.ckpt_dir, step + 1, history, provenance)
+            _save_state(engine, paths.state_dir, step + 1, history, provenance)
     wall = time.time() - t0
 
     state = engine._zero3_consolidated_16bit_state_dict()
@@ -207,7 +209,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         write_text(paths.out_dir / "loss.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         losses = [h["loss"] for h in history]
         summary = {
-            "cell": cell.id, "study": study.name, "recipe": recipe, "git": git_hash(),
+            "cell": cell.id, "study": study.name, "recipe": recipe.as_dict(), "git": git_hash(),
             "provenance": provenance, "model_sha256": file_sha256(paths.out_dir / "model.safetensors"),
             "world_size": world, "device": str(device), "steps": schedule.steps, "warmup_steps": schedule.warmup,
             "resumed_from_step": start, "examples": len(dataset), "visual_tokens": n_visual,
@@ -220,7 +222,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             summary["feature_cache"] = {"computed": features_of.misses, "reused": features_of.hits}
         write_json(paths.out_dir / "train.json", summary)
         say(f"saved {paths.out_dir / 'model.safetensors'} (final loss {summary['loss_final']:.4f}, {wall:.0f}s)")
-        shutil.rmtree(paths.ckpt_dir, ignore_errors=True)  # the final model supersedes resume state
+        shutil.rmtree(paths.state_dir, ignore_errors=True)  # the final model supersedes resume state
         trackers.close()
         return summary
     return {}
@@ -255,27 +257,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _set_aside_foreign_state(ckpt_dir: Path, provenance: dict, rank: int, say: Callable[[str], None]) -> None:
+def _set_aside_foreign_state(state_dir: Path, provenance: dict, rank: int, say: Callable[[str], None]) -> None:
     """Resume only a run of exactly this cell, config, inputs and code: anything else in the resume
     folder (another recipe, a new backbone file, a torn first save) is moved aside, never deleted."""
-    if ckpt_dir.exists():
-        record_file = ckpt_dir / "provenance.json"
+    if state_dir.exists():
+        record_file = state_dir / "provenance.json"
         recorded = json.loads(record_file.read_text()) if record_file.is_file() else None
         why = differences(recorded, provenance)
         if why and rank == 0:
-            move_aside(ckpt_dir, why, say)
+            move_aside(state_dir, why, say)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # no rank looks at the folder before rank 0 has decided
 
 
-def _save_checkpoint(engine, ckpt_dir: Path, step: int, history: list[dict], provenance: dict) -> None:
+def _save_state(engine, state_dir: Path, step: int, history: list[dict], provenance: dict) -> None:
     """Save resume state, then drop older tags (DeepSpeed writes `latest` after the tag)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if engine.global_rank == 0 and not (ckpt_dir / "provenance.json").is_file():
-        write_json(ckpt_dir / "provenance.json", provenance)  # before any tag: no state without its record
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if engine.global_rank == 0 and not (state_dir / "provenance.json").is_file():
+        write_json(state_dir / "provenance.json", provenance)  # before any tag: no state without its record
     tag = f"step-{step:07d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "history": history})
+    engine.save_checkpoint(str(state_dir), tag=tag, client_state={"step": step, "history": history})
     if engine.global_rank == 0:
-        for old in ckpt_dir.glob("step-*"):
+        for old in state_dir.glob("step-*"):
             if old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)

@@ -1,10 +1,10 @@
-"""Step counts and the learning-rate schedule (Prismatic: HF `get_cosine_schedule_with_warmup`).
+"""Step counts and the learning-rate schedule: Prismatic's, transformers' `get_cosine_schedule_with_warmup`.
 
 Prismatic rounds the dataset up to a multiple of the global batch, so
 `steps = ceil(N / global_batch) * epochs` and `warmup = int(steps * warmup_ratio)`; for the 665,298
 records of LLaVA-v1.5 at batch 128 that is 5,198 steps with 155 warmup steps
 (../shared/reference/prismatic_spec.md 1.2). The rate rises linearly to the peak and decays to 0
-along a half cosine.
+along a half cosine; the scheduler is transformers' own, so only the step counts are ours.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ class Schedule:
     steps: int
     warmup: int
 
-    def factor(self, step: int) -> float:
-        """Multiplier of the peak rate for optimizer step `step` (0-based), as LambdaLR wants."""
-        if step < self.warmup:
-            return step / max(1, self.warmup)
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    def scheduler(self, optimizer):
+        """The LambdaLR that Prismatic builds: linear warmup to the peak, half cosine to 0."""
+        from transformers import get_cosine_schedule_with_warmup
+
+        return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=self.warmup, num_training_steps=self.steps)
 
 
 def schedule_for(n_examples: int, global_batch: int, epochs: float, warmup_ratio: float,

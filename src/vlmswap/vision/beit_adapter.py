@@ -4,13 +4,13 @@ Written from czczup/ViT-Adapter @ fd64a5190f9f4530e8e5961cc87b2a3ad591190b, read
 - segmentation/mmseg_custom/models/backbones/beit_adapter.py (BEiTAdapter),
 - segmentation/mmseg_custom/models/backbones/base/beit.py (BEiT, Block, Attention, PatchEmbed),
 - segmentation/mmseg_custom/models/backbones/adapter_modules.py (InteractionBlockWithCls and the
-  modules shared with ViT-Adapter, implemented in vlmswap.vision.vit_adapter and imported here),
+  modules shared with ViT-Adapter, implemented in vlmswap.vision.adapter and imported here),
 - segmentation/configs/ade20k/upernet_beit_adapter_large_640_160k_ade20k_ss.py,
   mask2former_beit_adapter_large_640_160k_ade20k_ss.py, mask2former_beit_adapter_large_896_80k_ade20k_ss.py,
   mask2former_beitv2_adapter_large_896_80k_ade20k_ss.py (identical backbone dicts apart from img_size),
 - reference/backbones.md section 5.2.
 
-Network (state_dict keys under `backbone.`; the adapter parts are those of vit_adapter.py):
+Network (state_dict keys under `backbone.`; the adapter parts are those of adapter.py):
 - `patch_embed.proj` (Conv2d, kernel = stride = 16), `cls_token` (1, 1, C). No absolute position
   embedding (use_abs_pos_emb=False in every config: BEiT has no `pos_embed` key), no shared
   relative position bias, no final norm.
@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from vlmswap.image import Geometry
 from vlmswap.vision.base import init_linear_and_norms, resolve_arch
-from vlmswap.vision.vit_adapter import IMAGENET_MEAN, IMAGENET_STD, PATCH, TAPS, AdapterBackbone, AdapterNet
+from vlmswap.vision.adapter import IMAGENET_MEAN, IMAGENET_STD, PATCH, TAPS, AdapterBackbone, AdapterNet
 
 __all__ = ["ARCHS", "TAPS", "BEiTAdapter", "BEiTAdapterNet", "BEiTBlock", "build", "crop_size",
            "relative_position_bias", "relative_position_index"]

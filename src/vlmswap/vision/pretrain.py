@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from vlmswap.atomic import atomic_path
 from vlmswap.image import Geometry
 
-__all__ = ["KINDS", "DenseHead", "PretrainSet", "pretrain_backbone", "pretrain_classifier"]
+__all__ = ["KINDS", "DenseHead", "PretrainSet", "mini_pretrain_set", "pretrain_backbone", "pretrain_classifier",
+           "pretrain_mini", "pretrain_tap"]
 
 KINDS = ("classification", "detection", "segmentation")
 
@@ -246,3 +247,86 @@ def pretrain_classifier(family: str, arch: Any, images: Tensor, labels: Tensor, 
     summary = pretrain_backbone(family, arch, tap, "classification", PretrainSet(images, labels.long()),
                                 num_classes, out_path, **kwargs)
     return {**summary, "train_accuracy": summary["score"]}
+
+
+# ------------------------------------------------------------------------ the mini study's verb
+
+
+def pretrain_mini(study, backbone: str, objective: str, world: Path, out: Path,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`vlmswap pretrain-mini`: pretrain one `mini:` checkpoint of the study on the world's shape
+    images for its objective, at the tap the study's cells read, and save it at `out`."""
+    from vlmswap.sections import ConfigError
+    from vlmswap.vision.registry import build_backbone
+
+    spec = study.backbones[backbone]
+    source = spec.checkpoints[objective]
+    if "mini" not in source:
+        raise ConfigError(study.path, f"backbones.{backbone}.checkpoints.{objective}",
+                          "pretrain-mini needs a `mini:` source")
+    kind = study.objectives[objective].kind
+    if kind not in KINDS:
+        raise ConfigError(study.path, f"objectives.{objective}.kind",
+                          f"the mini world pretrains for {', '.join(KINDS)}, not {kind!r}", list(KINDS))
+    tap = pretrain_tap(study, backbone, objective, kind)
+    if study.mini is None:
+        raise ConfigError(study.path, "mini", "pretrain-mini needs a study with a mini world; use config/mini.yaml")
+    size = int(source["mini"].get("image_size", study.mini.image_size))
+    geometry = Geometry(size, size)
+    # built only for its transform (letterbox fill, normalization)
+    probe = build_backbone(spec.family, spec.arch, tap, geometry)
+    data, classes = mini_pretrain_set(world / "classify", geometry, probe.pixels, kind)
+    log(f"pretrain {backbone}@{objective} ({kind}, tap {tap}): {len(data)} images at {size}px, "
+        f"{len(classes)} classes")
+    epochs = int(source["mini"].get("epochs", study.mini.pretrain_epochs))
+    return pretrain_backbone(spec.family, spec.arch, tap, kind, data, len(classes), out,
+                             epochs=epochs, seed=study.seed, log=log)
+
+
+def pretrain_tap(study, backbone: str, objective: str, kind: str = "classification") -> str:
+    """The tap the study's cells read from this checkpoint (dense heads train the backbone there).
+    A classification network trains the whole model whatever the tap, so its checkpoint serves
+    cells at several taps (the Appendix B stage ablation reads one checkpoint at stages 2, 3, 4)."""
+    from vlmswap.sections import ConfigError
+    from vlmswap.vision.registry import FAMILIES
+
+    taps = sorted({c.tap for c in study.cells if c.backbone == backbone and c.objective == objective})
+    default = FAMILIES[study.backbones[backbone].family].taps[0]
+    if kind == "classification" and len(taps) > 1:
+        return default
+    if len(taps) > 1:
+        raise ConfigError(study.path, f"backbones.{backbone}.checkpoints.{objective}",
+                          f"cells read this mini checkpoint at several taps {taps}; pretrain one backbone per tap")
+    return taps[0] if taps else default
+
+
+def mini_pretrain_set(folder: Path, geometry: Geometry, pixels_of, kind: str) -> tuple[PretrainSet, list]:
+    """The world's classification images with their image labels, boxes and masks, in the frame of
+    the letterboxed `geometry` input (the images are square; a square geometry only rescales)."""
+    import json
+
+    from PIL import Image
+
+    from vlmswap.data.mini_world import class_mask
+
+    classes = json.loads((folder / "classes.json").read_text())
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines() if line.strip()]
+    if not geometry.square:
+        raise ValueError(f"{folder}: mini pretraining runs at a square size, got {geometry}")
+    images, boxes, masks = [], [], []
+    for row in rows:
+        with Image.open(folder / row["image"]) as im:
+            images.append(pixels_of(im, geometry))
+        if kind != "classification" and "objects" not in row:
+            raise ValueError(f"{folder / 'train.jsonl'}: record {row['image']} has no `objects` (boxes and "
+                             "polygons); regenerate the mini world with this version (snakemake reruns it)")
+        scale = geometry.width / row.get("size", geometry.width)
+        objects = row.get("objects", [])
+        boxes.append([(o["label"], *(v * scale for v in o["bbox"])) for o in objects])
+        if kind == "segmentation":  # the renderer's own pixels, at the world's size, then to the geometry
+            mask = class_mask(objects, row.get("size", geometry.width))
+            mask = mask.resize((geometry.width, geometry.height), Image.NEAREST)
+            masks.append(torch.as_tensor(list(mask.getdata()), dtype=torch.long).view(geometry.height, geometry.width))
+    data = PretrainSet(torch.stack(images), torch.tensor([r["label"] for r in rows]), boxes,
+                       torch.stack(masks) if masks else None)
+    return data, classes

@@ -5,9 +5,6 @@ into a `VisionBackbone` (weights are loaded afterwards with `load_official`). Ea
 at the module that implements it, imported only when a backbone is built, so that reading a study
 config (which Snakemake does on every dry run) does not import timm or torch.
 
-Families the paper study names whose module does not exist yet have `module=None`: a config may
-use them (the paper grid dry-runs), and building one says plainly that it is not implemented.
-
 Most families offer a fixed list of taps. The generic families (`timm`, `hf`) wrap any model of a
 library, so their taps index the model's own layers: `tap_pattern` says which ids are well formed
 (checked when a config is read, without importing the library), and the module's `check` says,
@@ -34,14 +31,10 @@ __all__ = ["FAMILIES", "Family", "build_backbone"]
 @dataclass(frozen=True)
 class Family:
     name: str
-    module: str | None      # the module with `build(arch, tap, geometry)`; None: not implemented yet
+    module: str             # the module with `build(arch, tap, geometry)`
     taps: tuple[str, ...]   # the feature taps a cell may ask for (generic families: the default one)
     tap_pattern: str | None = None  # generic families: every tap id matching this regex is accepted
     tap_form: str = ""      # what `tap_pattern` accepts, in words (for error messages)
-
-    @property
-    def implemented(self) -> bool:
-        return self.module is not None
 
     def accepts(self, tap: str) -> bool:
         """Whether `tap` is a well-formed tap id of this family (not yet whether the model has it)."""
@@ -56,28 +49,21 @@ class Family:
         """The visual-token count of `arch` at `tap` and `geometry` from a meta-device run, for the
         generic families (their module's `check`); None for the others. Raises ValueError naming the
         model, its layers and each one's token count."""
-        module = importlib.import_module(self.module) if self.module and self.tap_pattern else None
+        module = importlib.import_module(self.module) if self.tap_pattern else None
         if module is None or not hasattr(module, "check"):
             return None  # fixed taps: the list is the check
         return module.check(arch, tap, geometry)
 
     def build(self, arch: str | Mapping[str, Any], tap: str, geometry: Geometry) -> "VisionBackbone":
-        if self.module is None:
-            raise NotImplementedError(
-                f"backbone family {self.name!r} is part of the paper study but has no implementation yet "
-                f"(implemented: {', '.join(n for n, f in FAMILIES.items() if f.implemented)}); "
-                "see the README section 'Adding a backbone'"
-            )
         return importlib.import_module(self.module).build(arch, tap, geometry)
 
     def classifier(self, arch: str | Mapping[str, Any], geometry: Geometry, num_classes: int) -> tuple[Any, Any]:
         """The family's own classification network (official layout, head included) and its
         pixels -> logits function, from the module's `classifier`; an error for families whose
         official checkpoints are detectors or segmentors only."""
-        module = importlib.import_module(self.module) if self.module else None
-        if module is None or not hasattr(module, "classifier"):
-            with_one = ", ".join(n for n, f in FAMILIES.items()
-                                 if f.module and hasattr(importlib.import_module(f.module), "classifier"))
+        module = importlib.import_module(self.module)
+        if not hasattr(module, "classifier"):
+            with_one = ", ".join(n for n, f in FAMILIES.items() if hasattr(importlib.import_module(f.module), "classifier"))
             raise ValueError(f"family {self.name!r} has no classification network: its official checkpoints are "
                              f"detection/segmentation models, so pretrain it for detection or segmentation "
                              f"(classification: {with_one})")

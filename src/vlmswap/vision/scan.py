@@ -14,8 +14,8 @@ groups (or (batch, N, L): one group); D, delta_bias (KD,). They return y (batch,
 - `selective_scan_chunked`: pure PyTorch, float32, any device, with autograd: a chunked scan (a loop
   over the positions of one chunk run for all chunks at once, then over the chunks), about sqrt(L)
   chunks; equal to the reference to float32 rounding, 7-9x faster at VMamba-T stage 1 on a 2-core CPU.
-- `selective_scan_compiled`: C++ (scan_cpu.cpp, built on first use by torch's extension loader and
-  cached), CPU, with a hand-written backward; each input read once, the 16 channels of a block as SIMD
+- `selective_scan_compiled` (in scan_native.py, with mamba_ssm's fused kernel): C++ (scan_cpu.cpp,
+  built on first use by torch's extension loader and cached), CPU, with a hand-written backward; each input read once, the 16 channels of a block as SIMD
   lanes. 20-40x the reference (benchmarks/scan.py).
 - `selective_scan`: what the models call. The environment variable VLMSWAP_SCAN
   (auto | reference | chunked | compiled | fused, default auto) picks one; auto takes mamba_ssm's
@@ -25,16 +25,17 @@ groups (or (batch, N, L): one group); D, delta_bias (KD,). They return y (batch,
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import os
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# the native backends (C++ CPU scan, mamba_ssm's CUDA kernel); compiled_available, fused_available and
+# selective_scan_compiled stay importable from here
+from vlmswap.vision.scan_native import (call_fused, compiled_available, float32_region, fused_available, fused_io_dtype,
+                                        fused_kernel, selective_scan_compiled)
 
 __all__ = ["SCAN_ENV", "SCAN_MODES", "compiled_available", "cross_merge", "cross_scan", "fused_available",
            "selective_scan", "selective_scan_chunked", "selective_scan_compiled", "selective_scan_reference"]
@@ -185,13 +186,6 @@ def _channel_major(x: Tensor) -> Tensor:
     return x.permute(1, 2, 0).contiguous()
 
 
-def _float32_region(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast switched off where autocast exists (not on the meta device, used for shape checks)."""
-    if device.type in ("cpu", "cuda", "xpu"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 class _ChunkedScan(torch.autograd.Function):
     """The whole scan after B/C are made time-major, float32, with a hand-written backward.
 
@@ -207,12 +201,12 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk):
-        with _float32_region(u.device):  # float32 throughout (matmul would autocast)
+        with float32_region(u.device):  # float32 throughout (matmul would autocast)
             return _ChunkedScan._forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
 
     @staticmethod
     def backward(ctx, grad_y):
-        with _float32_region(grad_y.device):
+        with float32_region(grad_y.device):
             return _ChunkedScan._backward(ctx, grad_y.float())
 
     @staticmethod
@@ -344,152 +338,8 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     return y.to(dtype)
 
 
-_CPU_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
-
-
-def _note(message: str) -> None:
-    """One line on stderr (the job's log under Snakemake): which scan runs, said once per process."""
-    print(f"vlmswap.scan: {message}", file=sys.stderr, flush=True)
-
-
-@functools.cache
-def _compiled_ops():
-    """The C++ scan of scan_cpu.cpp as torch ops, or None where it cannot be built (no compiler, no
-    headers) or VLMSWAP_SCAN_BUILD=0. Built on first use by torch's extension loader, as DeepSpeed
-    builds its ops, into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), and loaded from
-    there afterwards. The build targets this CPU (-march=native), so the name carries the source's
-    hash and the CPU model: a cache shared between different machines never hands one the other's
-    binary, and an edited source is a new build."""
-    if os.environ.get("VLMSWAP_SCAN_BUILD", "1").strip() == "0":
-        _note("compiled CPU scan disabled (VLMSWAP_SCAN_BUILD=0); using the pure-PyTorch chunked scan")
-        return None
-    try:
-        import hashlib
-        import platform
-
-        from torch.utils import cpp_extension
-
-        cpu = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                        if line.startswith("model name")), cpu)
-        digest = hashlib.sha256(_CPU_SOURCE.read_bytes() + cpu.encode() + torch.__version__.encode()).hexdigest()
-        name = f"vlmswap_scan_cpu_{digest[:12]}"
-        with contextlib.redirect_stdout(sys.stderr):  # the loader prints its build steps
-            cpp_extension.load(name=name, sources=[str(_CPU_SOURCE)], is_python_module=False, verbose=False,
-                               extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
-                                            "-mprefer-vector-width=512"])
-        ops = torch.ops.vlmswap_scan_cpu
-        ops.forward, ops.backward  # noqa: B018 -- fails here, not at the first call, if registration failed
-    except Exception as error:  # no g++, no Python headers, a failed build: the pure path still works
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        _note(f"compiled CPU scan unavailable ({first}); using the pure-PyTorch chunked scan")
-        return None
-    _note("using the compiled CPU scan (scan_cpu.cpp)")
-    return ops
-
-
-def compiled_available() -> bool:
-    """Whether the compiled CPU scan is built (or can be built now) and loaded."""
-    return _compiled_ops() is not None
-
-
-class _CompiledScan(torch.autograd.Function):
-    """The C++ scan (scan_cpu.cpp): forward; backward recomputes the states, nothing but the inputs saved."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
-        ops = _compiled_ops()
-        y = ops.forward(u, delta, A, B, C, D, delta_bias, delta_softplus)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.delta_softplus = delta_softplus
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
-        gu, gdelta, gA, gB, gC, gD, gbias = _compiled_ops().backward(
-            u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, grad_y.float().contiguous())
-        need = ctx.needs_input_grad
-        return (gu if need[0] else None, gdelta if need[1] else None, gA.sum(0) if need[2] else None,
-                gB.sum(2) if need[3] else None, gC.sum(2) if need[4] else None,
-                gD.sum(0) if need[5] and D.numel() else None,
-                gbias.sum(0) if need[6] and delta_bias.numel() else None, None)
-
-
-def selective_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
-                            delta_bias: Tensor | None = None, delta_softplus: bool = False) -> Tensor:
-    """The scan by the compiled C++ kernel (CPU tensors; float32 inside, y in u's dtype), with autograd.
-    A RuntimeError where the kernel is not available (see `compiled_available`).
-
-    Each (batch, block of 16 channels) is one task: its inputs are transposed into time-major tiles
-    in cache, the recurrence runs over time with the 16 channels as SIMD lanes, and y is transposed
-    back, so every input is read once and y written once. The backward recomputes the block's states
-    from the inputs and runs the adjoint recurrence backwards in time (as mamba_ssm's kernel does).
-    Measured by benchmarks/scan.py against the sequential reference (README, Performance figures).
-    """
-    if _compiled_ops() is None:
-        raise RuntimeError("the compiled CPU scan is not available here (see the vlmswap.scan line on stderr)")
-    dtype = u.dtype
-    B = B.unsqueeze(1) if B.dim() == 3 else B
-    C = C.unsqueeze(1) if C.dim() == 3 else C
-    groups = B.shape[1]
-    if u.shape[1] % groups or C.shape[1] != groups:
-        raise ValueError(f"{u.shape[1]} channels cannot be split into {groups} groups of B/C")
-    empty = u.new_empty(0, dtype=torch.float32)
-
-    def f32(x: Tensor | None) -> Tensor:
-        return empty if x is None else x.float().contiguous()
-
-    with _float32_region(u.device):
-        y = _CompiledScan.apply(f32(u), f32(delta), f32(A), f32(B), f32(C), f32(D), f32(delta_bias),
-                                bool(delta_softplus))
-    return y.to(dtype)
-
-
 SCAN_ENV = "VLMSWAP_SCAN"
 SCAN_MODES = ("auto", "reference", "chunked", "compiled", "fused")
-
-
-@functools.cache
-def _fused_kernel():
-    """mamba_ssm's CUDA selective_scan_fn, or None. Never required (backbones.md section 6):
-    mamba_ssm <= 2.3.2.post1 fails to import without its CUDA extension `selective_scan_cuda`;
-    later versions import without it (the extension is opt-in) and then have selective_scan_cuda = None."""
-    try:
-        from mamba_ssm.ops import selective_scan_interface as interface
-    except Exception:  # ImportError, or the missing `selective_scan_cuda` extension
-        return None
-    if getattr(interface, "selective_scan_cuda", None) is None:
-        return None
-    return getattr(interface, "selective_scan_fn", None)
-
-
-def fused_available() -> bool:
-    """Whether mamba_ssm's fused CUDA kernel is importable here (it still needs CUDA tensors)."""
-    return _fused_kernel() is not None
-
-
-def _fused_io_dtype(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> torch.dtype:
-    return functools.reduce(torch.promote_types, (delta.dtype, B.dtype, C.dtype), u.dtype)
-
-
-def _call_fused(kernel, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                delta_bias: Tensor | None, delta_softplus: bool) -> Tensor:
-    """Call a mamba_ssm `selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-    return_last_state)` as its CUDA kernel requires: u, delta, B, C of one dtype (float32, float16 or
-    bfloat16; here the widest of the four, so nothing is rounded), B/C as (batch, G, N, L) with unit
-    stride over L, A, D and delta_bias float32, no z gate. The kernel computes in float32; y is
-    returned in u's dtype, like the other two implementations."""
-    io_dtype = _fused_io_dtype(u, delta, B, C)
-    B = B.unsqueeze(1) if B.dim() == 3 else B
-    C = C.unsqueeze(1) if C.dim() == 3 else C
-    y = kernel(u.to(io_dtype).contiguous(), delta.to(io_dtype).contiguous(), A.float().contiguous(),
-               B.to(io_dtype).contiguous(), C.to(io_dtype).contiguous(),
-               None if D is None else D.float().contiguous(), z=None,
-               delta_bias=None if delta_bias is None else delta_bias.float().contiguous(),
-               delta_softplus=bool(delta_softplus), return_last_state=False)
-    return y.to(u.dtype)
 
 
 def _scan_mode() -> str:
@@ -526,8 +376,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         return selective_scan_compiled(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if mode == "auto" and u.device.type == "cpu" and compiled_available():
         return selective_scan_compiled(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    kernel = _fused_kernel() if u.is_cuda or mode == "fused" else None
-    io_dtype = _fused_io_dtype(u, delta, B, C)
+    kernel = fused_kernel() if u.is_cuda or mode == "fused" else None
+    io_dtype = fused_io_dtype(u, delta, B, C)
     usable = kernel is not None and u.is_cuda and io_dtype in (torch.float32, torch.float16, torch.bfloat16)
     if mode == "fused" and not usable:
         reason = ("mamba_ssm's selective_scan_fn with its CUDA extension (selective_scan_cuda) is not "
@@ -535,7 +385,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                   f"the kernel needs CUDA tensors of float32/float16/bfloat16, got {io_dtype} on {u.device}")
         raise RuntimeError(f"{SCAN_ENV}=fused: {reason}; use {SCAN_ENV}=auto or chunked for the pure-PyTorch scan")
     if usable:
-        return _call_fused(kernel, u, delta, A, B, C, D, delta_bias, delta_softplus)
+        return call_fused(kernel, u, delta, A, B, C, D, delta_bias, delta_softplus)
     return selective_scan_chunked(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
