@@ -29,15 +29,15 @@ def test_a_fingerprint_covers_the_record_and_nothing_else():
 
 
 def test_the_model_spec_holds_what_determines_a_cell_and_not_how_it_runs(mini):
-    cell = mini.cell("vmamba-mini@seg@96@stage3-outnorm@mlp2")
+    cell = mini.cell("vmamba-mini@seg@64@stage3-outnorm@mlp2")
     spec = model_spec(mini, cell)
     assert spec["backbone"]["family"] == "vmamba" and spec["backbone"]["arch"]["dims"] == 32
     assert spec["backbone"]["checkpoint"] == {"seg": {"mini": {}}}
-    assert (spec["tap"], spec["geometry"], spec["connector"]) == ("stage3-outnorm", "96", "mlp2")
+    assert (spec["tap"], spec["geometry"], spec["connector"]) == ("stage3-outnorm", "64", "mlp2")
     assert spec["recipe"]["lr"] == 1e-3 and "checkpoint_every" not in spec["recipe"]
     text = json.dumps(spec)
     assert "train_resources" not in text and "python" not in text and "gpus" not in text
-    fused = model_spec(mini, mini.cell("dino-mini+vit-mini@fused@96@block-2@mlp3"))
+    fused = model_spec(mini, mini.cell("dino-mini+vit-mini@fused@64@block-2@mlp3"))
     assert set(fused["backbone"]["members"]) == {"dino-mini", "vit-mini"}
     assert eval_settings(mini) == {"batch_size": 16, "max_new_tokens": 48}
 
@@ -83,7 +83,7 @@ def _write_cell(results, cell_id, model, weights, scores):
 
 
 def test_a_table_names_a_stale_result_and_leaves_it_out_of_every_average(mini, tmp_path):
-    fresh, stale = "vmamba-mini@cls@96@stage3@mlp2", "vmamba-mini@seg@96@stage3-outnorm@mlp2"
+    fresh, stale = "vmamba-mini@cls@64@stage3@mlp2", "vmamba-mini@seg@64@stage3-outnorm@mlp2"
     _write_cell(tmp_path, fresh, _model(1e-3), "a" * 64, {"vqa-v2": 50.0, "refcoco": 10.0})
     _write_cell(tmp_path, stale, _model(1e-3), "b" * 64, {"vqa-v2": 53.85, "refcoco": 12.0})
     csv, md = tmp_path / "t.csv", tmp_path / "t.md"
@@ -103,7 +103,7 @@ def test_a_table_names_a_stale_result_and_leaves_it_out_of_every_average(mini, t
 def test_status_tells_current_stale_and_missing_results(tmp_path, capsys):
     from vlmswap.cli import main
 
-    fresh, stale = "vmamba-mini@cls@96@stage3@mlp2", "vmamba-mini@seg@96@stage3-outnorm@mlp2"
+    fresh, stale = "vmamba-mini@cls@64@stage3@mlp2", "vmamba-mini@seg@64@stage3-outnorm@mlp2"
     _write_cell(tmp_path, fresh, _model(1e-3), "a" * 64, {"vqa-v2": 50.0, "refcoco": 10.0})
     _write_cell(tmp_path, stale, _model(1e-3), "b" * 64, {"vqa-v2": 53.85})
     main(["status", "--config", str(ROOT / "config" / "mini.yaml"), "--results", str(tmp_path), "--json",
@@ -113,7 +113,7 @@ def test_status_tells_current_stale_and_missing_results(tmp_path, capsys):
     assert cells[fresh]["evaluate:vqa-v2"]["state"] == "done"
     assert cells[stale]["evaluate:vqa-v2"]["state"] == "stale" and "another config" in cells[stale]["evaluate:vqa-v2"]["why"]
     assert cells[stale]["evaluate:refcoco"]["state"] == "missing"
-    assert cells["vit-mini@cls@96@block-2@mlp2"]["train"]["state"] == "missing"
+    assert cells["vit-mini@cls@64@block-2@mlp2"]["train"]["state"] == "missing"
     evals = [s["state"] for c in cells.values() for name, s in c.items() if name.startswith("evaluate:")]
     assert (evals.count("done"), evals.count("stale"), evals.count("missing")) == (2, 1, 15)  # 9 cells (7 + 2 stage-ablation) x 2 benchmarks
     main(["status", "--config", str(ROOT / "config" / "mini.yaml"), "--results", str(tmp_path)])

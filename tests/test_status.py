@@ -17,8 +17,8 @@ from vlmswap.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "mini.yaml"
-DONE, FAILED, RUNNING = "vit-mini@cls@96@block-2@mlp2", "vmamba-mini@cls@96@stage3@mlp2", "mambavision-mini@cls@96@stage3@mlp2"
-STALE = "vitdet-mini@det@96@last-block@mlp2"
+DONE, FAILED, RUNNING = "vit-mini@cls@64@block-2@mlp2", "vmamba-mini@cls@64@stage3@mlp2", "mambavision-mini@cls@64@stage3@mlp2"
+STALE = "vitdet-mini@det@64@last-block@mlp2"
 
 
 def marker_path(workdir: Path, output: str) -> Path:
@@ -160,6 +160,6 @@ def test_a_failed_mini_pretraining_fails_the_checkpoint_stage(study_dir):
         "    log: logs/mini/pretrain_mini/vitdet-mini@det.log (check log file(s) for error details)",
         "",
     ]) + "\n")
-    checkpoint = stages(grid_status(load_study(CONFIG), study_dir))["vitdet-mini@det@96@last-block@mlp2"]["checkpoint"]
+    checkpoint = stages(grid_status(load_study(CONFIG), study_dir))["vitdet-mini@det@64@last-block@mlp2"]["checkpoint"]
     assert checkpoint.state == "failed" and "rule pretrain_mini failed" in checkpoint.why
     assert checkpoint.log_tail == ["[19:34:15] pretrain vitdet-mini@det"]

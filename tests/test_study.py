@@ -23,12 +23,12 @@ def test_mini_study_expands_to_its_cells():
     assert study.name == "mini"
     # seven grid cells, plus stages 2 and 4 of VMamba-mini from diagnostics.stage_ablation
     assert len(study.cells) == 9
-    assert study.cell_ids[0] == "vit-mini@cls@96@block-2@mlp2"
-    assert study.cell_ids[7:] == ["vmamba-mini@cls@96@stage2@mlp2", "vmamba-mini@cls@96@stage4@mlp2"]
+    assert study.cell_ids[0] == "vit-mini@cls@64@block-2@mlp2"
+    assert study.cell_ids[7:] == ["vmamba-mini@cls@64@stage2@mlp2", "vmamba-mini@cls@64@stage4@mlp2"]
     assert study.columns == ["vqa-v2", "refcoco"]
     assert [c.id for c in study.cells_of_table("mini")] == study.cell_ids[:7]
-    assert study.tables["stage-ablation"].cells == ("vmamba-mini@cls@96@stage2@mlp2", "vmamba-mini@cls@96@stage3@mlp2",
-                                                    "vmamba-mini@cls@96@stage4@mlp2")
+    assert study.tables["stage-ablation"].cells == ("vmamba-mini@cls@64@stage2@mlp2", "vmamba-mini@cls@64@stage3@mlp2",
+                                                    "vmamba-mini@cls@64@stage4@mlp2")
 
 
 def test_paper_study_has_the_99_cells_and_tables():
@@ -133,7 +133,7 @@ def test_duplicate_cells_and_bad_table_cell(mini_raw):
     raw["cells"].append(dict(raw["cells"][0]))
     assert "duplicate cell" in str(_error(raw))
     raw = copy.deepcopy(mini_raw)
-    raw["tables"]["mini"]["cells"][1] = "vit-mini@cls@96@block-2@mlp7"
+    raw["tables"]["mini"]["cells"][1] = "vit-mini@cls@64@block-2@mlp7"
     assert _error(raw).key_path == "tables.mini.cells[1]"
 
 
@@ -204,7 +204,7 @@ def test_stage_ablation_errors_name_the_key_and_the_fix(mini_raw):
     with pytest.raises(ConfigError, match="diagnostics.stage_ablation.taps: family 'vmamba' .* has no tap 'stage5'"):
         study_from_dict(raw, "mini.yaml")
     raw = copy.deepcopy(mini_raw)
-    raw["diagnostics"]["collapse"]["cells"][0] = "vit-mini@cls@96@block-2@mlp4"
+    raw["diagnostics"]["collapse"]["cells"][0] = "vit-mini@cls@64@block-2@mlp4"
     with pytest.raises(ConfigError, match=r"diagnostics.collapse.cells\[0\]: .* is not a cell of this study"):
         study_from_dict(raw, "mini.yaml")
 
@@ -214,9 +214,9 @@ def test_validate_checks_the_stage_token_counts(mini_raw):
 
     study = study_from_dict(mini_raw, "mini.yaml")
     assert [line.split(":")[1].strip() for line in check_stage_tokens(study)] == [
-        "144 visual tokens (stage ablation, as expected)", "36 visual tokens (stage ablation, as expected)",
-        "9 visual tokens (stage ablation, as expected)"]
+        "64 visual tokens (stage ablation, as expected)", "16 visual tokens (stage ablation, as expected)",
+        "4 visual tokens (stage ablation, as expected)"]
     raw = copy.deepcopy(mini_raw)
     raw["diagnostics"]["stage_ablation"]["tokens"]["stage2"] = 784
-    with pytest.raises(ConfigError, match="tokens.stage2: vmamba-mini@cls@96@stage2@mlp2 gives 144 visual tokens"):
+    with pytest.raises(ConfigError, match="tokens.stage2: vmamba-mini@cls@64@stage2@mlp2 gives 64 visual tokens"):
         check_stage_tokens(study_from_dict(raw, "mini.yaml"))

@@ -16,7 +16,7 @@ from vlmswap.study import study_from_dict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CELL = "vmamba-mini@cls@96@stage3@mlp2"
+CELL = "vmamba-mini@cls@64@stage3@mlp2"
 
 
 @pytest.fixture(scope="module")
