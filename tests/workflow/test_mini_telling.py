@@ -44,4 +44,4 @@ def test_every_cell_of_the_mini_study_beats_both_trivial_baselines(tmp_path):
     beaten = {key: score > baselines[key[1]] for key, score in scores.items()}
     assert all(beaten.values()), f"scores {scores} vs trivial baselines {baselines}"
     table = (out / "tables" / "mini.md").read_text()
-    assert "bootstrap 95% interval" in table and table.count(" [") >= 2 * len(CELLS)
+    assert "bootstrap 95% interval" in table and table.count("\u00a0[") == 2 * len(CELLS)  # one per score
