@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from vlmswap.study import study_from_dict
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,12 +41,14 @@ def main() -> None:
 
     study = yaml.safe_load((ROOT / args.config).read_text())
     study.pop("diagnostics", None)
+    by_id = dict(zip(study_from_dict(study, args.config).cell_ids, study["cells"]))  # the ids Study makes
     if args.cells:
-        study["cells"] = [c for c in study["cells"] if _cell_id(c) in args.cells]
-        missing = set(args.cells) - {_cell_id(c) for c in study["cells"]}
+        missing = set(args.cells) - set(by_id)
         if missing:
             sys.exit(f"--cells: not cells of {args.config}: {sorted(missing)}")
-    ids = [_cell_id(c) for c in study["cells"]]
+        by_id = {cell_id: cell for cell_id, cell in by_id.items() if cell_id in args.cells}
+    study["cells"] = list(by_id.values())
+    ids = list(by_id)
     study["tables"] = {"seeds": {"title": "seed spread", "columns": "all", "cells": ids}}
     work = args.keep or Path(tempfile.mkdtemp(prefix="vlmswap-seeds-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -80,10 +84,6 @@ def main() -> None:
         half = statistics.mean(halves[(cell, column)]) if halves.get((cell, column)) else float("nan")
         print(f"{cell:<44}{column:<10}{' '.join(f'{v:6.2f}' for v in values):<26}{statistics.mean(values):>7.2f}"
               f"{sd:>6.2f}{max(values) - min(values):>7.2f}{half:>9.2f}")
-
-
-def _cell_id(cell: dict) -> str:
-    return "@".join(str(cell[k]) for k in ("backbone", "objective", "geometry", "tap", "connector"))
 
 
 if __name__ == "__main__":

@@ -378,11 +378,11 @@ def _has_intervals(table: pd.DataFrame) -> bool:
     return any(f"{c}:lo" in table.columns and table[f"{c}:lo"].notna().any() for c in _score_columns(table))
 
 
-def _interval_text(table: pd.DataFrame, row: pd.Series, c: str) -> str:
-    """` [lo, hi]` (1 decimal) where the score has a bootstrap interval and is shown, else ""."""
+def _interval(table: pd.DataFrame, row: pd.Series, c: str) -> tuple[float, float] | None:
+    """The score's bootstrap interval where it has one and the score is shown, else None."""
     if f"{c}:lo" not in table.columns or pd.isna(row[f"{c}:lo"]) or pd.isna(row[c]):
-        return ""
-    return f"\u00a0[{row[f'{c}:lo']:.1f},\u00a0{row[f'{c}:hi']:.1f}]"
+        return None
+    return float(row[f"{c}:lo"]), float(row[f"{c}:hi"])
 
 
 def _cell_text(text: str) -> str:
@@ -425,8 +425,9 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, .
             text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
             if skipped:
                 text += DAGGER
-            if text not in (MISSING, STALE):
-                text += _interval_text(table, row, c)
+            interval = _interval(table, row, c) if text not in (MISSING, STALE) else None
+            if interval:
+                text += f"\u00a0[{interval[0]:.1f},\u00a0{interval[1]:.1f}]"
             # a no-break space keeps a score and its delta on one line in narrow (HTML) views
             if not math.isnan(delta):
                 text += f"\u00a0({delta:+.2f})"
@@ -480,8 +481,9 @@ def to_latex(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...]
         for c in score_columns:
             text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
             entry = _latex_text(text) + (r"$^\dagger$" if skipped else "")
-            if text not in (MISSING, STALE) and _interval_text(table, row, c):
-                entry += rf" {{\tiny [{row[f'{c}:lo']:.1f}, {row[f'{c}:hi']:.1f}]}}"
+            interval = _interval(table, row, c) if text not in (MISSING, STALE) else None
+            if interval:
+                entry += rf" {{\tiny [{interval[0]:.1f}, {interval[1]:.1f}]}}"
             if not math.isnan(delta):
                 entry += rf" {{\tiny ({delta:+.2f})}}"
             elif not math.isnan(paper):

@@ -24,10 +24,10 @@ def cmd_profile_figure(args) -> None:
     log(f"profile: {len(rows)} rows -> {args.out_csv}, {args.out_png}")
 
 
-def cmd_collapse(args) -> None:
+def _trained_cell(args):
+    """The study, the cell and its trained VLM (bf16 on a GPU, float32 on the CPU) a diagnostic reads."""
     import torch
 
-    from vlmswap.diagnostics.collapse import probe_cell
     from vlmswap.vlm import load_trained
 
     study = _study(args)
@@ -35,6 +35,13 @@ def cmd_collapse(args) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
+    return study, cell, vlm
+
+
+def cmd_collapse(args) -> None:
+    from vlmswap.diagnostics.collapse import probe_cell
+
+    study, cell, vlm = _trained_cell(args)
     probe_cell(study, cell, vlm, Path(args.index), Path(args.out), log=log)
 
 
@@ -80,16 +87,9 @@ def cmd_probe_figure(args) -> None:
 
 
 def cmd_figure2(args) -> None:
-    import torch
-
     from vlmswap.diagnostics.figure2 import figure2_cell
-    from vlmswap.vlm import load_trained
 
-    study = _study(args)
-    cell = study.cell(args.cell)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
+    study, cell, vlm = _trained_cell(args)
     figure2_cell(study, cell, vlm, Path(args.index), Path(args.eval), Path(args.out), log=log)
 
 

@@ -52,6 +52,17 @@ COCO_INFO = {"description": "vlmswap mini world (procedural shapes)", "version":
 COCO_LICENSE = {"url": "http://creativecommons.org/licenses/by/4.0/", "name": "Creative Commons Attribution 4.0"}
 
 
+def ask_distinct(ask_one: Callable, scene, wanted: str, available: list[str], asked: set, rng: np.random.Generator):
+    """A question of kind `wanted` (a random available kind when the scene does not allow it), redrawn
+    with a random available kind up to 10 times while it repeats one already asked of the scene."""
+    for _retry in range(10):
+        q = ask_one(scene, wanted if wanted in available else available[int(rng.integers(len(available)))], rng)
+        if q.question not in asked:
+            break
+        wanted = available[int(rng.integers(len(available)))]
+    return q
+
+
 def write_compact_json(path: Path, obj) -> None:
     """Compact JSON (the data files are large); key order is the construction order, deterministic."""
     write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
@@ -115,11 +126,7 @@ def write_vqav2(out: Path, seed: int, n: int, size: int, seen: set, remember: Re
         for k in range(VQA_PER_SCENE):
             wanted = VQA_FAMILIES[family_cycle % len(VQA_FAMILIES)]  # keeps the families balanced
             family_cycle += 1
-            for _retry in range(10):
-                q = ask(scene, wanted if wanted in families else families[int(rng.integers(len(families)))], rng)
-                if q.question not in asked:
-                    break
-                wanted = families[int(rng.integers(len(families)))]
+            q = ask_distinct(ask, scene, wanted, families, asked, rng)
             asked.add(q.question)
             _, question_type, answer_type = QUESTION_FAMILIES[q.family]
             question_id = scene.image_id * 1000 + k
@@ -217,11 +224,7 @@ def write_gqa(out: Path, seed: int, n: int, size: int, seen: set, remember: Reme
         for k in range(GQA_PER_SCENE):
             wanted = GQA_KINDS[cycle % len(GQA_KINDS)]  # keeps the kinds balanced
             cycle += 1
-            for _retry in range(10):
-                q = ask_gqa(scene, wanted if wanted in kinds else kinds[int(rng.integers(len(kinds)))], rng)
-                if q.question not in asked:
-                    break
-                wanted = kinds[int(rng.integers(len(kinds)))]
+            q = ask_distinct(ask_gqa, scene, wanted, kinds, asked, rng)
             if q.question in asked or len(questions) >= n:
                 continue
             asked.add(q.question)
