@@ -52,8 +52,10 @@ def worker(mode: str, folder: str, vocab: int) -> None:
     model = load_llm(folder, _Vocabulary(vocab), dtype=torch.bfloat16, **options)
     local = sum(p.numel() for p in model.parameters())
     full = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    print("RESULT " + json.dumps({"rank": rank, "mode": mode, "before_mb": before, "peak_mb": _peak_mb(),
-                                  "local_params": local, "params": full}), flush=True)
+    # one file per rank: the ranks share torchrun's stdout, where two lines can interleave mid-line
+    row = {"rank": rank, "mode": mode, "before_mb": before, "peak_mb": _peak_mb(), "local_params": local,
+           "params": full}
+    Path(folder, f"result-{mode}-{rank}.json").write_text(json.dumps(row))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
             done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    f"--nproc_per_node={args.world}", __file__, "--worker", mode, "--dir", folder,
                                    "--vocab", str(args.vocab)], capture_output=True, text=True, env=env)
-            rows = [json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines() if "RESULT " in line]
+            rows = [json.loads(f.read_text()) for f in sorted(Path(folder).glob(f"result-{mode}-*.json"))]
             if done.returncode or len(rows) != args.world:
                 sys.exit(f"{mode} load failed ({done.returncode}):\n{done.stderr[-3000:]}")
             growth = max(r["peak_mb"] - r["before_mb"] for r in rows)

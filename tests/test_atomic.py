@@ -79,3 +79,39 @@ def test_write_json_unserializable_leaves_old_file(tmp_path):
         write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"ok": True}
     assert leftovers(tmp_path) == []
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path):
+    """SIGKILL cannot be cleaned up after by the writer itself; the next write of the same file
+    removes the dead writer's temporary file, and keeps a live writer's and another file's."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "model.safetensors"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from vlmswap.atomic import atomic_path
+        open_writes = [atomic_path({str(tmp_path)!r} + "/" + name) for name in ("model.safetensors", "other.json")]
+        for ctx in open_writes:
+            ctx.__enter__().write_bytes(b"half")
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    killed = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "ready" and live.stdout.readline().strip() == "ready"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert len(leftovers(tmp_path)) == 4  # two writers, two files each
+        write_text(path, "complete")
+        assert path.read_text() == "complete"
+        left = leftovers(tmp_path)
+        assert [n for n in left if n.startswith(".model.")] == [
+            n for n in left if n.startswith(".model.") and f".{live.pid}." in n]  # only the live writer's
+        assert len([n for n in left if n.startswith(".other.")]) == 2  # another destination: untouched
+    finally:
+        live.kill()
+        live.wait()

@@ -5,6 +5,12 @@ a killed job would poison every later run. Every writer therefore writes to a te
 the destination's own directory (same filesystem, so `os.replace` is atomic) and renames it onto
 the destination only after the content is complete and flushed to disk.
 
+A writer killed outright (SIGKILL, out of memory, a node lost) cannot remove its temporary file.
+The temporary name therefore records the host and process that wrote it
+(`.x.json.tmp-node7.4242.ab12cd34.json`), and the next write of the same destination removes the
+leftovers of writers on this host whose process no longer exists. Leftovers from another host are
+kept: a process there cannot be checked from here.
+
     write_json(path, obj)                 # indent 2, sorted keys, trailing newline
     write_text(path, text) / write_bytes(path, data)
     with atomic_path(path) as tmp:        # for writers that want a path: savefig, to_csv, torch.save
@@ -15,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,7 +52,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
+        _remove_dead_writers(path)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{_HOST}.{os.getpid()}.",
+                                        suffix=path.suffix)
     except OSError as e:
         raise _naming(e, path, None) from None
     os.close(fd)
@@ -61,6 +71,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _remove_dead_writers(path: Path) -> None:
+    """Remove temporary files for `path` left by killed writers on this host (see the module doc)."""
+    prefix = f".{path.name}.tmp-{_HOST}."
+    for leftover in path.parent.glob(f"{glob_escape(prefix)}*"):
+        pid = leftover.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
 
 
 def _naming(error: OSError, path: Path, tmp: Path | None) -> OSError:
