@@ -243,3 +243,19 @@ def test_the_dry_run_shows_each_jobs_resources():
     text = out.stdout + out.stderr
     assert "(1 node(s), 4 GPU(s), 32 CPUs, 256000 MB, 1440 min)" in text
     assert "on vqa-v2, gqa, vizwiz, textvqa, pope, tallyqa (" in text and "GPU(s)" in text
+
+
+def test_planning_the_paper_grid_imports_no_ml_library():
+    """Rule params are evaluated for every job of a dry run: a settings helper that pulls in torch
+    (3 s of the paper grid's 9 s dry run, issue 16) or another ML library must not be reached."""
+    script = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('LOADED', sorted(m for m in ('torch', 'transformers', 'deepspeed', "
+        "'sklearn', 'matplotlib', 'timm') if m in sys.modules)))\n"
+        "sys.argv = ['snakemake', '-n', '-q', '--configfile', 'config/experiments.yaml']\n"
+        "runpy.run_module('snakemake', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = [line for line in done.stdout.splitlines() if line.startswith("LOADED")]
+    assert loaded == ["LOADED []"], loaded

@@ -218,13 +218,13 @@ def diagnostic_resources(name):
 
 def profile_spec(wildcards):
     """What one cell's profile depends on: the sweep settings and the cell's model spec."""
-    from vlmswap.diagnostics.profiling import profile_settings
+    from vlmswap.diagnostics.settings import profile_settings
 
     return canonical_json({"profile": profile_settings(STUDY), "model": model_spec(STUDY, STUDY.cell(wildcards.cell))})
 
 
 def collapse_spec():
-    from vlmswap.diagnostics.collapse import collapse_settings
+    from vlmswap.diagnostics.settings import collapse_settings
 
     return canonical_json(collapse_settings(STUDY)) if "collapse" in DIAGNOSTICS else ""
 
@@ -260,7 +260,7 @@ def figure2_benchmark():
 
 
 def figure2_spec():
-    from vlmswap.diagnostics.figure2 import figure2_settings
+    from vlmswap.diagnostics.settings import figure2_settings
 
     return canonical_json(figure2_settings(STUDY)) if "figure2" in DIAGNOSTICS else ""
 

@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vlmswap.diagnostics.settings import collapse_settings
 from vlmswap.image import Geometry
 from vlmswap.study import Cell, Study
 
@@ -56,12 +57,6 @@ class ProbeRow:
     n_train_tokens: int
     n_test_tokens: int
     positive_rate: float  # share of tokens inside the box
-
-
-def collapse_settings(study: Study) -> dict:
-    spec = study.raw["diagnostics"]["collapse"]
-    return {"llm_layers": [int(x) for x in spec["llm_layers"]], "benchmark": spec.get("benchmark", "refcoco"),
-            "max_images": int(spec.get("max_images", 1000))}
 
 
 def token_grid(n_tokens: int, geometry: Geometry) -> tuple[int, int]:

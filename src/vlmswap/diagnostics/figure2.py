@@ -24,14 +24,7 @@ from typing import Callable
 import torch
 
 from vlmswap.diagnostics.collapse import letterboxed_box, token_grid
-
-
-def figure2_settings(study) -> dict:
-    spec = study.raw["diagnostics"]["figure2"]
-    examples = spec["examples"]
-    examples = int(examples) if isinstance(examples, int) else [str(x) for x in examples]
-    return {"cells": list(spec["cells"]), "examples": examples, "layer": int(spec["layer"]),
-            "benchmark": spec.get("benchmark", "refcoco")}
+from vlmswap.diagnostics.settings import figure2_settings
 
 
 def expression_span(prompt: str) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from vlmswap.diagnostics.settings import profile_settings
 from vlmswap.image import Geometry
 from vlmswap.study import Cell, Study
 
@@ -53,13 +54,6 @@ class ProfileRow:
 
 
 COLUMNS = [f.name for f in fields(ProfileRow)]
-
-
-def profile_settings(study: Study) -> dict:
-    spec = dict(study.raw["diagnostics"]["profile"])
-    return {"resolutions": sorted(int(r) for r in spec["resolutions"]), "iterations": int(spec.get("iterations", 200)),
-            "warmup": int(spec.get("warmup", 100)), "text_tokens": int(spec.get("text_tokens", 128)),
-            "batch_size": int(spec.get("batch_size", 1))}
 
 
 def _peak_rss_mb() -> float:
