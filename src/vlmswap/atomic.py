@@ -8,8 +8,8 @@ the destination only after the content is complete and flushed to disk.
 A writer killed outright (SIGKILL, out of memory, a node lost) cannot remove its temporary file.
 The temporary name therefore records the host and process that wrote it
 (`.x.json.tmp-node7.4242.ab12cd34.json`), and the next write of the same destination removes the
-leftovers of writers on this host whose process no longer exists. Leftovers from another host are
-kept: a process there cannot be checked from here.
+leftovers of writers on this host whose process no longer exists (looked up once per directory and
+process). Leftovers from another host are kept: a process there cannot be checked from here.
 
     write_json(path, obj)                 # indent 2, sorted keys, trailing newline
     write_text(path, text) / write_bytes(path, data)
@@ -24,7 +24,6 @@ import os
 import socket
 import tempfile
 from contextlib import contextmanager
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -86,10 +85,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Per directory, the leftovers found when this process first wrote there, by destination name. One
+# scan per directory and process: a folder of 200,000 converted images is listed once, not per image.
+_LEFTOVERS: dict[Path, dict[str, list[Path]]] = {}
+
+
 def _remove_dead_writers(path: Path) -> None:
     """Remove temporary files for `path` left by killed writers on this host (see the module doc)."""
+    index = _LEFTOVERS.get(path.parent)
+    if index is None:
+        marker = f".tmp-{_HOST}."
+        index = {}
+        with os.scandir(path.parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") and marker in entry.name:
+                    index.setdefault(entry.name[1:entry.name.rindex(marker)], []).append(Path(entry.path))
+        _LEFTOVERS[path.parent] = index
     prefix = f".{path.name}.tmp-{_HOST}."
-    for leftover in path.parent.glob(f"{glob_escape(prefix)}*"):
+    for leftover in index.pop(path.name, []):
         pid = leftover.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             leftover.unlink(missing_ok=True)
