@@ -87,7 +87,7 @@ def test_killed_run_resumes_to_the_same_final_weights(setup):
     a, b = weights(base / "straight"), weights(base / "killed")
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+        assert torch.equal(a[key], b[key]), key
     summary = json.loads((base / "killed" / "train.json").read_text())
     assert summary["resumed_from_step"] > 0 and summary["steps"] == 12
     steps = [json.loads(line)["step"] for line in (base / "killed" / "loss.jsonl").read_text().splitlines()]
@@ -177,3 +177,50 @@ def test_cached_features_train_the_same_model_and_are_reused_after_the_first_epo
     cache = summary["feature_cache"]
     assert cache["computed"] == 60 and cache["reused"] > 0  # each of the 60 images once, then from memory
     assert "feature_cache" not in json.loads((base / "recompute" / "train.json").read_text())
+
+
+def _killed_once_state_exists(cmd: list[str], state_dir: Path) -> None:
+    """Start a training and SIGKILL it as soon as its first resume state is complete."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (state_dir / "latest").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert (state_dir / "latest").exists(), "no resume state appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_cached_features_resume_to_the_same_bytes_in_either_epoch(setup):
+    """A feature's bits depend on the batch the tower computed it in. A run resumed with
+    `cache_features` rebuilds its cache through the micro-batches it had trained on, so the resumed
+    weights are bit-identical to an uninterrupted run's whether the kill landed in the first epoch
+    (features of the examples trained before it are needed later) or a later one (all of them)."""
+    base = setup
+    study = yaml.safe_load((base / "study.yaml").read_text())
+    study["recipe"].update(max_steps=None, epochs=2, checkpoint_every=1000, cache_features=True)
+    (base / "cache-straight.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    run = subprocess.run(train_cmd(base, "cache-straight", "cache-straight.yaml"), env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    straight = json.loads((base / "cache-straight" / "train.json").read_text())
+    steps = straight["steps"]
+    per_epoch = steps // 2
+    expected = weights(base / "cache-straight")
+    # checkpoint_every is not part of what determines the model, so these runs resume its state
+    for name, first_state in (("cache-epoch1", 3), ("cache-epoch2", per_epoch + 3)):
+        assert first_state < steps - 3
+        study["recipe"]["checkpoint_every"] = first_state
+        (base / f"{name}.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+        cmd = train_cmd(base, name, f"{name}.yaml")
+        _killed_once_state_exists(cmd, base / f"{name}-state")
+        assert not (base / name / "model.safetensors").exists()
+        resumed = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert "resumed from" in resumed.stdout and "feature cache rebuilt" in resumed.stdout
+        got = weights(base / name)
+        assert got.keys() == expected.keys()
+        assert [k for k in expected if not torch.equal(expected[k], got[k])] == [], name
+        summary = json.loads((base / name / "train.json").read_text())
+        assert summary["resumed_from_step"] >= first_state
+        assert summary["feature_cache"] == straight["feature_cache"], name

@@ -244,5 +244,4 @@ def test_killed_anywhere_and_rerun_gives_the_same_bytes(finished):
         x = load_file(str(straight / out / "models" / cell / "model.safetensors"))
         y = load_file(str(workdir / out / "models" / cell / "model.safetensors"))
         assert x.keys() == y.keys()
-        for key in x:
-            torch.testing.assert_close(x[key], y[key], rtol=0, atol=1e-6, msg=key)
+        assert [key for key in x if not torch.equal(x[key], y[key])] == [], f"{cell}: resumed weights differ"

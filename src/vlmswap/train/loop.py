@@ -148,6 +148,13 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     )
     batches, batch_indices = iter(loader), iter(sampler)
     features_of = FeatureCache(vision, device) if recipe.cache_features else None
+    if features_of is not None and start:
+        trained = [mb for step in plan[:start] for mb in micro_batches(step, world, rank, pdb)]
+        multimodal = dataset.multimodal()
+        features_of.replay(trained, multimodal,
+                           lambda mb: collate([dataset[i] for i in mb], tokenizer.pad_token_id)["pixels"])
+        say(f"feature cache rebuilt: {features_of.misses} examples' features from the micro-batches "
+            f"trained before step {start}")
     every = recipe.checkpoint_every
     t0, tokens = time.time(), 0
     for step in range(start, schedule.steps):
@@ -250,6 +257,20 @@ class FeatureCache:
         self.misses += len(missing)
         self.hits += len(indices) - len(missing)
         return torch.stack([self.stored[i] for i in indices])
+
+    def replay(self, trained: list[list[int]], multimodal: list[bool],
+               pixels_of: Callable[[list[int]], torch.Tensor]) -> None:
+        """Rebuild, after a resume, the cache the run had when its state was saved. A feature's bits
+        depend on the batch the tower computed it in, so the micro-batches already trained on go
+        through the tower again, in order and with the same members; only those that computed
+        something are loaded. The resumed run then trains on bit-identical features."""
+        for indices in trained:
+            if not multimodal[indices[0]]:
+                continue  # one modality per batch (Prismatic's sampler): no pixels, no features
+            if all(i in self.stored for i in indices):
+                self.hits += len(indices)
+            else:
+                self(indices, pixels_of(indices))
 
 
 def _duration(seconds: float) -> str:
