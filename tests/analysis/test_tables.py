@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import require_paper
 
-from vlmswap.analysis.tables import ResultFileError, Row, build_table, collect, to_latex, to_markdown, write_table
+from vlmswap.analysis.table_text import to_latex, to_markdown, write_table
+from vlmswap.analysis.tables import ResultFileError, Row, build_table, collect
 
 # Full benchmark sizes, as the paper weights them (one TextVQA run scored twice: 5000 each).
 PAPER_SIZES = {

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from vlmswap.analysis.correlation import correlation_matrix, write_correlation
-from vlmswap.analysis.tables import Row, build_table, collect, write_table
+from vlmswap.analysis.table_text import write_table
+from vlmswap.analysis.tables import Row, build_table, collect
 from vlmswap.atomic import write_text
 from vlmswap.study import Cell, Study
 
