@@ -265,8 +265,8 @@ class FeatureCache:
         through the tower again, in order and with the same members; only those that computed
         something are loaded. The resumed run then trains on bit-identical features."""
         for indices in trained:
-            if not multimodal[indices[0]]:
-                continue  # one modality per batch (Prismatic's sampler): no pixels, no features
+            if not any(multimodal[i] for i in indices):
+                continue  # a text-only micro-batch has no pixels: the loop computed nothing for it
             if all(i in self.stored for i in indices):
                 self.hits += len(indices)
             else:
