@@ -69,12 +69,22 @@ class VLMHead(nn.Module):
         super().__init__()
         self.projector = build_connector(connector_kind, vision_dim, llm.config.hidden_size)
         self.llm = llm
+        self.vision_dim = vision_dim
 
     def embed(self, features: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor | None, multimodal: torch.Tensor | None):
         """Splice projected visual tokens after BOS. Returns embeds, attention mask, labels."""
         text = self.llm.get_input_embeddings()(input_ids)
         if features is None:
+            if torch.is_grad_enabled():
+                # A text-only batch must still give the connector a gradient (of zeros). DeepSpeed
+                # ZeRO-3 keeps each parameter's gradient partition in a buffer that only a backward
+                # through the parameter overwrites, and hands the whole buffer to the optimizer every
+                # step (deepspeed/runtime/zero/stage3.py, the ipg epilogue's `averaged_gradients`):
+                # without this, every text-only step re-applied the connector gradient of the last
+                # step with images. One zero token through the connector, times 0, adds nothing.
+                probe = self.projector(text.new_zeros(1, 1, self.vision_dim))
+                text = text + probe.sum() * 0.0
             return text, attention_mask, labels
         visual = self.projector(features.to(text.dtype))
         b, k = visual.shape[:2]

@@ -33,3 +33,61 @@ def test_attention_is_sdpa_without_flash_attn_or_a_gpu():
     from vlmswap.language import attention_implementation
 
     assert attention_implementation() == ("flash_attention_2" if torch.cuda.is_available() else "sdpa")
+
+
+# One ZeRO-3 engine (our config and parameter groups) against plain torch AdamW on the same weights:
+# an image step, then two text-only steps, as split-modality batches make them. The connector must
+# see a zero gradient on the text-only steps; ZeRO-3 alone would hand the optimizer the image step's
+# connector gradient again (the cause of inexact resumes: a resumed run starts with a zero buffer).
+ZERO3_VS_TORCH = r"""
+import copy, json, sys
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from vlmswap.train.engine import deepspeed_config, init_deepspeed, parameter_groups
+from vlmswap.vlm import VLMHead
+
+deepspeed = init_deepspeed()
+torch.manual_seed(0)
+llm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2))
+head = VLMHead("mlp2", 8, llm)
+reference = copy.deepcopy(head)
+recipe = {"per_device_batch": 2, "global_batch": 2, "max_grad_norm": 0.0, "precision": "fp32", "lr": 1e-2,
+          "weight_decay": 0.0, "weight_decay_applied_to": "none"}
+engine, *_ = deepspeed.initialize(model=head, model_parameters=parameter_groups(head, 0.0),
+                                  config=deepspeed_config(recipe, 1, 1))
+optimizer = torch.optim.AdamW(parameter_groups(reference, 0.0), lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+steps = [(torch.randn(2, 4, 8), torch.randint(0, 64, (2, 6))), (None, torch.randint(0, 64, (2, 6))),
+         (None, torch.randint(0, 64, (2, 6)))]
+for features, ids in steps:
+    mask, mm = torch.ones_like(ids), torch.full((2,), features is not None)
+    loss = engine(features, ids, mask, ids.clone(), mm).loss
+    engine.backward(loss)
+    engine.step()
+    optimizer.zero_grad(set_to_none=True)
+    reference(features, ids, mask, ids.clone(), mm).loss.backward()
+    for p in reference.parameters():
+        if p.grad is None:  # ZeRO-3 steps every parameter; an unused one with a zero gradient
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+state = engine._zero3_consolidated_16bit_state_dict()
+gaps = {name: (state[name].float() - p.detach()).abs().max().item() for name, p in reference.named_parameters()}
+print(json.dumps(gaps))
+"""
+
+
+def test_a_text_only_step_gives_the_connector_a_zero_gradient_under_zero3(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    run = subprocess.run([sys.executable, "-c", ZERO3_VS_TORCH], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    gaps = json.loads(run.stdout.strip().splitlines()[-1])
+    assert any(name.startswith("projector.") for name in gaps) and len(gaps) > 10
+    assert max(gaps.values()) < 1e-5, {k: v for k, v in gaps.items() if v >= 1e-5}
