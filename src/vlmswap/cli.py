@@ -255,6 +255,13 @@ def cmd_evaluate(args) -> None:
         evaluate_cell(cell.id, vlm, cell.geometry, Path(index), Path(out), record,
                       batch_size=int(settings["batch_size"]), max_new_tokens=int(settings["max_new_tokens"]),
                       log=log, rank=rank, world=world)
+    if args.group_record and rank == 0:
+        from vlmswap.atomic import write_json
+        from vlmswap.provenance import file_sha256
+
+        # the workflow's aggregating rules depend on this one file per job instead of every result
+        write_json(Path(args.group_record), {"cell": cell.id, "results": {
+            Path(out).stem: file_sha256(Path(out)) for out in args.out}})
 
 
 def _predictions_records(study, model_dir: Path, indexes: list[Path]) -> list[dict]:
@@ -378,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("evaluate", cmd_evaluate, "evaluate one cell on one or more benchmarks", "cell", "checkpoint", "llm", "model",
          "index", "out", multi=("checkpoint", "index", "out"))
     p.add_argument("--gpus", type=int, default=0, help="GPUs of the job (>1: shard over one process per GPU)")
+    p.add_argument("--group-record", help="when every result is written, record their sha256 in this JSON file")
     verb("baselines", cmd_baselines, "score the trivial baseline of one prepared benchmark", "benchmark", "index",
          "out")
     p = verb("table", cmd_table, "write one paper table", "table", "results", "out-csv", "out-md")

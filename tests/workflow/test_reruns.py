@@ -200,6 +200,23 @@ def test_a_deleted_result_is_rebuilt_by_the_default_target(finished, tmp_path):
     assert got == {("evaluate_loc", B), ("table", "all3"), ("correlation",)} | VIEW | provs(B)
 
 
+@pytest.mark.slow
+def test_each_evaluation_job_records_the_sha256_of_the_results_it_wrote(finished):
+    """The aggregating rules depend on these records (one per job) instead of every result file."""
+    import hashlib
+    import json
+
+    tmp, config, workdir = finished
+    records = sorted((workdir / "results" / "rerun" / "evals").glob("*/*.group.json"))
+    assert {(p.parent.name, p.name) for p in records} == {(c, f"{g}.group.json") for c in (A, B, C)
+                                                          for g in ("vqa", "loc")}
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["cell"] == path.parent.name and record["results"]
+        for benchmark, sha in record["results"].items():
+            assert sha == hashlib.sha256((path.parent / f"{benchmark}.json").read_bytes()).hexdigest()
+
+
 def _files(root: Path, pattern: str) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob(pattern)) if p.is_file()}
 

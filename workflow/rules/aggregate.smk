@@ -48,7 +48,7 @@ rule table:
 rule correlation:
     localrule: True
     input:
-        all_evals(),
+        all_eval_groups(),
     output:
         csv=f"{OUT}/correlation.csv",
         png=f"{OUT}/correlation.png",

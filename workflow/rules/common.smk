@@ -76,6 +76,19 @@ def eval_json(cell, benchmark):
     return f"{OUT}/evals/{cell}/{benchmark}.json"
 
 
+def eval_group_json(cell, group):
+    """What one evaluation job made: the sha256 of each of its results. Rules that read many results
+    depend on these, one per job, rather than on every result file: the paper grid then plans with
+    a fifth of the edges (benchmarks/dryrun.py), and a rerun evaluation still reruns them."""
+    return f"{OUT}/evals/{cell}/{group}.group.json"
+
+
+def eval_groups(cells, benchmarks):
+    """The evaluation jobs' records behind `cells` x `benchmarks`."""
+    wanted = set(benchmarks)
+    return [eval_group_json(c, g) for c in cells for g, bs in EVAL_GROUPS.items() if wanted & set(bs)]
+
+
 def data_folder(benchmark):
     """RefCOCO+ and RefCOCOg live in RefCOCO's REFER folder; every other benchmark in its own."""
     return {"refcoco+": "refcoco", "refcocog": "refcoco"}.get(benchmark, benchmark)
@@ -100,7 +113,7 @@ def table_benchmarks(table):
 
 
 def table_inputs(wildcards):
-    return [eval_json(c, b) for c in STUDY.tables[wildcards.table].cells for b in table_benchmarks(wildcards.table)]
+    return eval_groups(STUDY.tables[wildcards.table].cells, table_benchmarks(wildcards.table))
 
 
 def table_baselines(wildcards):
@@ -190,9 +203,14 @@ def all_evals():
     return [eval_json(c, b) for c in STUDY.cell_ids for b in STUDY.benchmarks]
 
 
+def all_eval_groups():
+    return eval_groups(STUDY.cell_ids, STUDY.benchmarks)
+
+
 def all_targets():
     # every result is a target itself, so that a deleted one is rebuilt even though the tables
-    # that were made from it are newer than everything else
+    # that were made from it are newer than everything else (Snakemake reruns a job for a missing
+    # output only when that output is requested: the tables ask for the jobs' .group.json)
     targets = all_evals() + [f"{OUT}/tables/{t}.md" for t in STUDY.tables]
     if len(STUDY.cells) >= 3:  # a Pearson r over fewer cells says nothing (analysis/correlation.py)
         targets += [f"{OUT}/correlation.csv", f"{OUT}/correlation.png"]

@@ -140,7 +140,7 @@ rule probe_figure:
     input:
         probes=[f"{OUT}/diagnostics/probes/{c}.json" for c in diagnostic_cells("linear_probe")],
         # the rank correlation needs every VLM score of the probed cells
-        evals=[eval_json(c, b) for c in diagnostic_cells("linear_probe") for b in STUDY.benchmarks],
+        evals=eval_groups(diagnostic_cells("linear_probe"), STUDY.benchmarks),
     output:
         csv=f"{OUT}/diagnostics/probes.csv",
         md=f"{OUT}/diagnostics/probes.md",

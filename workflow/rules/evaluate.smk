@@ -1,7 +1,8 @@
 # Evaluation: one job per cell and column group (the VQA benchmarks, the localization benchmarks),
 # so the model is loaded once for all the benchmarks a table needs, and a VQA-only table plans no
 # localization run. Each benchmark keeps its own predictions (resumable), result contract
-# {OUT}/evals/{cell}/{benchmark}.json and log. Helpers live in common.smk.
+# {OUT}/evals/{cell}/{benchmark}.json and log; the job's {group}.group.json lists the sha256 of
+# each result and is what the aggregating rules depend on. Helpers live in common.smk.
 
 for _group, _benchmarks in EVAL_GROUPS.items():
 
@@ -14,7 +15,8 @@ for _group, _benchmarks in EVAL_GROUPS.items():
             llm=f"{RES}/llm",
             index=[f"{RES}/prepared/{b}.json" for b in _benchmarks],
         output:
-            [eval_json("{cell}", b) for b in _benchmarks],
+            results=[eval_json("{cell}", b) for b in _benchmarks],
+            group=eval_group_json("{cell}", _group),
         params:
             model=lambda wc, input: os.path.dirname(input.model),
             eval=canonical_json(eval_settings(STUDY)),  # settings -> predictions
@@ -31,4 +33,4 @@ for _group, _benchmarks in EVAL_GROUPS.items():
         shell:
             "OMP_NUM_THREADS={threads} vlmswap evaluate --gpus {resources.eval_gpus} --cell '{wildcards.cell}' "
             "--checkpoint {input.checkpoints} --llm {input.llm} --model {params.model} --index {input.index} "
-            "--out {output} 2>&1 | tee {log}"
+            "--out {output.results} --group-record {output.group} 2>&1 | tee {log}"

@@ -5,7 +5,7 @@
 rule findings:
     localrule: True
     input:
-        all_evals(),
+        all_eval_groups(),
     output:
         md=f"{OUT}/findings.md",
         json=f"{OUT}/findings.json",
@@ -28,7 +28,7 @@ rule findings:
 rule figures:
     localrule: True
     input:
-        evals=all_evals(),
+        evals=all_eval_groups(),
         losses=[f"{OUT}/models/{c}/loss.jsonl" for c in STUDY.cell_ids],
     output:
         [report(f, caption="../report/figures.rst", category="3. Figures", subcategory=subcategory,
@@ -55,7 +55,7 @@ rule provenance:
     localrule: True
     input:
         summary=f"{OUT}/models/{{cell}}/train.json",
-        evals=lambda wc: [eval_json(wc.cell, b) for b in STUDY.benchmarks],
+        evals=lambda wc: eval_groups([wc.cell], STUDY.benchmarks),
     output:
         report(f"{OUT}/provenance/{{cell}}.html", caption="../report/provenance.rst", category="4. Provenance",
                labels={"cell": "{cell}"}),
