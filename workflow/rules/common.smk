@@ -78,8 +78,8 @@ def eval_json(cell, benchmark):
 
 def eval_group_json(cell, group):
     """What one evaluation job made: the sha256 of each of its results. Rules that read many results
-    depend on these, one per job, rather than on every result file: the paper grid then plans with
-    a fifth of the edges (benchmarks/dryrun.py), and a rerun evaluation still reruns them."""
+    depend on these, one per job, rather than on every result file: the paper grid then plans
+    with half the input files (benchmarks/dryrun.py), and a rerun evaluation still reruns them."""
     return f"{OUT}/evals/{cell}/{group}.group.json"
 
 
