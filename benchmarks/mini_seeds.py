@@ -66,9 +66,8 @@ def main() -> None:
             if done.returncode:
                 sys.exit(f"seed {seed}: snakemake failed:\n{(done.stdout + done.stderr)[-4000:]}")
             for cell in ids:
-                for result in sorted((work / "results" / study["study"] / "evals" / cell).glob("*.json")):
-                    if result.name.endswith(".group.json"):  # the evaluation job's record, not a result
-                        continue
+                for benchmark in study["benchmarks"]:
+                    result = work / "results" / study["study"] / "evals" / cell / f"{benchmark}.json"
                     data = json.loads(result.read_text())
                     for column, value in data["columns"].items():
                         scores.setdefault((cell, column), []).append(value)

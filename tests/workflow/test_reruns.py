@@ -235,22 +235,23 @@ def test_killed_anywhere_and_rerun_gives_the_same_bytes(finished):
             [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
              "--configfile", str(config), "--cores", "2", "--rerun-incomplete"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            if not resumed:
-                deadline = time.time() + 600
-                while proc.poll() is None and time.time() < deadline:
-                    if list((workdir / "results/rerun/resume").glob("*/latest")):
-                        break
-                    time.sleep(0.05)
-                resumed = proc.poll() is None
-                assert resumed, "no training saved a resume state before the study ended"
-                raise subprocess.TimeoutExpired(proc.args, 0)
-            proc.wait(timeout=rng.uniform(4.0, 20.0))
-            break  # finished before this kill point: nothing left to interrupt
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
+        if not resumed:
+            deadline = time.time() + 600
+            while proc.poll() is None and time.time() < deadline:
+                if list((workdir / "results/rerun/resume").glob("*/latest")):
+                    break
+                time.sleep(0.05)
+            resumed = proc.poll() is None
+            assert resumed, "no training saved a resume state before the study ended"
+        else:
+            try:
+                proc.wait(timeout=rng.uniform(4.0, 20.0))
+                break  # finished before this kill point: nothing left to interrupt
+            except subprocess.TimeoutExpired:
+                pass
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
         unlock = snakemake(workdir, config, "--unlock")
         assert unlock.returncode == 0, unlock.stderr[-2000:]
     assert kills >= 5, "the study finished before half the kill points: they no longer cover the run"
