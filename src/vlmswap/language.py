@@ -160,8 +160,10 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
         [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"), pre_tokenizers.Digits(individual_digits=True)]
     )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    # "\n" is in the alphabet although no corpus line holds one: prompts such as VQA-v2's put it
+    # between question and instruction, and Llama's byte fallback gives it a token (<0x0A>), not <unk>
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], min_frequency=2,
-                                  show_progress=False)
+                                  initial_alphabet=["\n"], show_progress=False)
     # Every single letter, and Yes/No, must be one token ("▁A", "▁Yes"), as in Llama's
     # vocabulary: POPE and TallyQA are scored from the first token's probabilities of those strings.
     singles = " ".join([chr(c) for c in range(ord("A"), ord("Z") + 1)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from vlmswap.data.mini_world import CLASSES, COLORS, SHAPES, SYSTEM_PROMPT, class_mask, generate
+from vlmswap.language import human_turn
 
 SMALL = dict(n_train=40, n_eval=24, n_classify=30, image_size=64)
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -361,14 +362,39 @@ def test_manifest_hashes_baselines_and_text_corpus(world):
     for name in ("vqa-v2", "refcoco", "refcoco+", "refcocog"):
         assert baselines[name]["baseline"] and baselines[name]["n_samples"] > 0
         assert 0.0 <= baselines[name]["columns"][name] <= 100.0
-    corpus = set((out / "text_corpus.txt").read_text().splitlines())
+    lines = (out / "text_corpus.txt").read_text().splitlines()
+    corpus = Counter(lines)
     assert SYSTEM_PROMPT in corpus and "Answer the question using a single word or phrase." in corpus
-    for record in load(out / "llava/llava_v1_5_mix665k.json"):
-        for turn in record["conversations"]:
-            for line in turn["value"].replace("<image>", "").strip().split("\n"):
-                assert line in corpus, line
+    records = load(out / "llava/llava_v1_5_mix665k.json")
+    seen = Counter()
+    for record in records:
+        for k, turn in enumerate(record["conversations"]):
+            # human turns as the LLM reads them (Vicuna's prompt), assistant turns as written
+            text = human_turn(turn["value"], first=k == 0) if k % 2 == 0 else turn["value"]
+            for line in text.strip().split("\n"):
+                assert line.strip() in corpus, line
+                seen[line.strip()] += 1
+    # once per occurrence, so that BPE merges follow how often the world says a thing
+    assert all(corpus[line] >= n for line, n in seen.items())
+    assert sum(n for line, n in corpus.items() if line.startswith(SYSTEM_PROMPT)) >= len(records)
     for q in load(out / "vqa-v2/v2_OpenEnded_mscoco_val2014_questions.json")["questions"]:
         assert q["question"] in corpus
+
+
+def test_a_tokenizer_trained_on_the_corpus_reads_the_prompt_format_in_words(world):
+    """The system prompt and the turn markers come once per record and per turn; a BPE trained on
+    the corpus therefore keeps their words whole, as Vicuna's tokenizer does (about one token a
+    word), instead of spelling them out letter by letter. A set of distinct lines did not."""
+    from vlmswap.language import train_tokenizer
+
+    out, _, _ = world
+    tok = train_tokenizer((out / "text_corpus.txt").read_text().splitlines(), 512)
+    system = tok(SYSTEM_PROMPT, add_special_tokens=False).input_ids
+    assert len(system) <= len(SYSTEM_PROMPT.split()) + 2, tok.convert_ids_to_tokens(system)
+    assert len(tok("USER: ASSISTANT:", add_special_tokens=False).input_ids) <= 4
+    # "\n" (between a VQA question and its instruction) is a token of its own, not <unk>
+    ids = tok("How many?\nAnswer the question", add_special_tokens=False).input_ids
+    assert tok.unk_token_id not in ids and "\n" in tok.convert_ids_to_tokens(ids)
 
 
 def test_rendered_shapes_fill_exactly_their_boxes():

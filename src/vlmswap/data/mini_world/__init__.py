@@ -63,7 +63,9 @@ benchmark's name, its `image_id` recoverable from the file name as noted):
     ocid-ref/OCID-dataset/{scene_path}  640x480 PNG, e.g. ARID20/table/top/seq03/rgb/result_2018-08-20-10-00-37.png
     scenes.json                       every scene's ground truth by benchmark (boxes in pixels; text
                                       scenes add `words`, OCID scenes `height`)
-    text_corpus.txt                   every string the tokenizer should see
+    text_corpus.txt                   every line of text the world holds, once per occurrence (the
+                                      instruction set's human turns as Vicuna's prompt renders them):
+                                      what the mini LLM's tokenizer is trained on
     world.json                        counts, question families, prompts, sha256 of each file, and
                                       the baselines, scored by vlmswap.evaluate on the files above
 

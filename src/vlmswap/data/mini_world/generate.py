@@ -73,13 +73,16 @@ def generate(
     start = time.perf_counter()
     out = Path(out)
     size = image_size
-    corpus: dict[str, None] = {}  # insertion-ordered set
+    # every line of the world's text, as often as the world says it: the tokenizer's BPE merges
+    # follow frequency, as a real tokenizer's do (a set of distinct lines would leave the system
+    # prompt, said once per record, in characters)
+    corpus: Counter[str] = Counter()
 
     def remember(*texts: str) -> None:
         for text in texts:
             for line in text.split("\n"):
                 if line.strip():
-                    corpus.setdefault(line.strip())
+                    corpus[line.strip()] += 1
 
     remember(SYSTEM_PROMPT, *EVAL_PROMPT_LINES, "Yes", "No", UNANSWERABLE)
 
@@ -132,7 +135,7 @@ def generate(
     scenes = {"llava": train_scenes, "vqa-v2": vqa_scenes, "refcoco": ref_scenes, "classify": classify_scenes,
               **{name: eval_scenes[name] for name in ("gqa", "vizwiz", "textvqa", "pope", "tallyqa", "ocid-ref")}}
     write_compact_json(out / "scenes.json", {name: [scene_record(s) for s in group] for name, group in scenes.items()})
-    write_bytes(out / "text_corpus.txt", ("\n".join(corpus) + "\n").encode())
+    write_bytes(out / "text_corpus.txt", "".join(f"{line}\n" * n for line, n in corpus.items()).encode())
     baselines = world_baselines(out)
     log("baselines: " + ", ".join(f"{name} {', '.join(f'{v}%' for v in b['columns'].values())}"
                                   for name, b in baselines.items()))
@@ -142,7 +145,7 @@ def generate(
         "llava_turns": llava["turns"], "vqa_images": len(vqa_scenes),
         "vqa_questions": len(annotations), "refcoco_images": len(ref_scenes), "refcoco_refs": len(refs),
         "refcoco_sentences": n_sentences, "classify_train": len(classify_lines["train"]),
-        "classify_val": len(classify_lines["val"]), "text_corpus_lines": len(corpus),
+        "classify_val": len(classify_lines["val"]), "text_corpus_lines": sum(corpus.values()),
         "llava_slots": dict(sorted(Counter(kinds).items())),
         "gqa_questions": len(gqa_questions), "gqa_images": len(gqa_scenes),
         "vizwiz_questions": len(vizwiz), "vizwiz_unanswerable": sum(1 - r["answerable"] for r in vizwiz),

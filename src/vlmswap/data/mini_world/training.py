@@ -145,6 +145,8 @@ def write_llava(out: Path, seed: int, scenes: list[Scene], kinds: list[str], eva
             while (scene := sample(rng, TRAIN_ID0 + i, scenes[i].size)).key() in eval_keys:
                 pass
             scenes[i] = scene
+    from vlmswap.language import human_turn  # imports torch: only when a world is written
+
     records = []
     n_turns = Counter()
     for scene, kind in zip(scenes, kinds):
@@ -167,16 +169,16 @@ def write_llava(out: Path, seed: int, scenes: list[Scene], kinds: list[str], eva
         for k, (human, gpt) in enumerate(turns):
             conversations.append({"from": "human", "value": ("<image>\n" if k == 0 else "") + human})
             conversations.append({"from": "gpt", "value": gpt})
-            remember(human, gpt)
+            remember(human_turn(human, first=k == 0), gpt)
         records.append({"id": f"{scene.image_id:012d}", "image": f"coco/train2017/{scene.image_id:012d}.jpg",
                         "conversations": conversations})
         write_image(out / "llava" / "coco" / "train2017" / f"{scene.image_id:012d}.jpg", render(scene))
     n_language = round(LANGUAGE_SHARE * len(scenes))
     for i in range(n_language):
         conversations = []
-        for human, gpt in language_turns(stream_rng(seed, 3, i)):
+        for k, (human, gpt) in enumerate(language_turns(stream_rng(seed, 3, i))):
             conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]
-            remember(human, gpt)
+            remember(human_turn(human, first=k == 0), gpt)
         records.append({"id": f"text_{i:06d}", "conversations": conversations})
     # Interleave text-only records through the mixture, as in the real file.
     records = [records[int(i)] for i in stream_rng(seed, 4, 0).permutation(len(records))]
