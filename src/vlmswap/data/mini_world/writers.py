@@ -3,7 +3,8 @@ under `out/` exactly as the released dataset lays them out, and returns its scen
 
 Every writer holds its scenes out of the layouts in `seen` and adds its own to it, so the eval
 sets are disjoint from the training and classification scenes and from each other; `remember`
-collects every string the tokenizer should see (the evaluation prompts included).
+collects, once per occurrence, the text the tokenizer is trained on (the evaluation prompts
+included).
 """
 
 from __future__ import annotations
