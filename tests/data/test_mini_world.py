@@ -362,8 +362,7 @@ def test_manifest_hashes_baselines_and_text_corpus(world):
     for name in ("vqa-v2", "refcoco", "refcoco+", "refcocog"):
         assert baselines[name]["baseline"] and baselines[name]["n_samples"] > 0
         assert 0.0 <= baselines[name]["columns"][name] <= 100.0
-    lines = (out / "text_corpus.txt").read_text().splitlines()
-    corpus = Counter(lines)
+    corpus = Counter((out / "text_corpus.txt").read_text().splitlines())
     assert SYSTEM_PROMPT in corpus and "Answer the question using a single word or phrase." in corpus
     records = load(out / "llava/llava_v1_5_mix665k.json")
     seen = Counter()
