@@ -62,6 +62,11 @@ def test_llm_load_script_partitions_the_llm_across_ranks():
     done = _run_script("llm_load.py", "--hidden", "256", "--layers", "2", "--vocab", "4000")
     assert done.returncode == 0, done.stderr[-3000:]
     lines = {line.split(":")[0].strip(): line for line in done.stdout.splitlines() if ":" in line}
-    whole = lines["whole"].split("held by a rank")[1].split("M of")[0]
-    part = lines["partitioned"].split("held by a rank")[1].split("M of")[0]
-    assert float(part.replace(",", "")) < float(whole.replace(",", ""))  # each rank holds less than all of it
+
+    def held_params(way):
+        return float(lines[way].split("held by a rank")[1].split("M of")[0].replace(",", ""))
+
+    assert held_params("whole-fp32") == held_params("whole")
+    # each rank holds its shard (ds_tensor, counted) of every partitioned parameter: less than all of it
+    assert 0 < held_params("partitioned") < held_params("whole")
+    assert "rank 0" in lines and "rank 1" in lines and "held after the load" in lines
