@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from vlmswap.language import IGNORE_INDEX, PAD_TOKEN, train_tokenizer
 from vlmswap.study import load_study
-from vlmswap.vlm import VLM, VLMHead, backbone_arch
+from vlmswap.vlm import VLM, VLMHead, backbone_arch, inference_placement
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +135,17 @@ def test_timm_tag_decides_the_architecture_id():
     assert backbone_arch(study, cell) == study.backbones[cell.backbone].checkpoints[cell.objective]["timm"]
     mini = load_study(ROOT / "config" / "mini.yaml")
     assert backbone_arch(mini, mini.cells[0]) == mini.backbones["vit-mini"].arch
+
+
+def test_evaluation_and_diagnostics_run_in_bf16_on_the_rank_gpu_else_float32_on_the_cpu(monkeypatch):
+    from vlmswap.train.launch import evaluation_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert inference_placement() == ("cpu", torch.float32)
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert evaluation_env() == (0, 1, "cpu", torch.float32)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert inference_placement(3) == ("cuda:3", torch.bfloat16)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert evaluation_env() == (0, 1, "cuda:2", torch.bfloat16)

@@ -227,6 +227,14 @@ def materialize_backbone(study, cell, checkpoint_files):
     return backbone.eval().requires_grad_(False)
 
 
+def inference_placement(local_rank: int = 0) -> tuple[str, torch.dtype]:
+    """Where a trained VLM runs for evaluation and the diagnostics: this process's GPU in bf16 (the
+    dtype the paper's recipe trains in), else the CPU in float32. The one place that decides it."""
+    if torch.cuda.is_available():
+        return f"cuda:{local_rank}", torch.bfloat16
+    return "cpu", torch.float32
+
+
 def load_trained(study, cell, checkpoint_files, llm_dir, model_dir, device="cpu", dtype=torch.float32) -> VLM:
     """The trained VLM of a cell: backbone from its checkpoint, connector + LLM from training."""
     from safetensors.torch import load_file

@@ -26,14 +26,11 @@ def cmd_profile_figure(args) -> None:
 
 def _trained_cell(args):
     """The study, the cell and its trained VLM (bf16 on a GPU, float32 on the CPU) a diagnostic reads."""
-    import torch
-
-    from vlmswap.vlm import load_trained
+    from vlmswap.vlm import inference_placement, load_trained
 
     study = _study(args)
     cell = study.cell(args.cell)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device, dtype = inference_placement()
     vlm = load_trained(study, cell, [Path(p) for p in args.checkpoint], Path(args.llm), Path(args.model), device, dtype)
     return study, cell, vlm
 

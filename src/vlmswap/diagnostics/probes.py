@@ -122,14 +122,11 @@ def probe_cell(study, cell, checkpoint_files: list[Path], roots: dict[str, Path]
     3. Fit the probe (C chosen on validation) and score the test split.
     4. Write the JSON atomically.
     """
-    import torch
-
     from vlmswap.atomic import write_json
-    from vlmswap.vlm import materialize_backbone
+    from vlmswap.vlm import inference_placement, materialize_backbone
 
     settings = probe_settings(study)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device, dtype = inference_placement()
     vision = materialize_backbone(study, cell, checkpoint_files).to(device, dtype)  # 1.
     results = {}
     for name in settings["datasets"]:

@@ -107,12 +107,12 @@ def profile_cell(study: Study, cell: Cell, llm_dir: Path, out_csv: Path,
     from vlmswap.atomic import atomic_path
     from vlmswap.language import load_llm, load_tokenizer
     from vlmswap.vision.registry import build_backbone
-    from vlmswap.vlm import VLMHead, backbone_arch
+    from vlmswap.vlm import VLMHead, backbone_arch, inference_placement
 
     settings = profile_settings(study)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
+    placement, dtype = inference_placement()
+    device = torch.device(placement)
+    cuda = device.type == "cuda"
     family = study.backbones[cell.backbone].family
 
     # 1. the LLM, once

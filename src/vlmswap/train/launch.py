@@ -123,5 +123,6 @@ def evaluation_env() -> tuple[int, int, str, Any]:
     rank, world, local_rank = ranks_from_env()
     if world > 1:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return rank, world, device, torch.bfloat16 if device.startswith("cuda") else torch.float32
+    from vlmswap.vlm import inference_placement
+
+    return rank, world, *inference_placement(local_rank)
