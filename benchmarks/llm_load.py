@@ -72,8 +72,9 @@ def _release_free_heap() -> None:
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    if name and hasattr(ctypes.CDLL(name), "malloc_trim"):
-        ctypes.CDLL(name).malloc_trim(0)
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:
@@ -105,13 +106,13 @@ def worker(way: str, folder: str, vocab: int) -> None:
     model = load_llm(folder, _Vocabulary(vocab), **options)
     _read_every_page(model)
     _release_free_heap()
-    local = sum(_local(p).numel() for p in model.parameters())
+    held = [_local(p) for p in model.parameters()]
     full = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     # one file per rank: the ranks share torchrun's stdout, where two lines can interleave mid-line
     row = {"rank": rank, "way": way, "held_mb": _resident_mb() - before,
            "peak_mb": max(_peak_mb(), before) - before,
-           "local_params": local, "params": full,
-           "local_mb": sum(_local(p).numel() * _local(p).element_size() for p in model.parameters()) / 2**20}
+           "local_params": sum(t.numel() for t in held), "params": full,
+           "local_mb": sum(t.numel() * t.element_size() for t in held) / 2**20}
     Path(folder, f"result.{way}.{rank}.json").write_text(json.dumps(row))
 
 
