@@ -5,6 +5,7 @@ same for the choice-probability path.
     python benchmarks/generate.py                     # tiny mini-study-sized model on the CPU
     python benchmarks/generate.py --batch 16 --n 64   # the target: >= 8x at batch 16
     python benchmarks/generate.py --threads 1 --clock cpu   # on a shared machine
+    python benchmarks/generate.py --glibc-defaults     # without vlmswap.allocator (glibc's thresholds)
 
 Both evaluation paths: greedy generation (VQA, RefCOCO, ...) and the choice probabilities
 (POPE, TallyQA: one forward, the first token's probabilities over the choices).
@@ -50,7 +51,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: the process's CPU time, which a shared machine's other jobs do not inflate")
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="keep glibc's malloc thresholds (evaluation on the CPU raises them: vlmswap.allocator)")
     args = p.parse_args(argv)
+    from vlmswap.allocator import keep_freed_memory
+
+    # as evaluation on the CPU runs (vlm.inference_placement), unless asked for the defaults
+    allocator = "glibc defaults" if args.glibc_defaults else (
+        "freed memory kept" if keep_freed_memory() else "glibc defaults (not glibc)")
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         return vlm.choice_probabilities(x, ps, choices)
 
     print(f"{args.n} examples, max {args.max_new_tokens} new tokens, threads {torch.get_num_threads()}, "
-          f"{args.clock} clock, LM hidden {args.hidden} x {args.layers} layers")
+          f"{args.clock} clock, LM hidden {args.hidden} x {args.layers} layers, allocator: {allocator}")
     results = {}
     for name, fn in [("generation", generate), ("choice probabilities", probabilities)]:
         batched(fn)  # warm-up

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vlmswap.allocator import keep_freed_memory
 from vlmswap.connector import build_connector
 from vlmswap.language import IGNORE_INDEX
 
@@ -229,9 +230,11 @@ def materialize_backbone(study, cell, checkpoint_files):
 
 def inference_placement(local_rank: int = 0) -> tuple[str, torch.dtype]:
     """Where a trained VLM runs for evaluation and the diagnostics: this process's GPU in bf16 (the
-    dtype the paper's recipe trains in), else the CPU in float32. The one place that decides it."""
+    dtype the paper's recipe trains in), else the CPU in float32, with glibc's allocator keeping freed
+    memory for the next batch (`vlmswap.allocator`). The one place that decides it."""
     if torch.cuda.is_available():
         return f"cuda:{local_rank}", torch.bfloat16
+    keep_freed_memory()
     return "cpu", torch.float32
 
 

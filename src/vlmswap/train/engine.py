@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
+from vlmswap.allocator import keep_freed_memory
 from vlmswap.train.launch import distributed_env  # noqa: F401  (the process-group env, shared with evaluate)
 
 
@@ -26,6 +27,7 @@ def init_deepspeed() -> Any:
     """Import DeepSpeed for this machine and initialise the process group."""
     if not on_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        keep_freed_memory()  # activation buffers reuse pages instead of faulting in fresh ones each step
     import deepspeed
 
     if not on_gpu():
