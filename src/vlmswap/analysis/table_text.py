@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -56,17 +57,45 @@ def _has_paper(table: pd.DataFrame) -> bool:
     return any(table[f"{c}:paper"].notna().any() for c in _score_columns(table) if f"{c}:paper" in table.columns)
 
 
-def _score_entry(table: pd.DataFrame, cell_id: str, row: pd.Series, c: str) -> tuple[str, float, float, bool]:
-    """(ours as text: 2 decimals, "–" or "stale"; the paper's number; the delta; skipped-example flag)."""
+class _Entry(NamedTuple):
+    """What one score cell shows, before it is written as Markdown or LaTeX."""
+    text: str  # ours: 2 decimals, MISSING or STALE
+    skipped: bool  # the benchmark skipped examples (a dagger)
+    interval: tuple[float, float] | None  # shown only with a current score
+    delta: float  # ours minus the paper's, NaN where either is missing
+    paper: float  # the paper's number, NaN where the row has none
+
+
+class _Style(NamedTuple):
+    """How a format writes the parts of an entry; each template takes the numbers by name."""
+    text: Callable[[str], str]  # the score's text -> the format's text
+    dagger: str
+    interval: str  # {lo}, {hi}
+    delta: str  # {delta}
+    paper: str  # {paper}
+
+
+def _score_entry(table: pd.DataFrame, cell_id: str, row: pd.Series, c: str) -> _Entry:
     value = row[c]
     text = MISSING if pd.isna(value) else f"{value:.2f}"
     if COLUMN_BENCHMARK.get(c) in table.attrs.get("stale", {}).get(cell_id, ()):
         text = STALE
     skip_column = f"skipped:{COLUMN_BENCHMARK.get(c, '')}"
     skipped = bool(skip_column in table.columns and pd.notna(row[skip_column]) and row[skip_column] > 0)
-    paper = row.get(f"{c}:paper", np.nan)
-    delta = row.get(f"{c}:delta", np.nan)
-    return text, float(paper), float(delta), skipped
+    interval = _interval(table, row, c) if text not in (MISSING, STALE) else None
+    return _Entry(text, skipped, interval, float(row.get(f"{c}:delta", np.nan)), float(row.get(f"{c}:paper", np.nan)))
+
+
+def _render(entry: _Entry, style: _Style) -> str:
+    """ours, dagger, [interval], then (delta) where the paper has the row, else (paper N) if only it has a number."""
+    out = style.text(entry.text) + (style.dagger if entry.skipped else "")
+    if entry.interval:
+        out += style.interval.format(lo=entry.interval[0], hi=entry.interval[1])
+    if not math.isnan(entry.delta):
+        out += style.delta.format(delta=entry.delta)
+    elif not math.isnan(entry.paper):
+        out += style.paper.format(paper=entry.paper)
+    return out
 
 
 def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...] = ()) -> str:
@@ -84,19 +113,7 @@ def to_markdown(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, .
     ]
     for cell_id, row in table.iterrows():
         cells = [_cell_text(row[c]) for c in label_columns]
-        for c in score_columns:
-            text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
-            if skipped:
-                text += DAGGER
-            interval = _interval(table, row, c) if text not in (MISSING, STALE) else None
-            if interval:
-                text += f"\u00a0[{interval[0]:.1f},\u00a0{interval[1]:.1f}]"
-            # a no-break space keeps a score and its delta on one line in narrow (HTML) views
-            if not math.isnan(delta):
-                text += f"\u00a0({delta:+.2f})"
-            elif not math.isnan(paper):
-                text += f"\u00a0(paper\u00a0{paper:.2f})"
-            cells.append(text)
+        cells += [_render(_score_entry(table, cell_id, row, c), _MARKDOWN) for c in score_columns]
         lines.append("| " + " | ".join(cells) + " |")
     parts = [f"## {title}", "\n".join(lines)]
     if _has_paper(table):
@@ -116,6 +133,13 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 def _latex_text(text: Any) -> str:
     out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
     return out.replace(MISSING, "--").replace(DAGGER, r"$^\dagger$").replace("≥", r"$\geq$").replace("−", "-")
+
+
+# a no-break space keeps a score, its interval and its delta on one line in narrow (HTML) views
+_MARKDOWN = _Style(text=str, dagger=DAGGER, interval="\u00a0[{lo:.1f},\u00a0{hi:.1f}]", delta="\u00a0({delta:+.2f})",
+                   paper="\u00a0(paper\u00a0{paper:.2f})")
+_LATEX = _Style(text=_latex_text, dagger=r"$^\dagger$", interval=r" {{\tiny [{lo:.1f}, {hi:.1f}]}}",
+                delta=r" {{\tiny ({delta:+.2f})}}", paper=r" {{\tiny (paper {paper:.2f})}}")
 
 
 def to_latex(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...] = ()) -> str:
@@ -141,17 +165,7 @@ def to_latex(table: pd.DataFrame, title: str, notes: list[str] | tuple[str, ...]
         if i > 0 and groups[i] != groups[i - 1]:
             lines.append(r"\midrule")
         cells = [_latex_text(row[c]) for c in label_columns]
-        for c in score_columns:
-            text, paper, delta, skipped = _score_entry(table, cell_id, row, c)
-            entry = _latex_text(text) + (r"$^\dagger$" if skipped else "")
-            interval = _interval(table, row, c) if text not in (MISSING, STALE) else None
-            if interval:
-                entry += rf" {{\tiny [{interval[0]:.1f}, {interval[1]:.1f}]}}"
-            if not math.isnan(delta):
-                entry += rf" {{\tiny ({delta:+.2f})}}"
-            elif not math.isnan(paper):
-                entry += rf" {{\tiny (paper {paper:.2f})}}"
-            cells.append(entry)
+        cells += [_render(_score_entry(table, cell_id, row, c), _LATEX) for c in score_columns]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     remarks = ["Small type: ours minus the paper's number."] if _has_paper(table) else []
