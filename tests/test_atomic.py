@@ -1,12 +1,13 @@
 """vlmswap.atomic: a file is either its old content or the complete new one, never a fragment."""
 
+import csv
 import json
 import os
 import stat
 
 import pytest
 
-from vlmswap.atomic import atomic_path, write_bytes, write_json, write_text
+from vlmswap.atomic import atomic_path, read_csv_rows, write_bytes, write_csv, write_json, write_text
 
 
 def leftovers(directory):
@@ -115,3 +116,25 @@ def test_a_writer_killed_mid_write_leaves_nothing_after_the_next_write(tmp_path)
     finally:
         live.kill()
         live.wait()
+
+
+def test_write_csv_round_trips_through_read_csv_rows_in_order(tmp_path):
+    a, b = tmp_path / "a" / "one.csv", tmp_path / "two.csv"
+    write_csv(a, [{"cell": "vit@cls", "auc": 0.81}, {"cell": 'quote " and, comma', "auc": ""}], ["cell", "auc"])
+    write_csv(b, ({"auc": 0.5, "cell": "x"} for _ in range(2)), ["cell", "auc"])  # a generator, keys in any order
+    assert a.read_text().splitlines()[0] == "cell,auc"
+    with open(a, newline="") as f:  # the csv module's own reading agrees
+        assert list(csv.reader(f))[2] == ['quote " and, comma', ""]
+    assert read_csv_rows([a, b]) == [{"cell": "vit@cls", "auc": "0.81"}, {"cell": 'quote " and, comma', "auc": ""},
+                                     {"cell": "x", "auc": "0.5"}, {"cell": "x", "auc": "0.5"}]
+    assert read_csv_rows([]) == []
+    assert leftovers(tmp_path) == [] and leftovers(a.parent) == []
+
+
+def test_write_csv_with_an_unknown_field_leaves_the_old_file(tmp_path):
+    path = tmp_path / "rows.csv"
+    write_csv(path, [{"cell": "a"}], ["cell"])
+    with pytest.raises(ValueError, match="score"):
+        write_csv(path, [{"cell": "b", "score": 1}], ["cell"])
+    assert read_csv_rows([path]) == [{"cell": "a"}]
+    assert leftovers(tmp_path) == []

@@ -19,13 +19,15 @@ process). Leftovers from another host are kept: a process there cannot be checke
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 __all__ = ["atomic_path", "write_bytes", "write_json", "write_text"]
 
@@ -126,6 +128,26 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> None:
+    """Write `rows` as CSV (a header of `fieldnames`, then one line per row, `csv`'s dialect) to
+    `path` atomically. The text is built before the file is touched, so a row with a field that is
+    not in `fieldnames` raises and leaves any existing file as it was."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def read_csv_rows(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, str]]:
+    """The rows of several CSV files with headers, in order, as dicts of strings."""
+    rows: list[dict[str, str]] = []
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows += list(csv.DictReader(f))
+    return rows
 
 
 def _json_default(value: Any) -> Any:

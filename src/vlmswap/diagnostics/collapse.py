@@ -28,7 +28,6 @@ Diagnosis per cell (`diagnose`), with a drop threshold of 0.05 AUC:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -39,6 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vlmswap.atomic import atomic_path, read_csv_rows, write_csv, write_text
 from vlmswap.diagnostics.settings import collapse_settings
 from vlmswap.image import Geometry
 from vlmswap.study import Cell, Study
@@ -139,7 +139,6 @@ def probe_cell(study: Study, cell: Cell, vlm, index_path: Path, out_csv: Path,
     """
     from PIL import Image
 
-    from vlmswap.atomic import atomic_path
     from vlmswap.evaluate.runner import read_index
 
     settings = collapse_settings(study)
@@ -196,11 +195,7 @@ def probe_cell(study: Study, cell: Cell, vlm, index_path: Path, out_csv: Path,
         log(f"{cell.id}: {name} AUC {auc:.3f}")
 
     # 5. the CSV
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    write_csv(out_csv, (asdict(r) for r in rows), list(asdict(rows[0])))
     return rows
 
 
@@ -237,16 +232,8 @@ def write_collapse_summary(csv_files: list[Path], results_dir: Path, out_csv: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vlmswap.atomic import atomic_path, write_text
-
-    rows: list[dict] = []
-    for path in csv_files:
-        with open(path, newline="") as f:
-            rows += list(csv.DictReader(f))
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rows: list[dict] = read_csv_rows(csv_files)
+    write_csv(out_csv, rows, list(rows[0]))
 
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     fig, ax = plt.subplots(figsize=(10, 5.5))

@@ -155,14 +155,12 @@ def write_probe_summary(study, json_files: list[Path], results_dir: Path, out_cs
                         out_png: Path) -> dict:
     """Cell x dataset accuracy table, and the rank correlation of mean probe accuracy with each
     VLM score column over the probed cells that have that score."""
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vlmswap.atomic import atomic_path, write_text
+    from vlmswap.atomic import atomic_path, write_csv, write_text
 
     records = [json.loads(Path(p).read_text()) for p in json_files]
     datasets = list(records[0]["datasets"]) if records else []
@@ -172,10 +170,7 @@ def write_probe_summary(study, json_files: list[Path], results_dir: Path, out_cs
         rows.append({"cell": rec["cell"], **{d: rec["datasets"][d]["accuracy"] for d in datasets},
                      "mean": round(sum(accs) / len(accs), 2),
                      **{f"C[{d}]": rec["datasets"][d]["C"] for d in datasets}})
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_csv, rows, list(rows[0]))
 
     scores: dict[str, dict[str, float]] = {}
     for row in rows:

@@ -20,7 +20,6 @@ The six metrics of the paper's Fig. 4 (paper App. G.1):
 
 from __future__ import annotations
 
-import csv
 import resource
 import time
 from dataclasses import asdict, dataclass, fields
@@ -29,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from vlmswap.atomic import atomic_path, read_csv_rows, write_csv
 from vlmswap.diagnostics.settings import profile_settings
 from vlmswap.image import Geometry
 from vlmswap.study import Cell, Study
@@ -104,7 +104,6 @@ def profile_cell(study: Study, cell: Cell, llm_dir: Path, out_csv: Path,
     4. On out-of-memory: record an `oom` row and stop the sweep.
     5. Write the CSV atomically.
     """
-    from vlmswap.atomic import atomic_path
     from vlmswap.language import load_llm, load_tokenizer
     from vlmswap.vision.registry import build_backbone
     from vlmswap.vlm import VLMHead, backbone_arch, inference_placement
@@ -163,11 +162,7 @@ def profile_cell(study: Study, cell: Cell, llm_dir: Path, out_csv: Path,
             break
 
     # 5. the CSV
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    write_csv(out_csv, (asdict(r) for r in rows), COLUMNS)
     return rows
 
 
@@ -187,16 +182,8 @@ def write_profile_summary(csv_files: list[Path], out_csv: Path, out_png: Path, t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vlmswap.atomic import atomic_path
-
-    rows: list[dict] = []
-    for path in csv_files:
-        with open(path, newline="") as f:
-            rows += list(csv.DictReader(f))
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    rows: list[dict] = read_csv_rows(csv_files)
+    write_csv(out_csv, rows, COLUMNS)
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     cells = list(dict.fromkeys(r["cell"] for r in rows))
