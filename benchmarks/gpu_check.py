@@ -21,6 +21,7 @@ import importlib.util
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -80,7 +81,8 @@ def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps
     step = min(times[1:])
     tokens_s = batch * seq / step
     mfu = 6 * params * tokens_s / (peak_tflops * 1e12)
-    optimizer = type(engine.optimizer.optimizer if hasattr(engine.optimizer, "optimizer") else engine.optimizer).__name__
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    optimizer = type(inner).__name__ + (" (torch, fused)" if getattr(inner, "defaults", {}).get("fused") else "")
     print(f"train step: Llama {params / 1e9:.2f} B, batch {batch} x {seq} tokens, {step * 1e3:.0f} ms/step, "
           f"{tokens_s:,.0f} tokens/s, MFU {100 * mfu:.1f}% of {peak_tflops:g} TFLOP/s, optimizer {optimizer}, "
           f"attention {model.config._attn_implementation}, loss {loss.item():.3f}")
@@ -95,26 +97,35 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
     out: dict = {}
+    failed: list[str] = []
     t0 = time.perf_counter()
-    if "backbones" in parts:
-        print("== 1. backbones at paper resolution (bf16) and the fused scan", flush=True)
-        options = (["--device", "cpu", "--dtype", "float32", "--batch", "1", "--size", "64", "--families", "vit,vmamba",
-                    "--warmup", "0", "--repeats", "1"] if args.smoke else [])
-        out["backbones"] = _script("backbones").main(options)
-    if "scan" in parts:
-        print("== 2. the selective scan on the CPU", flush=True)
-        out["scan"] = _script("scan").main(["--repeats", "1", "--warmup", "0"] + (["--scale", "16"] if args.smoke else []))
-    if "train" in parts:
-        print("== 3. one ZeRO-3 training step", flush=True)
-        sizes = dict(hidden=64, layers=2, vocab=256, seq=32, batch=2, steps=1) if args.smoke else \
-            dict(hidden=2048, layers=16, vocab=32000, seq=2048, batch=4, steps=3)
-        out["train"] = train_step(**sizes, peak_tflops=args.peak_tflops)
-    if "generate" in parts:
-        print("== 4. batched generation", flush=True)
-        options = ["--n", "4", "--batch", "2", "--max-new-tokens", "3", "--hidden", "32", "--layers", "1"] if args.smoke \
-            else ["--n", "64", "--batch", "16"]
-        out["generate"] = _script("generate").main(options)
-    print(f"gpu check done in {time.perf_counter() - t0:.0f} s")
+
+    def part(key: str, title: str, run) -> None:
+        """One part; a failure is printed and the next part still runs (a device is lent briefly)."""
+        if key not in parts:
+            return
+        print(f"== {title}", flush=True)
+        try:
+            out[key] = run()
+        except Exception:
+            traceback.print_exc()
+            failed.append(key)
+
+    backbone_options = (["--device", "cpu", "--dtype", "float32", "--batch", "1", "--size", "64", "--families",
+                         "vit,vmamba", "--warmup", "0", "--repeats", "1"] if args.smoke else [])
+    part("backbones", "1. backbones at paper resolution (bf16) and the fused scan",
+         lambda: _script("backbones").main(backbone_options))
+    part("scan", "2. the selective scan on the CPU",
+         lambda: _script("scan").main(["--repeats", "1", "--warmup", "0"] + (["--scale", "16"] if args.smoke else [])))
+    sizes = dict(hidden=64, layers=2, vocab=256, seq=32, batch=2, steps=1) if args.smoke else \
+        dict(hidden=2048, layers=16, vocab=32000, seq=2048, batch=4, steps=3)
+    part("train", "3. one ZeRO-3 training step", lambda: train_step(**sizes, peak_tflops=args.peak_tflops))
+    generate_options = (["--n", "4", "--batch", "2", "--max-new-tokens", "3", "--hidden", "32", "--layers", "1"]
+                        if args.smoke else ["--n", "64", "--batch", "16"])
+    part("generate", "4. batched generation", lambda: _script("generate").main(generate_options))
+    print(f"gpu check done in {time.perf_counter() - t0:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise SystemExit(1)
     return out
 
 

@@ -39,6 +39,28 @@ def test_generate_script_compares_batched_with_one_at_a_time(capsys):
     assert "target (batched generation >= 8x" in capsys.readouterr().out
 
 
+def test_gpu_check_runs_the_parts_after_a_failed_one_and_exits_nonzero(monkeypatch, capsys):
+    """A device is lent for minutes: one broken part must not cost the figures of the others."""
+    check = _load("gpu_check")
+
+    def broken_step(**_sizes):
+        raise RuntimeError("CUDA_HOME does not exist, unable to compile CUDA op(s)")
+
+    class Generate:
+        @staticmethod
+        def main(options):
+            return {"options": options}
+
+    monkeypatch.setattr(check, "train_step", broken_step)
+    monkeypatch.setattr(check, "_script", lambda name: Generate)
+    with pytest.raises(SystemExit) as ended:
+        check.main(["--smoke", "--parts", "train,generate"])
+    assert ended.value.code == 1
+    captured = capsys.readouterr()
+    assert "== 3. one ZeRO-3 training step" in captured.out and "== 4. batched generation" in captured.out
+    assert "failed: train" in captured.out and "CUDA_HOME does not exist" in captured.err
+
+
 def _run_script(*args):
     import os
     import subprocess

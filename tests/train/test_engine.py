@@ -1,6 +1,7 @@
 """The engine config and how training loads the LLM: fused Adam and a partitioned bf16 load on a GPU,
 torch's AdamW and the whole float32 load on the CPU."""
 
+import pytest
 import torch
 
 from vlmswap.sections import Recipe
@@ -11,9 +12,39 @@ RECIPE = {"per_device_batch": 4, "global_batch": 16, "max_grad_norm": 1.0, "prec
 
 
 def test_the_optimizer_is_torchs_adamw_on_the_cpu_and_deepspeeds_fused_adam_on_a_gpu(monkeypatch):
-    assert engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]["torch_adam"] is True
+    params = engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]
+    assert params["torch_adam"] is True and "fused" not in params
     monkeypatch.setattr(engine, "on_gpu", lambda: True)
-    assert engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]["torch_adam"] is False
+    monkeypatch.setattr(engine, "fused_adam_unavailable", lambda: None)  # the op is prebuilt or builds
+    params = engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]
+    assert params["torch_adam"] is False and "fused" not in params
+
+
+def test_a_gpu_node_that_cannot_build_deepspeeds_fused_adam_gets_torchs_fused_adamw_and_says_why(monkeypatch, capsys):
+    monkeypatch.setattr(engine, "on_gpu", lambda: True)
+    reason = "CUDA_HOME does not exist, unable to compile CUDA op(s)"
+    monkeypatch.setattr(engine, "fused_adam_unavailable", lambda: reason)
+    engine._note_once.cache_clear()
+    for _ in range(3):  # one training builds the config twice (the partitioned load, then the engine)
+        params = engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]
+        assert params["torch_adam"] is True and params["fused"] is True
+    said = capsys.readouterr().err.splitlines()
+    assert said == ["vlmswap.train: DeepSpeed's fused Adam is unavailable (CUDA_HOME does not exist, unable to "
+                    "compile CUDA op(s)); the optimizer is torch's fused AdamW"]
+
+
+def test_the_fused_adam_probe_reports_a_failed_load_instead_of_raising(monkeypatch):
+    from deepspeed.ops.op_builder import FusedAdamBuilder
+
+    def no_toolkit(self, verbose=False):
+        raise RuntimeError("CUDA_HOME does not exist, unable to compile CUDA op(s)\n(more detail)")
+
+    monkeypatch.setattr(FusedAdamBuilder, "load", no_toolkit)
+    engine.fused_adam_unavailable.cache_clear()
+    try:
+        assert engine.fused_adam_unavailable() == "CUDA_HOME does not exist, unable to compile CUDA op(s)"
+    finally:
+        engine.fused_adam_unavailable.cache_clear()
 
 
 def test_training_loads_the_llm_whole_on_the_cpu_and_partitioned_in_bf16_on_a_gpu(monkeypatch):
@@ -43,6 +74,7 @@ ZERO3_VS_TORCH = r"""
 import copy, json, sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from vlmswap.train import engine as engine_module
 from vlmswap.train.engine import deepspeed_config, init_deepspeed, parameter_groups
 from vlmswap.vlm import VLMHead
 
@@ -54,8 +86,14 @@ head = VLMHead("mlp2", 8, llm)
 reference = copy.deepcopy(head)
 recipe = {"per_device_batch": 2, "global_batch": 2, "max_grad_norm": 0.0, "precision": "fp32", "lr": 1e-2,
           "weight_decay": 0.0, "weight_decay_applied_to": "none"}
-engine, *_ = deepspeed.initialize(model=head, model_parameters=parameter_groups(head, 0.0),
-                                  config=deepspeed_config(recipe, 1, 1))
+config = deepspeed_config(recipe, 1, 1)
+if sys.argv[1:] == ["no-fused-op"]:  # the settings a GPU node without DeepSpeed's fused Adam gets
+    engine_module.on_gpu, engine_module.fused_adam_unavailable = (lambda: True), (lambda: "no nvcc")
+    config["optimizer"]["params"].update(engine_module.adam_settings())
+    engine_module.on_gpu = lambda: False
+engine, *_ = deepspeed.initialize(model=head, model_parameters=parameter_groups(head, 0.0), config=config)
+inner = engine.optimizer.optimizer
+assert type(inner) is torch.optim.AdamW and bool(inner.defaults["fused"]) == (sys.argv[1:] == ["no-fused-op"])
 optimizer = torch.optim.AdamW(parameter_groups(reference, 0.0), lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
 steps = [(torch.randn(2, 4, 8), torch.randint(0, 64, (2, 6))), (None, torch.randint(0, 64, (2, 6))),
          (None, torch.randint(0, 64, (2, 6)))]
@@ -76,7 +114,10 @@ print(json.dumps(gaps))
 """
 
 
-def test_a_text_only_step_gives_the_connector_a_zero_gradient_under_zero3(tmp_path):
+@pytest.mark.parametrize("optimizer", ["torch-adamw", "no-fused-op"])
+def test_a_text_only_step_gives_the_connector_a_zero_gradient_under_zero3(tmp_path, optimizer):
+    """Also the fallback optimizer (torch's fused AdamW, what a GPU node without DeepSpeed's op
+    gets; fused AdamW runs on the CPU too): the same update as torch's reference AdamW."""
     import json
     import os
     import subprocess
@@ -85,7 +126,7 @@ def test_a_text_only_step_gives_the_connector_a_zero_gradient_under_zero3(tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    run = subprocess.run([sys.executable, "-c", ZERO3_VS_TORCH], env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", ZERO3_VS_TORCH, optimizer], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     gaps = json.loads(run.stdout.strip().splitlines()[-1])

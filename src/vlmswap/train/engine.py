@@ -4,13 +4,16 @@ The same engine runs on a GPU cluster (NCCL, bf16) and on a laptop CPU (DeepSpee
 accelerator with gloo; ../shared/reference/cpu_feasibility.md section 2). On the CPU we avoid the
 two first-use C++ builds that would cost minutes: the optimizer is torch's AdamW
 (`torch_adam: true`, which is also what Prismatic uses) and the shared-memory allreduce op is not
-built (it only speeds up CPU inference collectives). On a GPU the optimizer is DeepSpeed's fused Adam.
+built (it only speeds up CPU inference collectives). On a GPU the optimizer is DeepSpeed's fused Adam,
+or torch's fused AdamW where DeepSpeed's op can be neither loaded nor built (`adam_settings`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import sys
 from typing import Any, Mapping
 
 import torch
@@ -60,15 +63,52 @@ def deepspeed_config(recipe: Mapping[str, Any], world_size: int, accumulation: i
         },
         "optimizer": {
             "type": "AdamW",
-            # DeepSpeed's fused (multi-tensor) Adam on a GPU; torch's AdamW on the CPU, where the
-            # fused op would be a ~1 min first-use C++ build (cpu_feasibility.md section 1)
+            # DeepSpeed's fused (multi-tensor) Adam on a GPU, else torch's fused AdamW there; torch's
+            # AdamW on the CPU, where DeepSpeed's op would be a ~1 min first-use C++ build
+            # (cpu_feasibility.md section 1)
             "params": {"lr": float(recipe["lr"]), "betas": [0.9, 0.999], "eps": 1e-8,
-                       "weight_decay": effective_weight_decay(recipe), "torch_adam": not on_gpu(),
-                       "adam_w_mode": True},
+                       "weight_decay": effective_weight_decay(recipe), "adam_w_mode": True, **adam_settings()},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def adam_settings() -> dict[str, Any]:
+    """Which AdamW implementation the engine builds (the same update rule in each case).
+
+    CPU: torch's AdamW. GPU: DeepSpeed's fused Adam, which is either prebuilt into the install or
+    JIT-built on first use, and that build needs nvcc and ninja. A GPU node that lacks them (a pip
+    CUDA runtime with no toolkit) would otherwise fail inside `deepspeed.initialize` with
+    "CUDA_HOME does not exist". There the engine gets torch's fused AdamW instead (also one fused
+    kernel for each step), and the reason is printed once on stderr.
+    """
+    if not on_gpu():
+        return {"torch_adam": True}
+    reason = fused_adam_unavailable()
+    if reason is None:
+        return {"torch_adam": False}
+    _note_once(f"DeepSpeed's fused Adam is unavailable ({reason}); the optimizer is torch's fused AdamW")
+    return {"torch_adam": True, "fused": True}
+
+
+@functools.cache
+def fused_adam_unavailable() -> str | None:
+    """Why DeepSpeed's fused Adam op cannot be loaded here, or None when it can. The probe is the
+    load itself (prebuilt, or JIT-built now: the build `deepspeed.initialize` would run anyway, and
+    DeepSpeed keeps the loaded op for it), so a toolkit, ninja or version mismatch all show here."""
+    try:
+        from deepspeed.ops.op_builder import FusedAdamBuilder
+
+        FusedAdamBuilder().load(verbose=False)
+    except Exception as error:  # MissingCUDAException, "ninja not installed", a failed nvcc build, ...
+        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return None
+
+
+@functools.cache
+def _note_once(message: str) -> None:
+    print(f"vlmswap.train: {message}", file=sys.stderr, flush=True)
 
 
 WEIGHT_DECAY_TARGETS = ("none", "matrices")
