@@ -10,7 +10,9 @@ Facts follow Prismatic (../shared/reference/prismatic_spec.md 1.4-1.5):
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -107,13 +109,27 @@ def _sentencepiece_whitespace(tokenizer) -> None:
 
 
 def attention_implementation() -> str:
-    """flash_attention_2 on a GPU with flash-attn installed (the `gpu` extra), else torch's SDPA
-    (which itself picks flash / memory-efficient kernels on a GPU)."""
+    """flash_attention_2 on a GPU with flash-attn installed (the `gpu` extra) and importable, else
+    torch's SDPA (which itself picks flash / memory-efficient kernels on a GPU). A flash-attn build
+    that fails to import (compiled against another torch: "undefined symbol") falls back to SDPA and
+    says why once on stderr, instead of failing the model load."""
     import importlib.util
 
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
+        return "sdpa"
+    return "sdpa" if _flash_attn_import_error() else "flash_attention_2"
+
+
+@functools.cache
+def _flash_attn_import_error() -> str | None:
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as error:  # ImportError / OSError from its compiled extension
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"vlmswap.language: flash-attn does not import ({first}); attention uses torch's SDPA",
+              file=sys.stderr, flush=True)
+        return first
+    return None
 
 
 def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32,

@@ -61,9 +61,40 @@ def test_training_loads_the_llm_whole_on_the_cpu_and_partitioned_in_bf16_on_a_gp
 
 
 def test_attention_is_sdpa_without_flash_attn_or_a_gpu():
+    import importlib.util
+
     from vlmswap.language import attention_implementation
 
-    assert attention_implementation() == ("flash_attention_2" if torch.cuda.is_available() else "sdpa")
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    assert attention_implementation() == ("flash_attention_2" if flash else "sdpa")
+
+
+def test_a_flash_attn_build_that_does_not_import_falls_back_to_sdpa_and_says_why(monkeypatch, capsys):
+    import builtins
+    import importlib.util
+
+    from vlmswap import language
+
+    real_import, real_find_spec = builtins.__import__, importlib.util.find_spec
+
+    def broken(name, *args, **kwargs):
+        if name == "flash_attn":
+            raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn"
+                        else real_find_spec(name, *a))
+    monkeypatch.setattr(builtins, "__import__", broken)
+    language._flash_attn_import_error.cache_clear()
+    try:
+        assert language.attention_implementation() == "sdpa"
+        assert language.attention_implementation() == "sdpa"
+    finally:
+        language._flash_attn_import_error.cache_clear()
+    assert capsys.readouterr().err.splitlines() == [
+        "vlmswap.language: flash-attn does not import (flash_attn_2_cuda.so: undefined symbol: "
+        "_ZN3c104cuda9SetDeviceEi); attention uses torch's SDPA"]
 
 
 # One ZeRO-3 engine (our config and parameter groups) against plain torch AdamW on the same weights:
