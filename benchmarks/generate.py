@@ -6,6 +6,7 @@ same for the choice-probability path.
     python benchmarks/generate.py --batch 16 --n 64   # the target: >= 8x at batch 16
     python benchmarks/generate.py --threads 1 --clock cpu   # on a shared machine
     python benchmarks/generate.py --glibc-defaults     # without vlmswap.allocator (glibc's thresholds)
+    python benchmarks/generate.py --device cuda --dtype bfloat16 --n 64   # as evaluation runs on a GPU
 
 Both evaluation paths: greedy generation (VQA, RefCOCO, ...) and the choice probabilities
 (POPE, TallyQA: one forward, the first token's probabilities over the choices).
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="cpu: the process's CPU time, which a shared machine's other jobs do not inflate")
     p.add_argument("--glibc-defaults", action="store_true",
                    help="keep glibc's malloc thresholds (evaluation on the CPU raises them: vlmswap.allocator)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = p.parse_args(argv)
     from vlmswap.allocator import keep_freed_memory
 
@@ -61,13 +64,24 @@ def main(argv: list[str] | None = None) -> dict:
         "freed memory kept" if keep_freed_memory() else "glibc defaults (not glibc)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if device.type == "cuda" and args.clock == "cpu":
+        p.error("--clock cpu does not count GPU time; use the wall clock on a GPU")
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() if args.clock == "wall" else time.process_time()
 
     from vlmswap.language import eval_prompt
 
     vlm = tiny_vlm(args)
+    vlm.vision.to(device, dtype)
+    vlm.head.to(device)
+    for parameter in vlm.head.parameters():  # parameters only: the RoPE buffer stays float32, as evaluation has it
+        parameter.data = parameter.data.to(dtype)
     g = torch.Generator().manual_seed(1)
-    pixels = torch.randn(args.n, 3, 96, 96, generator=g)
+    pixels = torch.randn(args.n, 3, 96, 96, generator=g).to(device)
     questions = ["What color is the circle?", "How many squares are there?", "Is there a red triangle?",
                  'Please provide the bounding box coordinate of the region this sentence describes: "the red circle"']
     prompts = [eval_prompt(questions[i % len(questions)] + " x" * (i % 5)) for i in range(args.n)]
@@ -85,8 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     def probabilities(x, ps):
         return vlm.choice_probabilities(x, ps, choices)
 
-    print(f"{args.n} examples, max {args.max_new_tokens} new tokens, threads {torch.get_num_threads()}, "
-          f"{args.clock} clock, LM hidden {args.hidden} x {args.layers} layers, allocator: {allocator}")
+    print(f"{args.n} examples, max {args.max_new_tokens} new tokens, {device} {args.dtype}, threads "
+          f"{torch.get_num_threads()}, {args.clock} clock, LM hidden {args.hidden} x {args.layers} layers, "
+          f"allocator: {allocator}")
     results = {}
     for name, fn in [("generation", generate), ("choice probabilities", probabilities)]:
         batched(fn)  # warm-up
@@ -97,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             same = sum(a == b for a, b in zip(single, many))
             agree = f"identical outputs: {same}/{args.n}"
         else:
-            single, many = torch.cat(single), torch.cat(many)
+            single, many = torch.cat(single).float().cpu(), torch.cat(many).float().cpu()
             same = int(torch.isclose(single, many, rtol=1e-5, atol=1e-6).all(-1).sum())
             agree = f"equal probabilities (1e-5): {same}/{args.n}, max diff {(single - many).abs().max():.1e}"
         ratio = t_single / t_batched

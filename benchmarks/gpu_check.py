@@ -8,10 +8,11 @@ Four parts, each printing its figures (nothing is downloaded; weights are random
    selective-scan kernel against the pure path (benchmarks/backbones.py);
 2. the selective scan's paths against the reference on this machine's CPU (benchmarks/scan.py,
    one repeat: the compiled CPU kernel the CPU-side jobs use);
-3. one DeepSpeed ZeRO-3 training step (world of one) of a ~1 B Llama (2048 x 16 layers, bf16,
-   sequence 2048, batch 4, fused Adam, the LLM loaded through `load_llm(zero3_config=...)` as
-   training does on a GPU): tokens/s and MFU (6 x parameters x tokens/s over --peak-tflops);
-4. batched generation against one at a time (benchmarks/generate.py).
+3. one DeepSpeed ZeRO-3 training step (world of one) of the mlp2 connector and a ~1 B Llama
+   (2048 x 16 layers, bf16, sequence 2048 of which 576 visual tokens, batch 4, fused Adam), put
+   together as training does on a GPU (`load_llm(zero3_config=...)`, then `training_head`):
+   tokens/s and MFU (6 x parameters x tokens/s over --peak-tflops);
+4. batched generation against one at a time on the GPU in bf16 (benchmarks/generate.py).
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ class _Vocabulary:
         return self.size
 
 
-def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps: int, peak_tflops: float) -> dict:
-    """ZeRO-3 steps of a Llama built from a config, loaded as train_cell loads it on a GPU."""
+def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps: int, peak_tflops: float,
+               visual: int, vision_dim: int) -> dict:
+    """ZeRO-3 steps of the VLM head (mlp2 connector + a Llama built from a config), assembled as
+    train_cell assembles it on a GPU: the LLM loaded partitioned in bf16, the connector cast beside
+    it (`training_head`). Each example is `visual` projected feature tokens and `seq - visual` text
+    tokens."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from vlmswap.language import load_llm
-    from vlmswap.train.engine import deepspeed_config, init_deepspeed, on_gpu
+    from vlmswap.train.engine import deepspeed_config, init_deepspeed, on_gpu, parameter_groups
+    from vlmswap.train.loop import training_head
 
     deepspeed = init_deepspeed()
     device = torch.device("cuda") if on_gpu() else torch.device("cpu")
@@ -61,18 +67,21 @@ def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps
     llm_config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(hidden * 2.6875),
                              num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                              max_position_embeddings=max(seq, 128))
+    options = {"dtype": torch.bfloat16, "zero3_config": config}
     with tempfile.TemporaryDirectory() as folder:
         LlamaForCausalLM._from_config(llm_config, dtype=torch.bfloat16).save_pretrained(folder)
-        model = load_llm(folder, _Vocabulary(vocab + 1), dtype=torch.bfloat16, zero3_config=config)
+        model = load_llm(folder, _Vocabulary(vocab + 1), **options)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters()],
-                                           config=config)
-    ids = torch.randint(0, vocab, (batch, seq), device=device)
+    head = training_head("mlp2", vision_dim, model, options)
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in head.parameters())
+    engine, _, _, _ = deepspeed.initialize(model=head, model_parameters=parameter_groups(head, 0.0), config=config)
+    features = torch.randn(batch, visual, vision_dim, device=device, dtype=torch.bfloat16)
+    ids = torch.randint(0, vocab, (batch, seq - visual), device=device)
+    mask, multimodal = torch.ones_like(ids), torch.ones(batch, dtype=torch.bool, device=device)
     times = []
     for _ in range(steps + 1):  # the first is a warm-up
         t0 = time.perf_counter()
-        loss = engine(input_ids=ids, labels=ids).loss
+        loss = engine(features, ids, mask, ids.clone(), multimodal).loss
         engine.backward(loss)
         engine.step()
         if device.type == "cuda":
@@ -83,9 +92,9 @@ def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps
     mfu = 6 * params * tokens_s / (peak_tflops * 1e12)
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     optimizer = type(inner).__name__ + (" (torch, fused)" if getattr(inner, "defaults", {}).get("fused") else "")
-    print(f"train step: Llama {params / 1e9:.2f} B, batch {batch} x {seq} tokens, {step * 1e3:.0f} ms/step, "
-          f"{tokens_s:,.0f} tokens/s, MFU {100 * mfu:.1f}% of {peak_tflops:g} TFLOP/s, optimizer {optimizer}, "
-          f"attention {model.config._attn_implementation}, loss {loss.item():.3f}")
+    print(f"train step: connector + Llama {params / 1e9:.2f} B, batch {batch} x {seq} tokens ({visual} visual), "
+          f"{step * 1e3:.0f} ms/step, {tokens_s:,.0f} tokens/s, MFU {100 * mfu:.1f}% of {peak_tflops:g} TFLOP/s, "
+          f"optimizer {optimizer}, attention {model.config._attn_implementation}, loss {loss.item():.3f}")
     return {"params": params, "tokens_s": tokens_s, "mfu": mfu, "ms": step * 1e3}
 
 
@@ -117,11 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
          lambda: _script("backbones").main(backbone_options))
     part("scan", "2. the selective scan on the CPU",
          lambda: _script("scan").main(["--repeats", "1", "--warmup", "0"] + (["--scale", "16"] if args.smoke else [])))
-    sizes = dict(hidden=64, layers=2, vocab=256, seq=32, batch=2, steps=1) if args.smoke else \
-        dict(hidden=2048, layers=16, vocab=32000, seq=2048, batch=4, steps=3)
+    sizes = dict(hidden=64, layers=2, vocab=256, seq=32, batch=2, steps=1, visual=4, vision_dim=16) if args.smoke \
+        else dict(hidden=2048, layers=16, vocab=32000, seq=2048, batch=4, steps=3, visual=576, vision_dim=1024)
     part("train", "3. one ZeRO-3 training step", lambda: train_step(**sizes, peak_tflops=args.peak_tflops))
     generate_options = (["--n", "4", "--batch", "2", "--max-new-tokens", "3", "--hidden", "32", "--layers", "1"]
-                        if args.smoke else ["--n", "64", "--batch", "16"])
+                        if args.smoke else ["--n", "64", "--batch", "16", "--device", "cuda", "--dtype", "bfloat16"])
     part("generate", "4. batched generation", lambda: _script("generate").main(generate_options))
     print(f"gpu check done in {time.perf_counter() - t0:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
     if failed:

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Llama {args.hidden} x {args.layers} layers (intermediate {inter}, vocab {args.vocab}): "
               f"{n / 1e9:.2f} B parameters ({2 * n / 2**20:,.0f} MiB in bf16, {4 * n / 2**20:,.0f} MiB in fp32); "
               f"{args.world} ranks (torchrun, gloo); growth of a rank's resident memory over the load")
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        # host memory on the CPU path, also on a machine with GPUs: the ranks see none (gloo, no NCCL)
+        env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
         for way in WAYS:
             done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    f"--nproc_per_node={args.world}", __file__, "--worker", way, "--dir", folder,

@@ -149,3 +149,52 @@ def test_evaluation_and_diagnostics_run_in_bf16_on_the_rank_gpu_else_float32_on_
     assert inference_placement(3) == ("cuda:3", torch.bfloat16)
     monkeypatch.setenv("LOCAL_RANK", "2")
     assert evaluation_env() == (0, 1, "cuda:2", torch.bfloat16)
+    # a shard of a multi-GPU evaluation: its GPU is selected before NCCL starts, and NCCL is told it
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, **kw: calls.append(("init", backend, kw.get("device_id"))))
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert evaluation_env() == (5, 8, "cuda:2", torch.bfloat16)
+    assert calls == [("set_device", 2), ("init", "nccl", torch.device("cuda", 2))]
+
+
+def test_a_trained_model_loads_for_bf16_inference_with_its_rope_frequencies_in_float32(tmp_path):
+    """Evaluation on a GPU runs in bf16. The LLM loads in bf16 (as training loads it there), so the
+    rotary frequencies stay float32 as in training; a float32 load cast with `.to(bf16)` rounds them
+    too (0.78 rad off at position 640 for head dim 128), shifting every score a little."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from vlmswap.image import Geometry
+    from vlmswap.language import build_mini_llm, load_llm, load_tokenizer
+    from vlmswap.vision.vit import build_classifier
+    from vlmswap.vlm import load_trained
+
+    (tmp_path / "corpus.txt").write_text("USER: what color is it ASSISTANT: red blue green yes no\n" * 5)
+    build_mini_llm(tmp_path / "corpus.txt", tmp_path / "llm", {"vocab_size": 96, "hidden_size": 32,
+                   "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2})
+    study = yaml.safe_load((ROOT / "config" / "mini.yaml").read_text())
+    arch = study["backbones"]["vit-mini"]["arch"] = {"patch_size": 16, "embed_dim": 32, "depth": 3, "num_heads": 2}
+    torch.save(build_classifier(arch, Geometry(32, 32), 12).state_dict(), tmp_path / "vit.pth")
+    study.pop("diagnostics")
+    study["cells"] = [{"backbone": "vit-mini", "objective": "cls", "geometry": "32", "tap": "block-2",
+                       "connector": "mlp2"}]
+    study["tables"] = {"t": {"title": "t", "columns": "all", "cells": ["vit-mini@cls@32@block-2@mlp2"]}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    loaded = load_study(tmp_path / "study.yaml")
+    cell = loaded.cell("vit-mini@cls@32@block-2@mlp2")
+    trained = VLMHead("mlp2", 32, load_llm(tmp_path / "llm", load_tokenizer(tmp_path / "llm")))
+    (tmp_path / "model").mkdir()
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "model" / "model.safetensors"))
+
+    vlm = load_trained(loaded, cell, [tmp_path / "vit.pth"], tmp_path / "llm", tmp_path / "model", "cpu", torch.bfloat16)
+    assert {p.dtype for p in vlm.head.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in vlm.vision.parameters()} == {torch.bfloat16}
+    rope = vlm.head.llm.model.rotary_emb.inv_freq
+    assert rope.dtype == torch.float32 and torch.equal(rope, trained.llm.model.rotary_emb.inv_freq)
+    for name, weight in trained.state_dict().items():  # the trained weights, rounded once to bf16
+        assert torch.equal(vlm.head.state_dict()[name], weight.to(torch.bfloat16)), name
+    answer = vlm.generate(torch.rand(1, 3, 32, 32), ["what color is it"], max_new_tokens=2)
+    assert len(answer) == 1

@@ -108,14 +108,16 @@ def _sentencepiece_whitespace(tokenizer) -> None:
     backend.pre_tokenizer = None
 
 
-def attention_implementation() -> str:
-    """flash_attention_2 on a GPU with flash-attn installed (the `gpu` extra) and importable, else
-    torch's SDPA (which itself picks flash / memory-efficient kernels on a GPU). A flash-attn build
-    that fails to import (compiled against another torch: "undefined symbol") falls back to SDPA and
-    says why once on stderr, instead of failing the model load."""
+def attention_implementation(dtype: torch.dtype) -> str:
+    """flash_attention_2 for a bf16/fp16 model on a GPU with flash-attn installed (the `gpu` extra)
+    and importable, else torch's SDPA (which itself picks flash / memory-efficient kernels on a GPU).
+    flash-attn has no float32 kernel, so an fp32 recipe (the mini configs) on a GPU gets SDPA. A
+    flash-attn build that fails to import (compiled against another torch: "undefined symbol") falls
+    back to SDPA and says why once on stderr, instead of failing the model load."""
     import importlib.util
 
-    if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
+    if dtype not in (torch.bfloat16, torch.float16) or not torch.cuda.is_available() \
+            or importlib.util.find_spec("flash_attn") is None:
         return "sdpa"
     return "sdpa" if _flash_attn_import_error() else "flash_attention_2"
 
@@ -142,7 +144,9 @@ def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32,
     to) and loads the checkpoint shard by shard into partitioned parameters: each rank holds 1/world
     of the weights instead of a full copy (Vicuna-7B in float32: ~28 GB per rank otherwise). Needs the
     process group (train.engine.init_deepspeed) first. `dtype` is the dtype the weights load in (pass
-    the training dtype). attn_implementation: None for `attention_implementation()`."""
+    the training dtype; evaluation passes its inference dtype, so that the rotary frequencies stay
+    float32 as in training instead of being rounded by a later `.to(bf16)`). attn_implementation:
+    None for `attention_implementation(dtype)`."""
     from transformers import AutoModelForCausalLM
 
     keep = None
@@ -150,8 +154,8 @@ def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32,
         from transformers.integrations import HfDeepSpeedConfig
 
         keep = HfDeepSpeedConfig(dict(zero3_config))  # weakly referenced by transformers: keep it alive
-    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=dtype,
-                                                 attn_implementation=attn_implementation or attention_implementation())
+    attention = attn_implementation or attention_implementation(dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=dtype, attn_implementation=attention)
     model.config.pad_token_id = tokenizer.pad_token_id
     # new rows drawn from the model's initializer, as transformers 4.x (Prismatic's) did; 5.x would
     # otherwise initialise them around the mean of the existing rows

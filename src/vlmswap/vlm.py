@@ -246,12 +246,15 @@ def load_trained(study, cell, checkpoint_files, llm_dir, model_dir, device="cpu"
 
     vision = materialize_backbone(study, cell, checkpoint_files)
     tokenizer = load_tokenizer(llm_dir)
-    llm = load_llm(llm_dir, tokenizer)
+    # loaded in the inference dtype, as training loads it on a GPU: the rotary frequencies (a float32
+    # buffer) stay float32; casting a float32 model with `.to(bf16)` would round them as well
+    llm = load_llm(llm_dir, tokenizer, dtype=dtype)
     head = VLMHead(cell.connector, vision.embed_dim, llm)
+    head.projector.to(dtype)
     state = load_file(str(model_dir / "model.safetensors"))
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{model_dir / 'model.safetensors'}: does not match cell {cell.id} "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]}); retrain the cell")
     tokenizer.padding_side = "left"
-    return VLM(vision.to(device, dtype), head.to(device, dtype).eval(), tokenizer)
+    return VLM(vision.to(device, dtype), head.to(device).eval(), tokenizer)

@@ -66,7 +66,24 @@ def test_attention_is_sdpa_without_flash_attn_or_a_gpu():
     from vlmswap.language import attention_implementation
 
     flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
-    assert attention_implementation() == ("flash_attention_2" if flash else "sdpa")
+    assert attention_implementation(torch.bfloat16) == ("flash_attention_2" if flash else "sdpa")
+    assert attention_implementation(torch.float32) == "sdpa"
+
+
+def test_flash_attention_only_for_a_half_precision_model_on_a_gpu(monkeypatch):
+    """flash-attn has no float32 kernel: an fp32 recipe on a GPU (the mini configs) gets SDPA."""
+    import importlib.util
+
+    from vlmswap import language
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn"
+                        else real_find_spec(name, *a))
+    monkeypatch.setattr(language, "_flash_attn_import_error", lambda: None)  # as if it imports
+    assert language.attention_implementation(torch.bfloat16) == "flash_attention_2"
+    assert language.attention_implementation(torch.float16) == "flash_attention_2"
+    assert language.attention_implementation(torch.float32) == "sdpa"
 
 
 def test_a_flash_attn_build_that_does_not_import_falls_back_to_sdpa_and_says_why(monkeypatch, capsys):
@@ -88,8 +105,8 @@ def test_a_flash_attn_build_that_does_not_import_falls_back_to_sdpa_and_says_why
     monkeypatch.setattr(builtins, "__import__", broken)
     language._flash_attn_import_error.cache_clear()
     try:
-        assert language.attention_implementation() == "sdpa"
-        assert language.attention_implementation() == "sdpa"
+        assert language.attention_implementation(torch.bfloat16) == "sdpa"
+        assert language.attention_implementation(torch.bfloat16) == "sdpa"
     finally:
         language._flash_attn_import_error.cache_clear()
     assert capsys.readouterr().err.splitlines() == [
@@ -163,3 +180,70 @@ def test_a_text_only_step_gives_the_connector_a_zero_gradient_under_zero3(tmp_pa
     gaps = json.loads(run.stdout.strip().splitlines()[-1])
     assert any(name.startswith("projector.") for name in gaps) and len(gaps) > 10
     assert max(gaps.values()) < 1e-5, {k: v for k, v in gaps.items() if v >= 1e-5}
+
+
+# The GPU training path's model assembly, run on DeepSpeed's CPU backend: the LLM loaded partitioned in
+# bf16 (llm_load_options as on a GPU), the connector beside it, the engine, an image step and a
+# text-only step, then the weights as training saves them. Before stop 27 the float32 connector next
+# to the bf16 partitioned LLM failed `deepspeed.initialize` (zero/utils.py `defragment` asserts one
+# dtype), so every bf16 training on a GPU would have stopped there.
+GPU_ASSEMBLY = r"""
+import json, sys, tempfile
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from vlmswap.language import load_llm
+from vlmswap.sections import Recipe
+from vlmswap.train import loop
+from vlmswap.train.engine import deepspeed_config, init_deepspeed, parameter_groups
+
+class Vocabulary:
+    def __init__(self, size):
+        self.size, self.pad_token_id = size, size - 1
+    def __len__(self):
+        return self.size
+
+deepspeed = init_deepspeed()
+recipe = Recipe.parse({"per_device_batch": 2, "global_batch": 2, "max_grad_norm": 1.0, "precision": "bf16",
+                       "lr": 1e-3, "weight_decay": 0.0, "weight_decay_applied_to": "none", "epochs": 1,
+                       "warmup_ratio": 0.0, "max_length": 64, "seed": 0}, "test", "recipe")
+loop.on_gpu = lambda: True  # the load a GPU rank does; the engine config stays the CPU's
+options = loop.llm_load_options(recipe, 1)
+with tempfile.TemporaryDirectory() as folder:
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
+    llm = load_llm(folder, Vocabulary(65), **options)
+head = loop.training_head("mlp2", 8, llm, options)
+engine, *_ = deepspeed.initialize(model=head, model_parameters=parameter_groups(head, 0.0),
+                                  config=deepspeed_config(recipe.as_dict(), 1, 1))
+losses = []
+for features in (torch.randn(2, 4, 8), None):
+    ids = torch.randint(0, 64, (2, 6))
+    loss = engine(features, ids, torch.ones_like(ids), ids.clone(), torch.full((2,), features is not None)).loss
+    engine.backward(loss)
+    engine.step()
+    losses.append(loss.item())
+state = engine._zero3_consolidated_16bit_state_dict()
+print(json.dumps({"losses": losses, "saved": sorted({str(t.dtype) for t in state.values()}),
+                  "projector": str(next(head.projector.parameters()).dtype),
+                  "rope": str(llm.model.rotary_emb.inv_freq.dtype),
+                  "partitioned": all(hasattr(p, "ds_id") for p in head.parameters())}))
+"""
+
+
+def test_the_gpu_path_trains_a_bf16_connector_beside_the_partitioned_bf16_llm(tmp_path):
+    import json
+    import math
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    run = subprocess.run([sys.executable, "-c", GPU_ASSEMBLY], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["projector"] == "torch.bfloat16" and result["saved"] == ["torch.bfloat16"]
+    assert result["partitioned"] and all(math.isfinite(loss) for loss in result["losses"])
+    assert result["rope"] == "torch.float32"  # what evaluation's bf16 load must keep too

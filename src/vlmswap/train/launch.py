@@ -121,8 +121,13 @@ def evaluation_env() -> tuple[int, int, str, Any]:
     import torch
 
     rank, world, local_rank = ranks_from_env()
-    if world > 1:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world > 1 and torch.cuda.is_available():
+        # each rank on its own GPU before NCCL starts, so that no rank's collectives or allocations
+        # land on GPU 0 (without device_id torch guesses the device at the first barrier)
+        torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    elif world > 1:
+        torch.distributed.init_process_group("gloo")
     from vlmswap.vlm import inference_placement
 
     return rank, world, *inference_placement(local_rank)

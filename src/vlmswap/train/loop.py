@@ -78,6 +78,18 @@ def llm_load_options(recipe: Recipe, world: int) -> dict[str, Any]:
     return {"dtype": dtype, "zero3_config": deepspeed_config(recipe.as_dict(), world, accumulation)}
 
 
+def training_head(connector: str, vision_dim: int, llm, load_options: dict[str, Any]) -> VLMHead:
+    """Connector + LLM, as the engine gets them. Where the LLM was loaded partitioned in the training
+    dtype (`llm_load_options` on a GPU), the new connector is cast to that dtype too: DeepSpeed casts
+    a model to bf16 only when it did not arrive partitioned (`_configure_distributed_model`), and
+    ZeRO-3 packs a group's parameters into one flat buffer of a single dtype, so a float32 connector
+    beside a bf16 LLM fails `deepspeed.initialize` (an assertion in zero/utils.py `defragment`)."""
+    head = VLMHead(connector, vision_dim, llm)
+    if load_options.get("zero3_config") is not None:
+        head.projector.to(load_options["dtype"])
+    return head
+
+
 def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print) -> dict:
     # DeepSpeed 0.19 calls collectives that torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -97,11 +109,12 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     tokenizer = load_tokenizer(paths.llm_dir)
     # on a GPU the LLM loads partitioned (ZeRO-3 zero.Init through transformers) in the training dtype;
     # the CPU path (mini study, tests) keeps the full float32 load
-    llm = load_llm(paths.llm_dir, tokenizer, **llm_load_options(recipe, world))
+    load_options = llm_load_options(recipe, world)
+    llm = load_llm(paths.llm_dir, tokenizer, **load_options)
     llm.config.use_cache = False
     if recipe.grad_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    head = VLMHead(cell.connector, vision.embed_dim, llm)
+    head = training_head(cell.connector, vision.embed_dim, llm, load_options)
     n_visual = vision.num_tokens(cell.geometry.width, cell.geometry.height)
 
     dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.transform,
