@@ -75,7 +75,8 @@ def _run_script(*args):
 def test_gpu_check_runs_every_part_on_the_cpu_at_tiny_sizes():
     done = _run_script("gpu_check.py", "--smoke")
     assert done.returncode == 0, done.stderr[-3000:]
-    for part in ("== 1.", "== 2.", "== 3.", "== 4.", "train step: connector + Llama", "tokens/s, MFU", "gpu check done"):
+    for part in ("== 1.", "== 2.", "== 3.", "== 4.", "train step: connector + Llama", "tokens/s, MFU",
+                 "gpu check done"):
         assert part in done.stdout
 
 

@@ -186,10 +186,11 @@ def test_a_trained_model_loads_for_bf16_inference_with_its_rope_frequencies_in_f
     loaded = load_study(tmp_path / "study.yaml")
     cell = loaded.cell("vit-mini@cls@32@block-2@mlp2")
     trained = VLMHead("mlp2", 32, load_llm(tmp_path / "llm", load_tokenizer(tmp_path / "llm")))
-    (tmp_path / "model").mkdir()
-    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(tmp_path / "model" / "model.safetensors"))
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(model / "model.safetensors"))
 
-    vlm = load_trained(loaded, cell, [tmp_path / "vit.pth"], tmp_path / "llm", tmp_path / "model", "cpu", torch.bfloat16)
+    vlm = load_trained(loaded, cell, [tmp_path / "vit.pth"], tmp_path / "llm", model, "cpu", torch.bfloat16)
     assert {p.dtype for p in vlm.head.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in vlm.vision.parameters()} == {torch.bfloat16}
     rope = vlm.head.llm.model.rotary_emb.inv_freq

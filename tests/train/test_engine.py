@@ -9,13 +9,25 @@ from vlmswap.train import engine, loop
 
 RECIPE = {"per_device_batch": 4, "global_batch": 16, "max_grad_norm": 1.0, "precision": "bf16", "lr": 2e-5,
           "weight_decay": 0.1, "weight_decay_applied_to": "none"}
+REAL_PROBE = engine.fused_adam_unavailable
+
+
+@pytest.fixture(autouse=True)
+def no_op_build(monkeypatch):
+    """A test that pretends to be on a GPU never runs the real probe (on a CPU it would JIT-build
+    DeepSpeed's fused Adam for the CPU, about a minute), and no said-once note or probe result
+    outlives its test."""
+    monkeypatch.setattr(engine, "fused_adam_unavailable", lambda: None)
+    yield
+    engine._note_once.cache_clear()
+    REAL_PROBE.cache_clear()
 
 
 def test_the_optimizer_is_torchs_adamw_on_the_cpu_and_deepspeeds_fused_adam_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(engine, "on_gpu", lambda: False)
     params = engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]
     assert params["torch_adam"] is True and "fused" not in params
-    monkeypatch.setattr(engine, "on_gpu", lambda: True)
-    monkeypatch.setattr(engine, "fused_adam_unavailable", lambda: None)  # the op is prebuilt or builds
+    monkeypatch.setattr(engine, "on_gpu", lambda: True)  # the op is prebuilt or builds (no_op_build)
     params = engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]
     assert params["torch_adam"] is False and "fused" not in params
 
@@ -24,7 +36,6 @@ def test_a_gpu_node_that_cannot_build_deepspeeds_fused_adam_gets_torchs_fused_ad
     monkeypatch.setattr(engine, "on_gpu", lambda: True)
     reason = "CUDA_HOME does not exist, unable to compile CUDA op(s)"
     monkeypatch.setattr(engine, "fused_adam_unavailable", lambda: reason)
-    engine._note_once.cache_clear()
     for _ in range(3):  # one training builds the config twice (the partitioned load, then the engine)
         params = engine.deepspeed_config(RECIPE, 1, 4)["optimizer"]["params"]
         assert params["torch_adam"] is True and params["fused"] is True
@@ -40,11 +51,8 @@ def test_the_fused_adam_probe_reports_a_failed_load_instead_of_raising(monkeypat
         raise RuntimeError("CUDA_HOME does not exist, unable to compile CUDA op(s)\n(more detail)")
 
     monkeypatch.setattr(FusedAdamBuilder, "load", no_toolkit)
-    engine.fused_adam_unavailable.cache_clear()
-    try:
-        assert engine.fused_adam_unavailable() == "CUDA_HOME does not exist, unable to compile CUDA op(s)"
-    finally:
-        engine.fused_adam_unavailable.cache_clear()
+    REAL_PROBE.cache_clear()
+    assert REAL_PROBE() == "CUDA_HOME does not exist, unable to compile CUDA op(s)"
 
 
 def test_training_loads_the_llm_whole_on_the_cpu_and_partitioned_in_bf16_on_a_gpu(monkeypatch):
@@ -65,7 +73,10 @@ def test_attention_is_sdpa_without_flash_attn_or_a_gpu():
 
     from vlmswap.language import attention_implementation
 
-    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    from vlmswap import language
+
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None \
+        and language._flash_attn_import_error() is None
     assert attention_implementation(torch.bfloat16) == ("flash_attention_2" if flash else "sdpa")
     assert attention_implementation(torch.float32) == "sdpa"
 
