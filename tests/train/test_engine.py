@@ -258,3 +258,24 @@ def test_the_gpu_path_trains_a_bf16_connector_beside_the_partitioned_bf16_llm(tm
     assert result["projector"] == "torch.bfloat16" and result["saved"] == ["torch.bfloat16"]
     assert result["partitioned"] and all(math.isfinite(loss) for loss in result["losses"])
     assert result["rope"] == "torch.float32"  # what evaluation's bf16 load must keep too
+
+
+def test_a_resume_under_another_optimizer_says_it_is_not_bit_identical():
+    class Inner:
+        def __init__(self, fused):
+            self.defaults = {"fused": fused}
+
+    class Engine:
+        def __init__(self, inner):
+            self.optimizer = type("Stage3", (), {"optimizer": inner})()
+
+    FusedAdam = type("FusedAdam", (Inner,), {})
+    AdamW = type("AdamW", (Inner,), {})
+    assert loop.optimizer_kind(Engine(FusedAdam(None))) == "FusedAdam"
+    assert loop.optimizer_kind(Engine(AdamW(True))) == "AdamW (fused)"
+    said = []
+    loop._check_resumed_optimizer({"optimizer": "FusedAdam"}, "FusedAdam", said.append)
+    loop._check_resumed_optimizer({}, "AdamW (fused)", said.append)  # state from before the record
+    assert said == []
+    loop._check_resumed_optimizer({"optimizer": "FusedAdam"}, "AdamW (fused)", said.append)
+    assert len(said) == 1 and "saved by FusedAdam, this node steps with AdamW (fused)" in said[0]

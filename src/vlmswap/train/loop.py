@@ -143,6 +143,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                                f"loaded; delete the folder to restart cell {cell.id} from scratch")
         start, history = int(client["step"]), list(client["history"])
         say(f"resumed from {loaded} at step {start}/{schedule.steps}")
+        _check_resumed_optimizer(client, optimizer_kind(engine), say)
     # loss.jsonl grows step by step so that a running job can be watched (the final write below
     # replaces it atomically); after a resume it restarts from the resumed history
     loss_log = paths.out_dir / "loss.jsonl"
@@ -304,13 +305,31 @@ def _set_aside_foreign_state(state_dir: Path, provenance: dict, rank: int, say: 
         torch.distributed.barrier()  # no rank looks at the folder before rank 0 has decided
 
 
+def optimizer_kind(engine) -> str:
+    """The AdamW implementation the engine steps with (`engine.adam_settings` picks it per node)."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    return type(inner).__name__ + (" (fused)" if getattr(inner, "defaults", {}).get("fused") else "")
+
+
+def _check_resumed_optimizer(client: dict, kind: str, say: Callable[[str], None]) -> None:
+    """A run requeued onto a node that picks the other AdamW implementation (no nvcc there) goes on,
+    but says that it is no longer bit-identical to an uninterrupted run. State saved before the
+    optimizer was recorded says nothing."""
+    saved = client.get("optimizer")
+    if saved is not None and saved != kind:
+        say(f"warning: the resume state was saved by {saved}, this node steps with {kind}: the run goes on, "
+            f"but is not bit-identical to an uninterrupted one (give every node the same optimizer: "
+            f"README, Running on a cluster)")
+
+
 def _save_state(engine, state_dir: Path, step: int, history: list[dict], provenance: dict) -> None:
     """Save resume state, then drop older tags (DeepSpeed writes `latest` after the tag)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     if engine.global_rank == 0 and not (state_dir / "provenance.json").is_file():
         write_json(state_dir / "provenance.json", provenance)  # before any tag: no state without its record
     tag = f"step-{step:07d}"
-    engine.save_checkpoint(str(state_dir), tag=tag, client_state={"step": step, "history": history})
+    engine.save_checkpoint(str(state_dir), tag=tag, client_state={"step": step, "history": history,
+                                                                  "optimizer": optimizer_kind(engine)})
     if engine.global_rank == 0:
         for old in state_dir.glob("step-*"):
             if old.name != tag:
