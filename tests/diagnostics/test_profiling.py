@@ -52,6 +52,13 @@ def test_sweeps_ascending_with_host_metrics_on_the_cpu(study, llm_dir, tmp_path)
     assert [w["resolution"] for w in written] == ["32", "64", "96"] and list(written[0]) == profiling.COLUMNS
 
 
+def test_a_fused_backbone_is_profiled_with_one_view_per_tower(study, llm_dir, tmp_path):
+    """A fused backbone takes one normalized RGB view per tower, stacked along the channels."""
+    cell = study.cell("dino-mini+vit-mini@fused@64@block-2@mlp3")
+    rows = profiling.profile_cell(study, cell, llm_dir, tmp_path / "p.csv", log=lambda m: None)
+    assert [r.status for r in rows] == ["ok"] * 3 and all(r.host_vision_ms > 0 for r in rows)
+
+
 def test_the_mean_skips_the_warmup_and_the_sweep_stops_at_the_first_oom(study, llm_dir, tmp_path, monkeypatch):
     calls = []
 

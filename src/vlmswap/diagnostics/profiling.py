@@ -131,7 +131,7 @@ def profile_cell(study: Study, cell: Cell, llm_dir: Path, out_csv: Path,
             head.projector.to(device, dtype)  # the LLM is placed already; `.to(dtype)` would round its RoPE buffer
             tokens = vision.num_tokens(resolution, resolution)
             b, n = settings["batch_size"], settings["text_tokens"]
-            pixels = torch.randn(b, 3, resolution, resolution, device=device, dtype=dtype)
+            pixels = torch.randn(b, vision.in_channels, resolution, resolution, device=device, dtype=dtype)
             input_ids = torch.randint(0, vocab, (b, n), device=device)
             input_ids[:, 0] = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
             mask = torch.ones_like(input_ids)
