@@ -10,7 +10,7 @@ Four parts, each printing its figures (nothing is downloaded; weights are random
    one repeat: the compiled CPU kernel the CPU-side jobs use);
 3. one DeepSpeed ZeRO-3 training step (world of one) of the mlp2 connector and a ~1 B Llama
    (2048 x 16 layers, bf16, sequence 2048 of which 576 visual tokens, batch 4, fused Adam), put
-   together as training does on a GPU (`load_llm(zero3_config=...)`, then `training_head`):
+   together as training does on a GPU (`load_llm(zero3_config=...)`, then `VLMHead`):
    tokens/s and MFU (6 x parameters x tokens/s over --peak-tflops);
 4. batched generation against one at a time on the GPU in bf16 (benchmarks/generate.py).
 """
@@ -49,14 +49,14 @@ class _Vocabulary:
 def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps: int, peak_tflops: float,
                visual: int, vision_dim: int) -> dict:
     """ZeRO-3 steps of the VLM head (mlp2 connector + a Llama built from a config), assembled as
-    train_cell assembles it on a GPU: the LLM loaded partitioned in bf16, the connector cast beside
-    it (`training_head`). Each example is `visual` projected feature tokens and `seq - visual` text
+    train_cell assembles it on a GPU: the LLM loaded partitioned in bf16, the connector made in
+    its dtype (`VLMHead`). Each example is `visual` projected feature tokens and `seq - visual` text
     tokens."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from vlmswap.language import load_llm
-    from vlmswap.train.engine import deepspeed_config, init_deepspeed, on_gpu, parameter_groups
-    from vlmswap.train.loop import training_head
+    from vlmswap.train.engine import deepspeed_config, init_deepspeed, on_gpu, optimizer_kind, parameter_groups
+    from vlmswap.vlm import VLMHead
 
     deepspeed = init_deepspeed()
     device = torch.device("cuda") if on_gpu() else torch.device("cpu")
@@ -72,7 +72,7 @@ def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps
         LlamaForCausalLM._from_config(llm_config, dtype=torch.bfloat16).save_pretrained(folder)
         model = load_llm(folder, _Vocabulary(vocab + 1), **options)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    head = training_head("mlp2", vision_dim, model, options)
+    head = VLMHead("mlp2", vision_dim, model)
     params = sum(getattr(p, "ds_numel", p.numel()) for p in head.parameters())
     engine, _, _, _ = deepspeed.initialize(model=head, model_parameters=parameter_groups(head, 0.0), config=config)
     features = torch.randn(batch, visual, vision_dim, device=device, dtype=torch.bfloat16)
@@ -90,11 +90,9 @@ def train_step(hidden: int, layers: int, vocab: int, seq: int, batch: int, steps
     step = min(times[1:])
     tokens_s = batch * seq / step
     mfu = 6 * params * tokens_s / (peak_tflops * 1e12)
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    optimizer = type(inner).__name__ + (" (torch, fused)" if getattr(inner, "defaults", {}).get("fused") else "")
     print(f"train step: connector + Llama {params / 1e9:.2f} B, batch {batch} x {seq} tokens ({visual} visual), "
           f"{step * 1e3:.0f} ms/step, {tokens_s:,.0f} tokens/s, MFU {100 * mfu:.1f}% of {peak_tflops:g} TFLOP/s, "
-          f"optimizer {optimizer}, attention {model.config._attn_implementation}, loss {loss.item():.3f}")
+          f"optimizer {optimizer_kind(engine)}, attention {model.config._attn_implementation}, loss {loss.item():.3f}")
     return {"params": params, "tokens_s": tokens_s, "mfu": mfu, "ms": step * 1e3}
 
 

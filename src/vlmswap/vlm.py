@@ -64,11 +64,18 @@ def greedy_decode(llm: nn.Module, embeds: torch.Tensor, attention_mask: torch.Te
 
 
 class VLMHead(nn.Module):
-    """Connector + LLM: everything that trains."""
+    """Connector + LLM: everything that trains.
+
+    The connector is made in the LLM's dtype. On a GPU the LLM arrives partitioned in bf16 (ZeRO-3
+    zero.Init), and DeepSpeed casts a model only when it did not arrive partitioned
+    (`_configure_distributed_model`); ZeRO-3 packs a group into one flat buffer of a single dtype,
+    so a float32 connector beside it failed `deepspeed.initialize` (zero/utils.py `defragment`).
+    Evaluation loads the LLM in its inference dtype, and the connector follows it the same way."""
 
     def __init__(self, connector_kind: str, vision_dim: int, llm: nn.Module):
         super().__init__()
-        self.projector = build_connector(connector_kind, vision_dim, llm.config.hidden_size)
+        dtype = next(llm.parameters()).dtype  # a ZeRO-3 placeholder carries its parameter's dtype
+        self.projector = build_connector(connector_kind, vision_dim, llm.config.hidden_size).to(dtype)
         self.llm = llm
         self.vision_dim = vision_dim
 
@@ -250,7 +257,6 @@ def load_trained(study, cell, checkpoint_files, llm_dir, model_dir, device="cpu"
     # buffer) stay float32; casting a float32 model with `.to(bf16)` would round them as well
     llm = load_llm(llm_dir, tokenizer, dtype=dtype)
     head = VLMHead(cell.connector, vision.embed_dim, llm)
-    head.projector.to(dtype)
     state = load_file(str(model_dir / "model.safetensors"))
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -206,6 +206,7 @@ from vlmswap.language import load_llm
 from vlmswap.sections import Recipe
 from vlmswap.train import loop
 from vlmswap.train.engine import deepspeed_config, init_deepspeed, parameter_groups
+from vlmswap.vlm import VLMHead
 
 class Vocabulary:
     def __init__(self, size):
@@ -223,7 +224,7 @@ with tempfile.TemporaryDirectory() as folder:
     LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
     llm = load_llm(folder, Vocabulary(65), **options)
-head = loop.training_head("mlp2", 8, llm, options)
+head = VLMHead("mlp2", 8, llm)
 engine, *_ = deepspeed.initialize(model=head, model_parameters=parameter_groups(head, 0.0),
                                   config=deepspeed_config(recipe.as_dict(), 1, 1))
 losses = []
@@ -271,8 +272,8 @@ def test_a_resume_under_another_optimizer_says_it_is_not_bit_identical():
 
     FusedAdam = type("FusedAdam", (Inner,), {})
     AdamW = type("AdamW", (Inner,), {})
-    assert loop.optimizer_kind(Engine(FusedAdam(None))) == "FusedAdam"
-    assert loop.optimizer_kind(Engine(AdamW(True))) == "AdamW (fused)"
+    assert engine.optimizer_kind(Engine(FusedAdam(None))) == "FusedAdam"
+    assert engine.optimizer_kind(Engine(AdamW(True))) == "AdamW (fused)"
     said = []
     loop._check_resumed_optimizer({"optimizer": "FusedAdam"}, "FusedAdam", said.append)
     loop._check_resumed_optimizer({}, "AdamW (fused)", said.append)  # state from before the record

@@ -128,7 +128,7 @@ def profile_cell(study: Study, cell: Cell, llm_dir: Path, out_csv: Path,
             torch.manual_seed(0)
             vision = build_backbone(family, backbone_arch(study, cell), cell.tap, geometry).to(device, dtype).eval()
             head = VLMHead(cell.connector, vision.embed_dim, llm).eval()
-            head.projector.to(device, dtype)  # the LLM is placed already; `.to(dtype)` would round its RoPE buffer
+            head.projector.to(device)  # the LLM is placed already; `.to(dtype)` would round its RoPE buffer
             tokens = vision.num_tokens(resolution, resolution)
             b, n = settings["batch_size"], settings["text_tokens"]
             pixels = torch.randn(b, vision.in_channels, resolution, resolution, device=device, dtype=dtype)

@@ -92,6 +92,12 @@ def adam_settings() -> dict[str, Any]:
     return {"torch_adam": True, "fused": True}
 
 
+def optimizer_kind(engine) -> str:
+    """The AdamW implementation a built engine steps with (`adam_settings` picks it per node)."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    return type(inner).__name__ + (" (fused)" if getattr(inner, "defaults", {}).get("fused") else "")
+
+
 @functools.cache
 def fused_adam_unavailable() -> str | None:
     """Why DeepSpeed's fused Adam op cannot be loaded here, or None when it can. The probe is the

@@ -27,7 +27,8 @@ from vlmswap.language import load_llm, load_tokenizer
 from vlmswap.provenance import differences, file_sha256, model_record, move_aside
 from vlmswap.sections import Recipe
 from vlmswap.study import Cell, Study
-from vlmswap.train.engine import deepspeed_config, effective_weight_decay, init_deepspeed, on_gpu, parameter_groups
+from vlmswap.train.engine import (deepspeed_config, effective_weight_decay, init_deepspeed, on_gpu, optimizer_kind,
+                                  parameter_groups)
 from vlmswap.train.launch import distributed_env
 from vlmswap.train.schedule import accumulation_steps, schedule_for
 from vlmswap.train.trackers import Trackers, open_trackers
@@ -78,18 +79,6 @@ def llm_load_options(recipe: Recipe, world: int) -> dict[str, Any]:
     return {"dtype": dtype, "zero3_config": deepspeed_config(recipe.as_dict(), world, accumulation)}
 
 
-def training_head(connector: str, vision_dim: int, llm, load_options: dict[str, Any]) -> VLMHead:
-    """Connector + LLM, as the engine gets them. Where the LLM was loaded partitioned in the training
-    dtype (`llm_load_options` on a GPU), the new connector is cast to that dtype too: DeepSpeed casts
-    a model to bf16 only when it did not arrive partitioned (`_configure_distributed_model`), and
-    ZeRO-3 packs a group's parameters into one flat buffer of a single dtype, so a float32 connector
-    beside a bf16 LLM fails `deepspeed.initialize` (an assertion in zero/utils.py `defragment`)."""
-    head = VLMHead(connector, vision_dim, llm)
-    if load_options.get("zero3_config") is not None:
-        head.projector.to(load_options["dtype"])
-    return head
-
-
 def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print) -> dict:
     # DeepSpeed 0.19 calls collectives that torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -109,12 +98,11 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     tokenizer = load_tokenizer(paths.llm_dir)
     # on a GPU the LLM loads partitioned (ZeRO-3 zero.Init through transformers) in the training dtype;
     # the CPU path (mini study, tests) keeps the full float32 load
-    load_options = llm_load_options(recipe, world)
-    llm = load_llm(paths.llm_dir, tokenizer, **load_options)
+    llm = load_llm(paths.llm_dir, tokenizer, **llm_load_options(recipe, world))
     llm.config.use_cache = False
     if recipe.grad_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    head = training_head(cell.connector, vision.embed_dim, llm, load_options)
+    head = VLMHead(cell.connector, vision.embed_dim, llm)
     n_visual = vision.num_tokens(cell.geometry.width, cell.geometry.height)
 
     dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.transform,
@@ -303,12 +291,6 @@ def _set_aside_foreign_state(state_dir: Path, provenance: dict, rank: int, say: 
             move_aside(state_dir, why, say)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # no rank looks at the folder before rank 0 has decided
-
-
-def optimizer_kind(engine) -> str:
-    """The AdamW implementation the engine steps with (`engine.adam_settings` picks it per node)."""
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    return type(inner).__name__ + (" (fused)" if getattr(inner, "defaults", {}).get("fused") else "")
 
 
 def _check_resumed_optimizer(client: dict, kind: str, say: Callable[[str], None]) -> None:
