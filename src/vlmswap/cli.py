@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vlmswap.evaluate.records import PredictionsFileError
 from vlmswap.study import ConfigError, load_study
+from vlmswap.train.launch import TimeLimitReached as _TimeLimitReached
 
 
 def log(message: str) -> None:
@@ -224,13 +225,14 @@ def cmd_prepare_benchmark(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from vlmswap.train.launch import TimeLimit
     from vlmswap.train.loop import TrainPaths, train_cell
 
     study = _study(args)
     cell = study.cell(args.cell)
     paths = TrainPaths([Path(p) for p in args.checkpoint], Path(args.llm), Path(args.instruct_json), Path(args.image_root),
                        Path(args.out), Path(args.state_dir))
-    train_cell(study, cell, paths, log=log)
+    train_cell(study, cell, paths, log=log, time_limit=TimeLimit.from_env(os.environ.get("VLMSWAP_TIME_LIMIT")))
 
 
 def cmd_evaluate(args) -> None:
@@ -423,8 +425,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from vlmswap.checkpoint import CheckpointError
     from vlmswap.evaluate.records import AnnotationFileError
     from vlmswap.hub import FetchError
+    from vlmswap.train.loop import ResumeWorldMismatch
 
-    return (FetchError, CheckpointError, AnnotationFileError, InstructError)
+    return (FetchError, CheckpointError, AnnotationFileError, InstructError, ResumeWorldMismatch)
 
 
 def _launch_args(argv: list[str]) -> list[str]:
@@ -446,8 +449,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.verb in ("train", "evaluate"):
-        from vlmswap.train.launch import relaunch_if_distributed
+        from vlmswap.train.launch import relaunch_if_distributed, time_limit_env
 
+        if args.verb == "train":  # every rank stops at the same step before the job's time limit
+            os.environ.update(time_limit_env(os.environ, log))
         nodes = getattr(args, "nodes", 1)
         relaunch_if_distributed(_launch_args(argv), nodes, args.gpus // max(nodes, 1))
     try:
@@ -455,6 +460,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"vlmswap: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except _TimeLimitReached as e:  # resume state is saved: EX_TEMPFAIL, the job's retry continues
+        print(f"vlmswap: {e}", file=sys.stderr)
+        raise SystemExit(75) from None
     except PredictionsFileError as e:
         print(f"vlmswap: {e}", file=sys.stderr)
         raise SystemExit(2) from None

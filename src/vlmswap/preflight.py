@@ -125,7 +125,8 @@ def format_report(report: Preflight) -> str:
     unknown = f" (+ {len(report.unknown_sizes)} of unstated size)" if report.unknown_sizes else ""
     lines.append(f"downloads still to fetch: {report.download_gb} GB{unknown}; free: {report.free_gb} GB")
     lines.append(f"grid: {report.jobs.get('train', 0)} training and {report.jobs.get('evaluate', 0)} evaluation jobs, "
-                 f"at most {report.gpu_hours} GPU-hours (requested wall time)")
+                 f"{report.gpu_hours} GPU-hours of requested wall time, one attempt per job (a training "
+                 f"stopped at its time limit continues in a retry, which adds its own)")
     if report.gated:
         lines.append("gated hub repositories: " + ", ".join(g["hub"] or g["label"] for g in report.gated))
     lines += [f"PROBLEM: {p}" for p in report.problems]

@@ -100,6 +100,32 @@ def test_killed_run_resumes_to_the_same_final_weights(setup):
 
 
 @pytest.mark.slow
+def test_a_job_near_its_time_limit_saves_stops_and_its_retry_ends_with_the_same_weights(setup):
+    """Under SLURM `vlmswap train` reads the job's end time; once less than the margin is left the
+    loop saves resume state at the step it is at and exits 75, and the retry finishes the run to the
+    bytes of an uninterrupted one, instead of losing up to `checkpoint_every` steps to the kill."""
+    base = setup
+    if not (base / "straight" / "model.safetensors").exists():
+        straight = subprocess.run(train_cmd(base, "straight"), env=ENV, capture_output=True, text=True, timeout=600)
+        assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    # an hour's job already within its margin: it stops after the first step (step 1 is no save step)
+    near = {**ENV, "VLMSWAP_TIME_LIMIT": f"{time.time() + 60:.0f},3600"}
+    first = subprocess.run(train_cmd(base, "limited"), env=near, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 75, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "resume state saved at step 1/12" in first.stderr and "its retry continues" in first.stderr
+    assert (base / "limited-state" / "latest").read_text().strip() == "step-0000001"
+    assert not (base / "limited" / "model.safetensors").exists()
+    retry = subprocess.run(train_cmd(base, "limited"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
+    assert "resumed from" in retry.stdout and "at step 1/12" in retry.stdout
+    a, b = weights(base / "straight"), weights(base / "limited")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    steps = [json.loads(line)["step"] for line in (base / "limited" / "loss.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+@pytest.mark.slow
 def test_diverging_loss_stops_with_a_clear_message(setup):
     base = setup
     study = yaml.safe_load((base / "study.yaml").read_text())

@@ -6,6 +6,7 @@ unless a SLURM node answers `sinfo`."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,7 @@ def test_a_trimmed_mini_study_runs_through_slurm(cluster, tmp_path):
     result = json.loads((out / "evals" / cell_id / "vqa-v2.json").read_text())
     assert result["n_samples"] > 0 and result["provenance"]["model"]
     assert "VQA-v2" in (out / "tables" / "cluster.md").read_text()
+    # the training read its job's end time from squeue inside the job (the jobstep keeps only
+    # SLURM_JOB_ID), so it would save and stop before the time limit (mini.yaml: 30 min)
+    train_log = (work / "logs" / "cluster" / "train" / f"{cell_id}.log").read_text()
+    assert re.search(r"SLURM job \d+ ends at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(30 min limit\)", train_log), train_log[-3000:]

@@ -29,7 +29,7 @@ from vlmswap.sections import Recipe
 from vlmswap.study import Cell, Study
 from vlmswap.train.engine import (deepspeed_config, effective_weight_decay, init_deepspeed, on_gpu, optimizer_kind,
                                   parameter_groups)
-from vlmswap.train.launch import distributed_env
+from vlmswap.train.launch import TimeLimit, TimeLimitReached, distributed_env
 from vlmswap.train.schedule import accumulation_steps, schedule_for
 from vlmswap.train.trackers import Trackers, open_trackers
 from vlmswap.vlm import VLMHead, materialize_backbone
@@ -37,6 +37,10 @@ from vlmswap.vlm import VLMHead, materialize_backbone
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good resume state is kept."""
+
+
+class ResumeWorldMismatch(RuntimeError):
+    """Resume state of this very run was saved by another number of ranks (DeepSpeed cannot reshard it)."""
 
 
 @dataclass
@@ -79,7 +83,8 @@ def llm_load_options(recipe: Recipe, world: int) -> dict[str, Any]:
     return {"dtype": dtype, "zero3_config": deepspeed_config(recipe.as_dict(), world, accumulation)}
 
 
-def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print) -> dict:
+def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str], None] = print,
+               time_limit: TimeLimit | None = None) -> dict:
     # DeepSpeed 0.19 calls collectives that torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     deepspeed = init_deepspeed()
@@ -89,6 +94,8 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     # what this run is: config, input files and code; resume state of any other run is set aside
     provenance = model_record(study, cell, paths.weight_files, paths.llm_dir, paths.instruct_json)
     device = torch.device("cuda", local_rank) if on_gpu() else torch.device("cpu")
+    # decided before any model is loaded: a foreign state is moved aside, one of another world size refused
+    _set_aside_foreign_state(paths.state_dir, provenance, world, rank, say)
     torch.manual_seed(recipe.seed)
 
     # models: the frozen tower stays outside the engine; connector + LLM are what ZeRO-3 shards
@@ -123,7 +130,6 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
 
     history: list[dict] = []
     start = 0
-    _set_aside_foreign_state(paths.state_dir, provenance, rank, say)
     if (paths.state_dir / "latest").is_file():
         loaded, client = engine.load_checkpoint(str(paths.state_dir))
         if loaded is None:
@@ -204,8 +210,21 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             say(f"step {step + 1}/{schedule.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
                 f"({record['seconds']:.2f}s/step, {tokens / max(elapsed, 1e-9):.0f} tokens/s, "
                 f"ETA {_duration(eta)})")
-        if (step + 1) % every == 0 and step + 1 < schedule.steps:
-            _save_state(engine, paths.state_dir, step + 1, history, provenance)
+        saved = (step + 1) % every == 0 and step + 1 < schedule.steps
+        if saved:
+            _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit)
+        if time_limit is not None and step + 1 < schedule.steps:
+            time_limit.longest_step = max(time_limit.longest_step, record["seconds"])
+            if _time_is_up(time_limit, device):
+                if not saved:
+                    _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit)
+                trackers.close()
+                left = time_limit.deadline - time.time()
+                raise TimeLimitReached(
+                    f"cell {cell.id}: {_duration(max(left, 0))} left of the job's {_duration(time_limit.limit_s)} "
+                    f"time limit; resume state saved at step {step + 1}/{schedule.steps} "
+                    f"({time_limit.longest_save:.0f}s), so the job stops here and its retry continues from it "
+                    f"(the SLURM profile's `retries`; or run snakemake again)")
     wall = time.time() - t0
 
     state = engine._zero3_consolidated_16bit_state_dict()
@@ -280,13 +299,33 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _set_aside_foreign_state(state_dir: Path, provenance: dict, rank: int, say: Callable[[str], None]) -> None:
+def _time_is_up(time_limit: TimeLimit, device: torch.device) -> bool:
+    """Whether any rank finds the time limit near (every rank must stop at the same step)."""
+    near = torch.tensor([1.0 if time_limit.near(time.time()) else 0.0], device=device)
+    torch.distributed.all_reduce(near, op=torch.distributed.ReduceOp.MAX)
+    return bool(near.item())
+
+
+def _set_aside_foreign_state(state_dir: Path, provenance: dict, world: int, rank: int,
+                             say: Callable[[str], None]) -> None:
     """Resume only a run of exactly this cell, config, inputs and code: anything else in the resume
-    folder (another recipe, a new backbone file, a torn first save) is moved aside, never deleted."""
+    folder (another recipe, a new backbone file, a torn first save) is moved aside, never deleted.
+    State of this very run saved by another number of ranks is refused (DeepSpeed cannot load ZeRO-3
+    state into another world size) rather than set aside: it may hold a day of training."""
     if state_dir.exists():
         record_file = state_dir / "provenance.json"
         recorded = json.loads(record_file.read_text()) if record_file.is_file() else None
+        saved_world = recorded.pop("world_size", None) if recorded is not None else None
         why = differences(recorded, provenance)
+        latest = state_dir / "latest"
+        if saved_world not in (None, world) and not why and latest.is_file():
+            raise ResumeWorldMismatch(
+                f"{state_dir}: resume state of this run (at {latest.read_text().strip()}) was saved by "
+                f"{saved_world} ranks and this job has {world}; DeepSpeed cannot load ZeRO-3 state into "
+                f"another number of ranks. Give the job {saved_world} GPUs again (train_resources) to "
+                f"continue it, or move the folder away to restart the cell from step 0 with {world}")
+        if saved_world not in (None, world):
+            why.append("world_size")  # a record without any state yet: it must not keep the old size
         if why and rank == 0:
             move_aside(state_dir, why, say)
     if torch.distributed.is_initialized():
@@ -304,15 +343,24 @@ def _check_resumed_optimizer(client: dict, kind: str, say: Callable[[str], None]
             f"README, Running on a cluster)")
 
 
-def _save_state(engine, state_dir: Path, step: int, history: list[dict], provenance: dict) -> None:
-    """Save resume state, then drop older tags (DeepSpeed writes `latest` after the tag)."""
+def _save_state(engine, state_dir: Path, step: int, history: list[dict], provenance: dict, world: int,
+                time_limit: TimeLimit | None = None) -> None:
+    """Save resume state; once every rank has written its part, point `latest` at it (atomically)
+    and drop the older tags. DeepSpeed's own `latest` is written by rank 0 before the other ranks
+    are done, so a kill in between would name a torn save and lose the complete one before it."""
+    t0 = time.time()
     state_dir.mkdir(parents=True, exist_ok=True)
     if engine.global_rank == 0 and not (state_dir / "provenance.json").is_file():
-        write_json(state_dir / "provenance.json", provenance)  # before any tag: no state without its record
+        # before any tag: no state without its record
+        write_json(state_dir / "provenance.json", {**provenance, "world_size": world})
     tag = f"step-{step:07d}"
-    engine.save_checkpoint(str(state_dir), tag=tag, client_state={"step": step, "history": history,
-                                                                  "optimizer": optimizer_kind(engine)})
+    engine.save_checkpoint(str(state_dir), tag=tag, save_latest=False,
+                           client_state={"step": step, "history": history, "optimizer": optimizer_kind(engine)})
+    # save_checkpoint ends in a barrier: every rank's files of `tag` are written
     if engine.global_rank == 0:
+        write_text(state_dir / "latest", tag)
         for old in state_dir.glob("step-*"):
             if old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
+    if time_limit is not None:
+        time_limit.longest_save = max(time_limit.longest_save, time.time() - t0)
