@@ -95,6 +95,7 @@ def test_killed_run_resumes_to_the_same_final_weights(setup):
         assert torch.equal(a[key], b[key]), key
     summary = json.loads((base / "killed" / "train.json").read_text())
     assert summary["resumed_from_step"] > 0 and summary["steps"] == 12
+    assert summary["micro_batches_without_answer"] == 0
     steps = [json.loads(line)["step"] for line in (base / "killed" / "loss.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # the resumed history, then the rest: no step twice
 
@@ -137,6 +138,22 @@ def test_diverging_loss_stops_with_a_clear_message(setup):
     text = run.stdout + run.stderr
     assert "TrainingDiverged" in text and "vit-mini@cls@32@block-2@mlp2" in text and "Last good resume state" in text
     assert not (base / "diverge" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_max_length_that_cuts_off_every_answer_stops_before_training(setup):
+    """Before: every step's loss was 0 (no supervised token) and a model trained on nothing was saved."""
+    base = setup
+    study = yaml.safe_load((base / "study.yaml").read_text())
+    study["recipe"]["max_length"] = 20  # the system prompt alone is longer
+    (base / "short.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    run = subprocess.run(train_cmd(base, "short", "short.yaml"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    line = run.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "short.yaml: recipe.max_length: 20 truncates away every answer token of" in line
+    assert "raise it" in line
+    assert not (base / "short" / "model.safetensors").exists() and not (base / "short-state").exists()
 
 
 @pytest.mark.slow

@@ -110,6 +110,16 @@ class InstructDataset(torch.utils.data.Dataset):
         (`FinetuneDataset.get_modality_lengths`); `split_modality_batches` adds the patches."""
         return [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
 
+    def answer_starts(self, sample: int = 1000) -> list[int | None]:
+        """For up to `sample` records spread over the set: the text position of the first answer
+        token after truncation to `max_length`, or None when truncation left no answer token."""
+        step = max(1, len(self.records) // sample)
+        starts: list[int | None] = []
+        for record in self.records[::step][:sample]:
+            labels = encode_conversation(self.tokenizer, record["conversations"], self.max_length).labels
+            starts.append(next((i for i, label in enumerate(labels) if i and label != IGNORE_INDEX), None))
+        return starts
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         enc = encode_conversation(self.tokenizer, record["conversations"], self.max_length)

@@ -25,7 +25,7 @@ from vlmswap.atomic import atomic_path, write_json, write_text
 from vlmswap.data.instruct import InstructDataset, collate, micro_batches, split_modality_batches
 from vlmswap.language import load_llm, load_tokenizer
 from vlmswap.provenance import differences, file_sha256, model_record, move_aside
-from vlmswap.sections import Recipe
+from vlmswap.sections import ConfigError, Recipe
 from vlmswap.study import Cell, Study
 from vlmswap.train.engine import (deepspeed_config, effective_weight_decay, init_deepspeed, on_gpu, optimizer_kind,
                                   parameter_groups)
@@ -114,6 +114,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
 
     dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.transform,
                               recipe.max_length, n_visual)
+    _check_answers_survive_truncation(dataset, recipe, study.path, say)
     gb, pdb = recipe.global_batch, recipe.per_device_batch
     schedule = schedule_for(len(dataset), gb, recipe.epochs, recipe.warmup_ratio, recipe.max_steps)
     accumulation = accumulation_steps(gb, pdb, world)
@@ -164,7 +165,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         say(f"feature cache rebuilt: {features_of.misses} examples' features from the micro-batches "
             f"trained before step {start}")
     every = recipe.checkpoint_every
-    t0, tokens = time.time(), 0
+    t0, tokens, unsupervised = time.time(), 0, 0
     for step in range(start, schedule.steps):
         t_step, losses = time.time(), []
         for _ in range(accumulation):
@@ -187,6 +188,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                 # every answer was truncated away (max_length): no supervised token, so HF's mean
                 # is 0/0; contribute nothing instead of stopping the run as if it had diverged
                 loss = out.logits.sum() * 0.0
+                unsupervised += 1
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
             torch.distributed.all_reduce(bad)
             if bad.item():
@@ -245,6 +247,8 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             "loss_min": min(losses) if losses else None,
             "loss_last10_mean": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
             "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
+            # micro-batches of rank 0 in this attempt whose every answer token was truncated away
+            "micro_batches_without_answer": unsupervised,
         }
         if features_of is not None:
             summary["feature_cache"] = {"computed": features_of.misses, "reused": features_of.hits}
@@ -297,6 +301,23 @@ class FeatureCache:
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _check_answers_survive_truncation(dataset: InstructDataset, recipe: Recipe, config: Path,
+                                      say: Callable[[str], None]) -> None:
+    """Stop before training when `recipe.max_length` cuts the answers off most records (the run
+    would save a model trained on nothing); say how many lose them when it is a few."""
+    starts = dataset.answer_starts()
+    lost = sum(start is None for start in starts)
+    if not lost:
+        return
+    kept = sorted(start for start in starts if start is not None)
+    where = f"; the others' first answer token is at text position {kept[len(kept) // 2]} (median)" if kept else ""
+    message = (f"{recipe.max_length} truncates away every answer token of {lost} of the {len(starts)} "
+               f"training records checked{where}")
+    if 2 * lost > len(starts):
+        raise ConfigError(config, "recipe.max_length", f"{message}; raise it (Prismatic's is 2048)")
+    say(f"warning: recipe.max_length {message}; they train nothing (train.json counts the micro-batches)")
 
 
 def _time_is_up(time_limit: TimeLimit, device: torch.device) -> bool:
