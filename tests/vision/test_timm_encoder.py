@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from vlmswap.checkpoint import read_checkpoint
 from vlmswap.hub import fetch
 from vlmswap.image import Geometry, fill_color
+from vlmswap.vision.base import ArchError
 from vlmswap.vision.registry import FAMILIES, build_backbone
 from vlmswap.vision.timm_encoder import TimmBackbone, build_model, check, parse_tap
 
@@ -118,7 +119,7 @@ def test_a_tap_the_model_does_not_have_names_its_indices_and_their_token_counts(
 
 def test_bad_archs_are_named():
     g = Geometry.parse("32")
-    with pytest.raises(ValueError, match="unknown timm model 'convnext_tinyy'; similar names: convnext_atto"):
+    with pytest.raises(ArchError, match="unknown timm model 'convnext_tinyy'; similar names: convnext_tiny, "):
         build_backbone("timm", "convnext_tinyy", "index2", g)
     with pytest.raises(ValueError, match="needs `model`"):
         build_backbone("timm", {"depths": [1, 1, 1, 1]}, "index2", g)
@@ -126,6 +127,32 @@ def test_bad_archs_are_named():
         build_backbone("timm", {"model": "convnext_atto", "widths": [8]}, "index2", g)
     with pytest.raises(ValueError, match="img_size follows the cell's geometry"):
         build_backbone("timm", {"model": "vit_tiny_patch16_224", "img_size": 64}, "index2", g)
+
+
+def test_a_misspelled_model_name_suggests_the_closest_names_first():
+    # the closest spellings (difflib over timm.list_models()), then the names sharing the first word
+    with pytest.raises(ArchError) as error:
+        check("convnext_tinny.fb_in1k", "index2", Geometry.parse("224"))
+    assert error.value.field == "arch"
+    assert "unknown timm model 'convnext_tinny.fb_in1k'; similar names: convnext_tiny, " in str(error.value)
+    assert "convnext_atto" in str(error.value)
+    with pytest.raises(ArchError, match="similar names: vit_base_patch16_224, "):
+        check("vit_base_patch16_244", "index-2", Geometry.parse("224"))
+
+
+def test_a_weight_tag_timm_does_not_know_is_named_with_the_models_tags():
+    # timm.create_model raised a RuntimeError for it; the tags come from timm's registry, no network
+    with pytest.raises(ArchError) as error:
+        check("convnext_tiny.fb_in1kk", "index2", Geometry.parse("224"))
+    assert error.value.field == "weights"
+    message = str(error.value)
+    assert "timm model 'convnext_tiny' has no weight tag 'fb_in1kk' (did you mean convnext_tiny.fb_in1k?)" in message
+    assert "; its tags: " in message and "fb_in22k_ft_in1k" in message
+    assert "timm.list_pretrained('convnext_tiny.*')" in message
+    tagged = {**TINY["convnext"], "model": "convnext_atto.d2_in1kk"}  # a mapping arch with its checkpoint's tag
+    with pytest.raises(ArchError, match="'convnext_atto' has no weight tag 'd2_in1kk'.*its tags: d2_in1k"):
+        build_backbone("timm", tagged, "index2", Geometry.parse("32"))
+    assert check({**tagged, "model": "convnext_atto.d2_in1k"}, "index2", Geometry.parse("32")) == 4
 
 
 def test_strict_loading_names_missing_and_unexpected_keys():

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
     from vlmswap.image import Geometry, PixelTransform
 
-__all__ = ["LayerTap", "VisionBackbone", "as_triple", "init_linear_and_norms", "resolve_arch", "unwrap_checkpoint"]
+__all__ = ["ArchError", "LayerTap", "VisionBackbone", "as_triple", "init_linear_and_norms", "resolve_arch",
+           "unwrap_checkpoint"]
 
 _SHOWN = 10  # offending keys listed in an error message
 
@@ -166,6 +167,16 @@ class LayerTap:
             raise ValueError(f"unknown tap {tap!r} for family {family!r}; allowed: {spec.allowed_taps}")
         body, _, suffix = tap.partition("+")
         return cls(int(re.sub(r"^[a-z]+", "", body)), suffix == "prefix")
+
+
+class ArchError(ValueError):
+    """A backbone's `arch` that its family cannot build (`field` "arch"), or the timm weight tag it is
+    built with (`field` "weights"): `vlmswap validate` names the config key from `field`, where a
+    tap the model lacks (a plain ValueError) is the cell's."""
+
+    def __init__(self, message: str, field: str = "arch"):
+        super().__init__(message)
+        self.field = field
 
 
 def as_triple(values: Any, what: str) -> tuple[float, float, float]:

@@ -13,6 +13,8 @@ for its ViTs (reference/prismatic_spec.md 2.1); `index<N>+prefix` keeps them in 
 `{model: <name>, <create_model keyword>: <value>, ...}` for a model with other sizes than the named
 one (a tiny mini-world member: `{model: convnext_atto, depths: [1, 1, 1, 1], dims: [16, 32, 48, 64]}`),
 which may also carry `mean`/`std`. Models that take an `img_size` are built at the cell's geometry.
+A model or tag timm does not know is refused with the closest names or the model's tags (an
+`ArchError`: `vlmswap validate` names the backbone's `arch` or its checkpoint's `timm` key).
 
 Weights are a timm checkpoint (a timm tag source: the hub's `timm/<name>.<tag>/model.safetensors`;
 or a local file of the same state_dict), loaded by `load_official` with exact key matching: the
@@ -28,6 +30,7 @@ has and the tokens each would give at the cell's geometry (`check`, run by `vlms
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import sys
 from collections.abc import Callable, Mapping
@@ -40,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import LayerTap, VisionBackbone, as_triple
+from vlmswap.vision.base import ArchError, LayerTap, VisionBackbone, as_triple
 
 __all__ = ["TimmBackbone", "build", "build_model", "check", "classifier", "parse_tap", "survey"]
 
@@ -57,18 +60,42 @@ def _name_and_kwargs(arch: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]
         name, kwargs = arch, {}
     elif isinstance(arch, Mapping):
         if "model" not in arch or not isinstance(arch["model"], str):
-            raise ValueError(f"bad timm arch {dict(arch)}: needs `model` (a timm model name, e.g. convnext_tiny); "
-                             "other keys go to timm.create_model (e.g. depths, dims), plus optional mean/std")
+            raise ArchError(f"bad timm arch {dict(arch)}: needs `model` (a timm model name, e.g. convnext_tiny); "
+                            "other keys go to timm.create_model (e.g. depths, dims), plus optional mean/std")
         name, kwargs = arch["model"], {k: v for k, v in arch.items() if k not in _OWN_KEYS}
     else:
-        raise ValueError(f"a timm arch is a model name or a mapping with `model`, got {arch!r}")
-    if not timm.is_model(name.split(".")[0]):
-        close = timm.list_models(f"*{name.split('.')[0].split('_')[0]}*")[:8]
-        raise ValueError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else "")
-                         + " (timm.list_models() lists them all)")
+        raise ArchError(f"a timm arch is a model name or a mapping with `model`, got {arch!r}")
+    model, _, tag = name.partition(".")
+    if not timm.is_model(model):
+        close = _similar(model)
+        raise ArchError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else "")
+                        + " (timm.list_models() lists them all)")
+    if tag:
+        _check_tag(model, tag)
     if "img_size" in kwargs:
-        raise ValueError(f"timm arch {dict(arch)}: img_size follows the cell's geometry; remove it")
+        raise ArchError(f"timm arch {dict(arch)}: img_size follows the cell's geometry; remove it")
     return name, kwargs
+
+
+def _similar(model: str) -> list[str]:
+    """Up to 8 timm model names close to a misspelled one: the closest spellings, then names that share
+    its first word (`convnext_tinny` -> convnext_tiny, ..., convnext_atto, ...)."""
+    close = difflib.get_close_matches(model, timm.list_models(), n=5)
+    family = [m for m in timm.list_models(f"*{model.split('_')[0]}*") if m not in close]
+    return (close + family)[:8]
+
+
+def _check_tag(model: str, tag: str) -> None:
+    """A weight tag timm knows for `model` (its pretrained_cfg names the weights and their normalization),
+    else an error listing the tags it has; timm lists them from its registry, without the network."""
+    tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{model}.*")]
+    if tag in tags:
+        return
+    close = difflib.get_close_matches(tag, tags, n=1)
+    raise ArchError(f"timm model {model!r} has no weight tag {tag!r}"
+                    + (f" (did you mean {model}.{close[0]}?)" if close else "")
+                    + (f"; its tags: {', '.join(tags)}" if tags else "; timm has no pretrained weights for it")
+                    + f" (timm {timm.__version__}, timm.list_pretrained('{model}.*'))", field="weights")
 
 
 @cache
@@ -89,10 +116,10 @@ def build_model(arch: str | Mapping[str, Any], geometry: Geometry, num_classes: 
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as error:  # a keyword the model does not have
-        raise ValueError(f"timm model {name!r} cannot be built with {kwargs}: {error}") from None
+        raise ArchError(f"timm model {name!r} cannot be built with {kwargs}: {error}") from None
     if not hasattr(model, "forward_intermediates"):
-        raise ValueError(f"timm model {name!r} ({type(model).__name__}) has no forward_intermediates, so it "
-                         "offers no intermediate features to tap; pick another model")
+        raise ArchError(f"timm model {name!r} ({type(model).__name__}) has no forward_intermediates, so it "
+                        "offers no intermediate features to tap; pick another model")
     return model
 
 
@@ -184,7 +211,7 @@ class TimmBackbone(VisionBackbone):
         cfg = self.model.pretrained_cfg
         given = arch if isinstance(arch, Mapping) else {}
         if ("mean" in given) != ("std" in given):
-            raise ValueError(f"timm arch {dict(given)}: give both `mean` and `std`, or neither")
+            raise ArchError(f"timm arch {dict(given)}: give both `mean` and `std`, or neither")
         self.mean = as_triple(given.get("mean", cfg.get("mean", (0.5, 0.5, 0.5))), "mean")
         self.std = as_triple(given.get("std", cfg.get("std", (0.5, 0.5, 0.5))), "std")
         self.classifier_keys = _classifier_keys(self.model)
