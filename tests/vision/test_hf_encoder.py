@@ -15,11 +15,13 @@ from transformers import (AutoModel, Dinov2Config, SiglipImageProcessor, SiglipV
 
 from vlmswap.checkpoint import read_checkpoint
 from vlmswap.image import Geometry
+from vlmswap.vision.base import ArchError
 from vlmswap.vision.hf_encoder import HfBackbone, check, resolve
 from vlmswap.vision.registry import FAMILIES, build_backbone
 
 VIT = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
        "image_size": 64, "patch_size": 16}
+DINOV2 = {**{k: v for k, v in VIT.items() if k != "intermediate_size"}, "mlp_ratio": 2}  # Dinov2Config: a ratio
 TEXT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
         "vocab_size": 99}
 IMAGENET = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -27,8 +29,8 @@ IMAGENET = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # (arch mapping, the tower transformers builds for it, prefix tokens per hidden state)
 ARCHS = {
     "vit": ({"model_type": "vit", **VIT}, "ViTModel", 1),
-    "dinov2": ({"model_type": "dinov2", **VIT, "mean": IMAGENET[0], "std": IMAGENET[1]}, "Dinov2Model", 1),
-    "dinov2-reg": ({"model_type": "dinov2_with_registers", **VIT, "num_register_tokens": 4, "mean": IMAGENET[0],
+    "dinov2": ({"model_type": "dinov2", **DINOV2, "mean": IMAGENET[0], "std": IMAGENET[1]}, "Dinov2Model", 1),
+    "dinov2-reg": ({"model_type": "dinov2_with_registers", **DINOV2, "num_register_tokens": 4, "mean": IMAGENET[0],
                     "std": IMAGENET[1]}, "Dinov2WithRegistersModel", 5),
     "siglip": ({"model_type": "siglip", "vision_config": VIT, "text_config": TEXT}, "SiglipVisionModel", 0),
     "siglip-vision": ({"model_type": "siglip_vision_model", **VIT}, "SiglipVisionModel", 0),
@@ -206,6 +208,40 @@ def test_bad_archs_are_named():
         build_backbone("hf", {"model_type": "not_a_model"}, "layer-2", g)
     with pytest.raises(ValueError, match="unknown transformers model_type 'vit_mea'; close matches: 'vit_mae'"):
         build_backbone("hf", {"model_type": "vit_mea"}, "layer-2", g)
+
+
+def test_a_field_the_config_does_not_define_is_refused_with_the_closest_one(tmp_path):
+    # AutoConfig keeps an unknown keyword as an attribute that no model reads: a misspelled width would
+    # build the model at its default width
+    with pytest.raises(ArchError, match="dinov2 config: Dinov2Config has no field 'hiden_size'; did you mean "
+                                        "'hidden_size'"):
+        resolve({**ARCHS["dinov2"][0], "hiden_size": 32})
+    with pytest.raises(ArchError, match="Dinov2Config has no field 'intermediate_size'; its fields: .*mlp_ratio"):
+        resolve({**ARCHS["dinov2"][0], "intermediate_size": 64})  # ViT's field; Dinov2 has a ratio
+    # a sub-config's fields, against its own class
+    with pytest.raises(ArchError, match="SiglipVisionConfig has no field 'vision_config.hiden_size'; did you mean "
+                                        "'vision_config.hidden_size'"):
+        resolve({**ARCHS["siglip"][0], "vision_config": {**VIT, "hiden_size": 32}})
+    # the override of a pretrained config (from_pretrained drops an unknown one without a word)
+    ViTConfig(**VIT).save_pretrained(tmp_path)
+    norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    with pytest.raises(ArchError, match="ViTConfig has no field 'num_hiden_layers'; did you mean 'num_hidden_layers'"):
+        resolve({"pretrained": str(tmp_path), "num_hiden_layers": 2, **norm})
+    assert resolve({"pretrained": str(tmp_path), "num_hidden_layers": 2, **norm}).config.num_hidden_layers == 2
+    # fields every config has (PretrainedConfig's) and aliases (attribute_map) are fields too
+    assert resolve({**ARCHS["vit"][0], "num_labels": 3, "attn_implementation": "eager", "dtype": "float32"})
+    assert resolve({"model_type": "convnext", "num_hidden_layers": 4, "hidden_sizes": [8, 16, 24, 32],
+                    "depths": [1, 1, 1, 1]}).config.num_stages == 4
+
+
+def test_a_field_of_the_wrong_type_is_named():
+    # transformers' configs are strict dataclasses: huggingface_hub's error, made one line
+    with pytest.raises(ArchError, match=r"hf arch dinov2 config: Field 'hidden_size' expected int, got str "
+                                        r"\(value: '64'\); give the value the field's type"):
+        resolve({**ARCHS["dinov2"][0], "hidden_size": "64"})
+    with pytest.raises(ArchError, match="Field 'patch_size' expected"):
+        build_backbone("hf", {**ARCHS["siglip"][0], "vision_config": {**VIT, "patch_size": "16"}}, "layer-2",
+                       Geometry.parse("64"))
 
 
 def test_classifier_pretraining_network_and_its_file_layout(tmp_path):

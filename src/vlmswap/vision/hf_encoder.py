@@ -17,7 +17,9 @@ become h*w row-major tokens. Prefix tokens are counted as the tokens beyond the 
 {...}}`), or `{pretrained: <hub id or folder>, <field>: <override>, ...}`; both may carry `mean` and
 `std`, else a hub id or folder must have them in its preprocessor_config.json, and a config built in
 place takes its model type's image-processor defaults. Only the normalization comes from the
-image processor: resizing stays ours (Prismatic's letterbox).
+image processor: resizing stays ours (Prismatic's letterbox). A field the config class does not define
+is refused with the closest one (AutoConfig would keep it as an attribute that no model reads), as is
+a value of the wrong type.
 
 Weights are a transformers checkpoint (`model.safetensors` of the model, of its classifier, or of the
 whole dual encoder), loaded by `load_official` with exact key matching on the vision model: the
@@ -41,12 +43,14 @@ import transformers
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import LayerTap, VisionBackbone, as_triple
+from vlmswap.vision.base import ArchError, LayerTap, VisionBackbone, as_triple
 
 __all__ = ["HfBackbone", "HfModel", "Survey", "build", "check", "classifier", "parse_tap", "resolve", "survey"]
 
 _OWN_KEYS = {"model_type", "pretrained", "mean", "std"}  # mapping keys read here; the rest are config fields
 _NOT_BACKBONE = ("pooler.",)
+# what every config takes beside its fields, read by PreTrainedConfig.__post_init__ (transformers 5.23.0)
+_GENERIC_KWARGS = {"attn_implementation", "experts_implementation"}
 
 
 def parse_tap(tap: str) -> LayerTap:
@@ -92,8 +96,43 @@ def _model_type_norm(model_types: list[str]) -> tuple[Any, Any] | None:
     return None
 
 
+def _fields_of(config_class: type) -> set[str]:
+    """The fields a config class defines: its __init__'s keywords (a dataclass since transformers 5: its
+    own fields and PreTrainedConfig's), their aliases (`attribute_map`) and its settable properties
+    (num_labels, output_attentions, ...). Any other keyword would be stored as an attribute and read by
+    no model."""
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    known = {n for n, p in inspect.signature(config_class.__init__).parameters.items() if p.kind in keywords}
+    known |= set(getattr(config_class, "attribute_map", {}))
+    known |= {n for n, v in inspect.getmembers(config_class) if isinstance(v, property) and v.fset is not None}
+    return {n for n in known if not n.startswith("_")} - {"self"} | _GENERIC_KWARGS
+
+
+def _check_fields(config_class: type, fields: Mapping[str, Any], name: str, where: str = "") -> None:
+    """Every given field is one the config class defines (a sub-config's fields, `vision_config: {...}`,
+    against its own class), else an error with the closest field."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    known = _fields_of(config_class)
+    for key, value in fields.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)  # a weak match misleads
+            own = sorted(known - _fields_of(PretrainedConfig))
+            raise ArchError(f"hf arch {name}: {config_class.__name__} has no field '{where}{key}'"
+                            + (f"; did you mean '{where}{close[0]}'?" if close else f"; its fields: {', '.join(own)}")
+                            + " (a field it does not define would be ignored)")
+        sub = getattr(config_class, "sub_configs", {}).get(key)
+        if isinstance(value, Mapping) and sub is not None:
+            if not (isinstance(sub, type) and issubclass(sub, PretrainedConfig)):  # AutoConfig: by its model_type
+                sub = CONFIG_MAPPING[value["model_type"]] if value.get("model_type") in CONFIG_MAPPING else None
+            if sub is not None:
+                _check_fields(sub, {k: v for k, v in value.items() if k != "model_type"}, name, f"{where}{key}.")
+
+
 def resolve(arch: str | Mapping[str, Any]) -> HfModel:
     """The configs and normalization of `arch` (a hub id / snapshot folder, or a mapping)."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
@@ -101,43 +140,47 @@ def resolve(arch: str | Mapping[str, Any]) -> HfModel:
     model_type = given.get("model_type")
     if model_type is not None and model_type not in CONFIG_MAPPING_NAMES:
         close = difflib.get_close_matches(str(model_type), CONFIG_MAPPING_NAMES, n=3)
-        raise ValueError(f"hf arch {dict(given)}: unknown transformers model_type {model_type!r}"
-                         + (f"; close matches: {', '.join(map(repr, close))}" if close else "")
-                         + f" (transformers {transformers.__version__} has {len(CONFIG_MAPPING_NAMES)} types)")
+        raise ArchError(f"hf arch {dict(given)}: unknown transformers model_type {model_type!r}"
+                        + (f"; close matches: {', '.join(map(repr, close))}" if close else "")
+                        + f" (transformers {transformers.__version__} has {len(CONFIG_MAPPING_NAMES)} types)")
     fields = {k: v for k, v in given.items() if k not in _OWN_KEYS}
     source = arch if isinstance(arch, str) else given.get("pretrained")
+    name = str(source) if source is not None else f"{model_type} config"
     try:
         if source is not None:
             config = AutoConfig.from_pretrained(str(source), **fields)
-            name = str(source)
         elif "model_type" in given:
             config = AutoConfig.for_model(given["model_type"], **fields)
-            name = f"{given['model_type']} config"
         else:
-            raise ValueError(f"bad hf arch {arch!r}: a hub id or snapshot folder, or a mapping with `model_type` "
-                             "(a config built in place) or `pretrained` (a hub id or folder), plus config fields")
+            raise ArchError(f"bad hf arch {arch!r}: a hub id or snapshot folder, or a mapping with `model_type` "
+                            "(a config built in place) or `pretrained` (a hub id or folder), plus config fields")
     except OSError as error:  # not on the hub, not cached, no config.json in the folder
-        raise ValueError(f"hf arch {source!r}: no transformers config found ({error}); give a hub id that is in "
-                         "the hub cache (or reachable), or a folder with config.json") from None
+        raise ArchError(f"hf arch {source!r}: no transformers config found ({error}); give a hub id that is in "
+                        "the hub cache (or reachable), or a folder with config.json") from None
     except (KeyError, TypeError) as error:  # an unknown model_type or field
-        raise ValueError(f"bad hf arch {dict(given)}: {error}") from None
+        raise ArchError(f"bad hf arch {dict(given)}: {error}") from None
+    except StrictDataclassError as error:  # a field of the wrong type (transformers' configs are strict dataclasses)
+        cause = error.__cause__ or error
+        raise ArchError(f"hf arch {name}: {' '.join(str(cause).split())}; give the value the field's "
+                        "type (YAML reads '64' as a string, 64 as an int)") from None
+    _check_fields(type(config), fields, name)
     vision = getattr(config, "vision_config", None) or config
     types = [config.model_type, vision.model_type, vision.model_type.removesuffix("_vision_model")]
     if ("mean" in given) != ("std" in given):
-        raise ValueError(f"hf arch {name}: give both `mean` and `std`, or neither")
+        raise ArchError(f"hf arch {name}: give both `mean` and `std`, or neither")
     if "mean" in given:
         mean, std = given["mean"], given["std"]
     elif source is not None:  # the weights' own processor, never a guess
         norm = _snapshot_norm(str(source))
         if norm is None:
-            raise ValueError(f"hf arch {name}: no preprocessor_config.json with image_mean/image_std (in the folder "
-                             "or the hub cache); add `mean: [...]` and `std: [...]` to the arch")
+            raise ArchError(f"hf arch {name}: no preprocessor_config.json with image_mean/image_std (in the folder "
+                            "or the hub cache); add `mean: [...]` and `std: [...]` to the arch")
         mean, std = norm
     else:  # a config built in place: the defaults of its model type's image processor
         norm = _model_type_norm(types)
         if norm is None:
-            raise ValueError(f"hf arch {name}: no image processor for model type {config.model_type!r} gives a "
-                             "mean/std; add `mean: [...]` and `std: [...]` to the arch")
+            raise ArchError(f"hf arch {name}: no image processor for model type {config.model_type!r} gives a "
+                            "mean/std; add `mean: [...]` and `std: [...]` to the arch")
         mean, std = norm
     return HfModel(name, config, vision, as_triple(mean, "mean"), as_triple(std, "std"))
 
@@ -149,8 +192,8 @@ def build_model(spec: HfModel) -> nn.Module:
     try:
         return AutoModel.from_config(spec.vision_config)
     except ValueError as error:  # a config type AutoModel has no class for
-        raise ValueError(f"hf arch {spec.name}: transformers has no model for config "
-                         f"{type(spec.vision_config).__name__}: {error}") from None
+        raise ArchError(f"hf arch {spec.name}: transformers has no model for config "
+                        f"{type(spec.vision_config).__name__}: {error}") from None
 
 
 def _patch_grid(vision_config: Any, geometry: Geometry) -> int | None:
@@ -173,7 +216,7 @@ def _forward_kwargs(model: nn.Module, vision_config: Any, geometry: Geometry) ->
 def _hidden_states(model: nn.Module, pixels: Tensor, kwargs: Mapping[str, Any]) -> tuple[Tensor, ...]:
     out = model(pixel_values=pixels, output_hidden_states=True, return_dict=True, **kwargs)
     if getattr(out, "hidden_states", None) is None:
-        raise ValueError(f"{type(model).__name__} returns no hidden_states, so it has no layer to tap")
+        raise ArchError(f"{type(model).__name__} returns no hidden_states, so it has no layer to tap")
     return tuple(out.hidden_states)
 
 
