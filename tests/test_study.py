@@ -128,6 +128,27 @@ def test_generic_families_take_any_well_formed_layer_index(mini_raw):
     assert "allowed: layer<N> or layer<N>+prefix" in str(_error(raw))
 
 
+def test_a_timm_weight_tag_and_the_arch_name_one_model(mini_raw):
+    # the tag's model is what gets built (its pretrained_cfg gives the normalization): an arch naming
+    # another model, or a misspelled one, would be ignored without a word
+    raw = copy.deepcopy(mini_raw)
+    tagged = {"cls": {"timm": "convnext_tiny.fb_in1k"}}
+    for arch in ("convnext_tinny", "convnext_small", {"model": "convnext_small", "drop_path_rate": 0.1}):
+        raw["backbones"]["convnext-t"] = {"family": "timm", "arch": arch, "checkpoints": tagged}
+        err = _error(raw)
+        name = arch if isinstance(arch, str) else arch["model"]
+        assert err.key_path == "backbones.convnext-t.arch"
+        assert (f"arch names {name!r} but its weights backbones.convnext-t.checkpoints.cls.timm are "
+                "'convnext_tiny.fb_in1k', a 'convnext_tiny' checkpoint") in str(err)
+        assert f"`arch: convnext_tiny`, or a {name} tag (timm.list_pretrained('{name}.*')" in str(err)
+    for arch in ("convnext_tiny", "convnext_tiny.fb_in22k", {"model": "convnext_tiny", "drop_path_rate": 0.1}):
+        raw["backbones"]["convnext-t"]["arch"] = arch
+        assert study_from_dict(raw).backbones["convnext-t"].arch == arch
+    raw["backbones"]["convnext-t"] = {"family": "vit", "arch": "vit_tiny_patch16_224",  # any family a tag builds
+                                      "checkpoints": {"cls": {"timm": "vit_small_patch16_224.augreg_in1k"}}}
+    assert _error(raw).key_path == "backbones.convnext-t.arch"
+
+
 def test_duplicate_cells_and_bad_table_cell(mini_raw):
     raw = copy.deepcopy(mini_raw)
     raw["cells"].append(dict(raw["cells"][0]))

@@ -264,6 +264,25 @@ def _check_local_sources(data: dict[str, Any], path: Path) -> None:
                               "where the workflow runs); build or copy it there, or correct the path")
 
 
+def _check_tagged_arch(path: Path, key: str, spec: Mapping[str, Any]) -> None:
+    """A timm weight tag names the model that gets built (vlm.backbone_arch builds the tag, so that its
+    pretrained_cfg gives the normalization): an `arch` naming another model would be ignored."""
+    arch = spec.get("arch")
+    if isinstance(arch, Mapping) and spec["family"] == "timm":
+        arch = arch.get("model")
+    if not isinstance(arch, str):
+        return
+    model = arch.split(".")[0]
+    for objective, source in spec["checkpoints"].items():
+        tag = str(source.get("timm", ""))
+        if tag and tag.split(".")[0] != model:
+            raise ConfigError(path, f"{key}.arch",
+                              f"arch names {model!r} but its weights {key}.checkpoints.{objective}.timm are "
+                              f"{tag!r}, a {tag.split('.')[0]!r} checkpoint (the tag's model is what gets built); "
+                              f"name one model in both: `arch: {tag.split('.')[0]}`, or a {model} tag "
+                              f"(timm.list_pretrained('{model}.*') lists them)")
+
+
 def _build(data: dict[str, Any], path: Path) -> Study:
     from vlmswap.vision.registry import FAMILIES  # the registry is the only list of families
 
@@ -289,6 +308,7 @@ def _build(data: dict[str, Any], path: Path) -> Study:
                 raise ConfigError(path, f"{key}.members",
                                   f"member {m!r} must be a plain backbone with exactly one checkpoint "
                                   f"(it has {sorted(data['backbones'][m]['checkpoints'])})")
+        _check_tagged_arch(path, key, spec)
         backbones[bid] = Backbone(bid, spec["family"], spec.get("arch"), spec.get("display", bid),
                                   str(spec.get("params", "")), spec["checkpoints"], members)
 
