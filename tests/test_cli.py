@@ -115,3 +115,32 @@ def test_a_checked_instruction_set_records_paths_relative_to_itself(tmp_path, ca
     report = json.loads(out.read_text())
     assert report["json"] == "../llava/mix.json" and report["image_root"] == "../llava"
     assert report["n_records"] == 1 and report["n_multimodal"] == 1
+
+
+MINI_ZOO = ROOT / "config" / "mini-zoo.yaml"
+
+
+@pytest.mark.parametrize("backbone,arch,checkpoint,key,problem", [
+    ("convnext-mini", "convnext_atto", {"timm": "convnext_atto.fb_in1kk"}, "checkpoints.cls.timm",
+     "timm model 'convnext_atto' has no weight tag 'fb_in1kk' (did you mean convnext_atto.d2_in1k?); its tags: "
+     "d2_in1k"),
+    ("convnext-mini", {"model": "convnext_tinny"}, None, "arch",
+     "unknown timm model 'convnext_tinny'; similar names: convnext_tiny, "),
+    ("dinov2-hf-mini", {"model_type": "dinov2", "hiden_size": 64}, None, "arch",
+     "Dinov2Config has no field 'hiden_size'; did you mean 'hidden_size'?"),
+    ("dinov2-hf-mini", {"model_type": "dinov2", "hidden_size": "64"}, None, "arch",
+     "Field 'hidden_size' expected int, got str (value: '64')")])
+def test_validate_names_the_backbone_key_of_a_bad_generic_arch(backbone, arch, checkpoint, key, problem, tmp_path,
+                                                               capsys):
+    # the timm/hf model is built on the meta device: an arch or weight tag it cannot build is the
+    # backbone's key, not the cell's (a tap the model lacks is the cell's: test_compare_your_encoder.py)
+    study = yaml.safe_load(MINI_ZOO.read_text())
+    study["backbones"][backbone]["arch"] = arch
+    if checkpoint is not None:
+        study["backbones"][backbone]["checkpoints"]["cls"] = checkpoint
+    config = tmp_path / "zoo.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    code, err = run(["validate", "--config", config], capsys)
+    assert code == 2
+    assert f"vlmswap: config error: {config}: backbones.{backbone}.{key}: " in err
+    assert problem in err

@@ -55,6 +55,7 @@ def _check_generic_taps(study) -> list[str]:
     """Cells of the generic families (timm, hf) name a layer of the model by index; whether the model
     has it, and the tokens it gives at the cell's geometry, needs the model: built on the meta device
     here (no weights, no download for timm names and config mappings)."""
+    from vlmswap.vision.base import ArchError
     from vlmswap.vision.registry import FAMILIES
 
     lines = []
@@ -66,7 +67,12 @@ def _check_generic_taps(study) -> list[str]:
 
         try:
             tokens = family.check(backbone_arch(study, cell), cell.tap, cell.geometry)
-        except ValueError as error:
+        except ArchError as error:  # the backbone's arch or its weight tag is at fault, not the cell
+            spec = study.backbones[cell.backbone]
+            tagged = error.field == "weights" and "timm" in spec.checkpoints.get(cell.objective, {})
+            key = f"checkpoints.{cell.objective}.timm" if tagged else "arch"
+            raise ConfigError(study.path, f"backbones.{spec.id}.{key}", str(error)) from None
+        except ValueError as error:  # a tap the model lacks
             raise ConfigError(study.path, f"cells[{i}]", f"{cell.id}: {error}") from None
         lines.append(f"{cell.id}: {tokens} visual tokens")
     return lines
