@@ -144,3 +144,36 @@ def test_validate_names_the_backbone_key_of_a_bad_generic_arch(backbone, arch, c
     assert code == 2
     assert f"vlmswap: config error: {config}: backbones.{backbone}.{key}: " in err
     assert problem in err
+
+
+CELL = "vit-mini@cls@64@block-2@mlp2"
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["train", "--cell", "vit-mini@cls@64@block-2@mlp4", "--checkpoint", "x", "--llm", "x", "--instruct-json", "x",
+      "--image-root", "x", "--out", "x", "--state-dir", "x"],
+     ["cells: no cell 'vit-mini@cls@64@block-2@mlp4'", "did you mean 'vit-mini@cls@64@block-2@mlp3'", "vlmswap cells"]),
+    (["evaluate", "--cell", "bad@cell", "--checkpoint", "x", "--llm", "x", "--model", "x", "--index", "x", "--out", "x"],
+     ["no cell 'bad@cell'"]),
+    (["profile", "--cell", "bad@cell", "--llm", "x", "--out", "x"], ["no cell 'bad@cell'"]),
+    (["collapse", "--cell", "bad@cell", "--checkpoint", "x", "--llm", "x", "--model", "x", "--index", "x", "--out", "x"],
+     ["no cell 'bad@cell'"]),
+    (["table", "--table", "nope", "--results", "r", "--out-csv", "a", "--out-md", "b"],
+     ["tables: no table 'nope'", "mini, mini-objective, stage-ablation"]),
+    (["fetch-benchmark", "--benchmark", "gqa", "--dest", "d", "--out", "o"],
+     ["benchmarks: no benchmark 'gqa' in study 'mini'", "refcoco, vqa-v2"]),
+    (["prepare-benchmark", "--benchmark", "vqav2", "--root", "r", "--out", "o"], ["did you mean 'vqa-v2'"]),
+    (["fetch-backbone", "--backbone", "vit-mni", "--objective", "cls", "--out", "o"],
+     ["backbones: no backbone 'vit-mni'", "did you mean 'vit-mini'"]),
+    (["fetch-backbone", "--backbone", "vit-mini", "--objective", "det", "--out", "o"],
+     ["backbones.vit-mini.checkpoints", "objective 'det'", "(allowed: cls)"]),
+    (["pretrain-mini", "--backbone", "vit-mni", "--objective", "cls", "--world", "w", "--out", "o"],
+     ["no backbone 'vit-mni'"]),
+    (["probe", "--cell", CELL, "--checkpoint", "x", "--data", "cifar10=x", "--out", "o"],
+     ["linear_probe.datasets", "'mini-classify'", "--data mini-classify=FOLDER", "given: cifar10"]),
+    (["fetch-probe-dataset", "--dataset", "nope", "--dest", "d", "--out", "o"], ["'nope'", "cifar10, cifar100"]),
+])
+def test_an_unknown_id_on_the_command_line_is_named_with_what_exists(argv, named, tmp_path, capsys):
+    code, err = run([argv[0], "--config", MINI, *argv[1:]], capsys)
+    assert code == 2 and f"{MINI}: " in err, err
+    assert all(n in err for n in named), err

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from vlmswap.evaluate.records import PredictionsFileError
-from vlmswap.study import ConfigError, load_study
+from vlmswap.study import ConfigError, UnknownIdError, load_study
 from vlmswap.train.launch import TimeLimitReached as _TimeLimitReached
 
 
@@ -34,6 +34,12 @@ def log(message: str) -> None:
 
 def _study(args):
     return load_study(args.config)
+
+
+def _benchmark_inputs(study, name: str):
+    if name not in study.benchmark_inputs:
+        raise UnknownIdError(study, "benchmarks", "benchmark", name, study.benchmarks)
+    return study.benchmark_inputs[name]
 
 
 # ---------------------------------------------------------------------------------------- verbs
@@ -208,7 +214,7 @@ def cmd_fetch_benchmark(args) -> None:
     from vlmswap.dataset_files import fetch_files
 
     study = _study(args)
-    files = list(study.benchmark_inputs[args.benchmark].files)
+    files = list(_benchmark_inputs(study, args.benchmark).files)
     if not files:  # no public direct download (e.g. OCID-Ref on Google Drive): placed by hand
         dest = Path(args.dest)
         if not dest.is_dir() or not any(dest.iterdir()):
@@ -227,7 +233,7 @@ def cmd_prepare_benchmark(args) -> None:
     from vlmswap.evaluate.runner import prepare
 
     study = _study(args)
-    prepare(args.benchmark, Path(args.root), study.benchmark_inputs[args.benchmark].subset, Path(args.out), log=log)
+    prepare(args.benchmark, Path(args.root), _benchmark_inputs(study, args.benchmark).subset, Path(args.out), log=log)
 
 
 def cmd_train(args) -> None:

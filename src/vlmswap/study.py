@@ -50,6 +50,17 @@ VQA_COLUMNS = ("vqa-v2", "gqa", "vizwiz", "textvqa-ocr", "textvqa-pure", "pope",
 LOC_COLUMNS = ("refcoco", "refcoco+", "refcocog", "ocid-ref")
 
 
+class UnknownIdError(ConfigError):
+    """An id given on the command line (cell, table, benchmark, backbone, ...) that the study does not
+    have: a ConfigError naming the file, the section it would be in, a close match and what exists
+    (not a KeyError, whose message would come out quoted, under a traceback)."""
+
+    def __init__(self, study: "Study", key_path: str, what: str, value: str, known, allowed: str | None = None):
+        known = [str(k) for k in known]
+        super().__init__(study.path, key_path, f"no {what} {value!r} in study {study.name!r}{_suggest(value, known)}",
+                         allowed if allowed is not None else (known or "none"))
+
+
 @dataclass(frozen=True)
 class Cell:
     """One experiment: a backbone checkpoint seen through one interface (geometry, tap, connector)."""
@@ -134,7 +145,8 @@ class Study:
             by_id = self.__dict__["_cells_by_id"] = {c.id: c for c in self.cells}
         if cell_id in by_id:
             return by_id[cell_id]
-        raise KeyError(f"{self.path}: no cell {cell_id!r} in study {self.name!r}{_suggest(cell_id, self.cell_ids)}")
+        raise UnknownIdError(self, "cells", "cell", cell_id, self.cell_ids,
+                             allowed=f"the {len(self.cells)} of `vlmswap cells --config {self.path}`")
 
     @property
     def cell_ids(self) -> list[str]:
@@ -145,7 +157,13 @@ class Study:
         return self.recipes[cell.id]
 
     def checkpoint_source(self, backbone: str, objective: str) -> Mapping[str, Any]:
-        return self.backbones[backbone].checkpoints[objective]
+        if backbone not in self.backbones:
+            raise UnknownIdError(self, "backbones", "backbone", backbone, self.backbones)
+        checkpoints = self.backbones[backbone].checkpoints
+        if objective not in checkpoints:
+            raise UnknownIdError(self, f"backbones.{backbone}.checkpoints", f"checkpoint of {backbone!r} for objective",
+                                 objective, checkpoints)
+        return checkpoints[objective]
 
     def cells_of_table(self, table_id: str) -> list[Cell]:
         return [self.cell(c) for c in self.tables[table_id].cells]

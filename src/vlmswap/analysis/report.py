@@ -12,7 +12,7 @@ from vlmswap.analysis.correlation import correlation_matrix, write_correlation
 from vlmswap.analysis.table_text import write_table
 from vlmswap.analysis.tables import Row, build_table, collect
 from vlmswap.atomic import write_text
-from vlmswap.study import Cell, Study
+from vlmswap.study import Cell, Study, UnknownIdError
 
 
 def in1k_accuracy(study: Study, cell: Cell) -> float | None:
@@ -62,7 +62,7 @@ def study_table(study: Study, table_id: str, results_dir: Path):
     """(the built table, its title, its notes) for one table of the study: what `write_study_table`
     writes and the table figure plots."""
     if table_id not in study.tables:
-        raise KeyError(f"{study.path}: no table {table_id!r} (tables: {', '.join(study.tables)})")
+        raise UnknownIdError(study, "tables", "table", table_id, study.tables)
     spec = study.tables[table_id]
     cells = study.cells_of_table(table_id)
     scores = collect(results_dir, [c.id for c in cells], study.benchmarks, staleness_against(results_dir))

@@ -55,8 +55,12 @@ def cmd_collapse_figure(args) -> None:
 
 def cmd_fetch_probe_dataset(args) -> None:
     from vlmswap.atomic import write_json
-    from vlmswap.diagnostics.probes import fetch_torchvision_dataset
+    from vlmswap.diagnostics.probes import TORCHVISION, fetch_torchvision_dataset
+    from vlmswap.study import ConfigError
 
+    if args.dataset not in TORCHVISION:
+        raise ConfigError(args.config, "diagnostics.linear_probe.datasets", f"{args.dataset!r} is not a torchvision "
+                          "probe dataset (mini-classify is made by the mini world, not fetched)", list(TORCHVISION))
     fetch_torchvision_dataset(args.dataset, Path(args.dest))
     write_json(Path(args.out), {"dataset": args.dataset, "root": args.dest, "source": "torchvision.datasets"})
     log(f"fetched {args.dataset} into {args.dest}")

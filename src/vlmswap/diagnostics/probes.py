@@ -123,9 +123,15 @@ def probe_cell(study, cell, checkpoint_files: list[Path], roots: dict[str, Path]
     4. Write the JSON atomically.
     """
     from vlmswap.atomic import write_json
+    from vlmswap.sections import ConfigError
     from vlmswap.vlm import inference_placement, materialize_backbone
 
     settings = probe_settings(study)
+    missing = [name for name in settings["datasets"] if name not in roots]
+    if missing:  # before any image is encoded
+        raise ConfigError(study.path, "diagnostics.linear_probe.datasets",
+                          f"lists {missing[0]!r} but no --data {missing[0]}=FOLDER was given (given: "
+                          f"{', '.join(roots) or 'none'}); pass one folder per listed dataset")
     device, dtype = inference_placement()
     vision = materialize_backbone(study, cell, checkpoint_files).to(device, dtype)  # 1.
     results = {}

@@ -259,8 +259,8 @@ def pretrain_mini(study, backbone: str, objective: str, world: Path, out: Path,
     from vlmswap.sections import ConfigError
     from vlmswap.vision.registry import build_backbone
 
+    source = study.checkpoint_source(backbone, objective)
     spec = study.backbones[backbone]
-    source = spec.checkpoints[objective]
     if "mini" not in source:
         raise ConfigError(study.path, f"backbones.{backbone}.checkpoints.{objective}",
                           "pretrain-mini needs a `mini:` source")
