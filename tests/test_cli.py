@@ -177,3 +177,38 @@ def test_an_unknown_id_on_the_command_line_is_named_with_what_exists(argv, named
     code, err = run([argv[0], "--config", MINI, *argv[1:]], capsys)
     assert code == 2 and f"{MINI}: " in err, err
     assert all(n in err for n in named), err
+
+
+def _vit_mini_weights() -> dict:
+    from vlmswap.vision.registry import build_backbone
+    from vlmswap.vlm import backbone_arch
+
+    study = load_study(MINI)
+    cell = study.cell(CELL)
+    backbone = build_backbone(study.backbones[cell.backbone].family, backbone_arch(study, cell), cell.tap, cell.geometry)
+    return backbone.official_module().state_dict()
+
+
+@pytest.mark.parametrize("layout,named", [
+    ("ddp", ["every key starts with 'module.'", "DistributedDataParallel", "strip that prefix"]),
+    ("ema", ["unrecognized checkpoint container", "weights under 'model_ema'"]),
+    ("shapes", ["size mismatch(es): cls_token (checkpoint [1, 1, 3], backbone"]),
+    ("keys", ["missing key(s)", "unexpected key(s): extra.weight"]),
+])
+def test_a_backbone_checkpoint_that_does_not_fit_names_the_file(layout, named, tmp_path, capsys):
+    weights = _vit_mini_weights()
+    if layout == "ddp":
+        checkpoint = {f"module.{k}": v for k, v in weights.items()}
+    elif layout == "ema":
+        checkpoint = {"model_ema": weights, "epoch": 3}
+    elif layout == "shapes":
+        checkpoint = {**weights, "cls_token": torch.zeros(1, 1, 3)}
+    else:
+        checkpoint = {**{k: v for k, v in list(weights.items())[1:]}, "extra.weight": torch.zeros(1)}
+    path = tmp_path / "vit-mini@cls.ckpt"
+    torch.save(checkpoint, path)
+    code, err = run(["evaluate", "--config", MINI, "--cell", CELL, "--checkpoint", path, "--llm", tmp_path / "llm",
+                     "--model", tmp_path / "model", "--index", tmp_path / "index.json", "--out", tmp_path / "r.json"],
+                    capsys)
+    assert code == 1 and err.startswith(f"vlmswap: {path}: "), err
+    assert all(n in err for n in named) and "is it the checkpoint of vit-mini@cls" in err, err

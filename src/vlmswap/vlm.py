@@ -222,6 +222,7 @@ def materialize_backbone(study, cell, checkpoint_files):
     """Build the cell's backbone at its geometry and tap, and load its official checkpoint(s)
     (one file, or one per tower of a fused backbone, in `members` order)."""
     from vlmswap.checkpoint import read_checkpoint
+    from vlmswap.vision.base import CheckpointMismatch
     from vlmswap.vision.registry import build_backbone
 
     spec = study.backbones[cell.backbone]
@@ -231,7 +232,14 @@ def materialize_backbone(study, cell, checkpoint_files):
         raise ValueError(f"cell {cell.id}: backbone {spec.id!r} ({spec.family}) takes {wanted} checkpoint(s), "
                          f"got {[str(f) for f in files]}")
     backbone = build_backbone(spec.family, backbone_arch(study, cell), cell.tap, cell.geometry)
-    backbone.load_checkpoints([read_checkpoint(f) for f in files])
+    try:
+        backbone.load_checkpoints([read_checkpoint(f) for f in files])
+    except CheckpointMismatch as error:
+        member = spec.members[error.index] if spec.members else spec.id  # a fused backbone: one file per tower
+        objective = next(iter(study.backbones[member].checkpoints)) if spec.members else cell.objective
+        raise CheckpointMismatch(f"{files[error.index]}: {error}; is it the checkpoint of {member}@{objective}, "
+                                 f"and is `backbones.{member}.arch` in {study.path} its architecture?",
+                                 error.index) from None
     return backbone.eval().requires_grad_(False)
 
 

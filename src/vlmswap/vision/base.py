@@ -16,15 +16,27 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from vlmswap.checkpoint import CheckpointError
+
 if TYPE_CHECKING:
     from PIL import Image
 
     from vlmswap.image import Geometry, PixelTransform
 
-__all__ = ["ArchError", "LayerTap", "VisionBackbone", "as_triple", "init_linear_and_norms", "resolve_arch",
-           "unwrap_checkpoint"]
+__all__ = ["ArchError", "CheckpointMismatch", "LayerTap", "VisionBackbone", "as_triple", "init_linear_and_norms",
+           "resolve_arch", "unwrap_checkpoint"]
 
 _SHOWN = 10  # offending keys listed in an error message
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint whose weights do not fit the backbone the config builds (other keys,
+    another container, other shapes). `index`: which of a fused backbone's checkpoints; the caller
+    that knows the files (vlm.materialize_backbone) puts the file's name in front."""
+
+    def __init__(self, message: str, index: int = 0):
+        super().__init__(message)
+        self.index = index
 
 
 def unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Tensor], str]:
@@ -38,7 +50,7 @@ def unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Tensor],
     - a plain state_dict (timm's hub weights).
     """
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"a checkpoint must be a mapping, got {type(checkpoint).__name__}")
+        raise CheckpointMismatch(f"a checkpoint must be a mapping, got {type(checkpoint).__name__}")
     if isinstance(checkpoint.get("model"), Mapping):
         return dict(checkpoint["model"]), "classification checkpoint (weights under 'model')"
     if isinstance(checkpoint.get("state_dict"), Mapping):
@@ -49,13 +61,41 @@ def unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Tensor],
         return dict(inner), "checkpoint with weights under 'state_dict'"
     if checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
         return dict(checkpoint), "plain state_dict"
-    raise ValueError("unrecognized checkpoint container: expected a state_dict or a dict with 'model' or "
-                     f"'state_dict'; top-level keys: {_listing(sorted(map(str, checkpoint)))}")
+    # e.g. {"model_ema": state_dict}: weights under a name no official loader reads; which ones are meant is
+    # the user's call (VMamba's own loader reads "model", not "model_ema")
+    nested = [str(k) for k, v in checkpoint.items()
+              if isinstance(v, Mapping) and v and all(isinstance(t, Tensor) for t in v.values())]
+    hint = (f"; it holds weights under {nested[0]!r}: if those are the ones meant, save them as a plain state_dict "
+            "or under 'model'" if nested else "")
+    raise CheckpointMismatch("unrecognized checkpoint container: expected a state_dict or a dict with 'model' or "
+                             f"'state_dict'; top-level keys: {_listing(sorted(map(str, checkpoint)))}{hint}")
 
 
 def _listing(keys: list[str]) -> str:
     more = f" ... (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
     return ", ".join(keys[:_SHOWN]) + more
+
+
+def _shared_prefix(keys: Sequence[str], expected: set[str]) -> str | None:
+    """The dotted prefix every key has, when stripping it finds the backbone's keys (`module.` of a
+    DistributedDataParallel or DataParallel save, `model.` of a wrapper)."""
+    parts = min(keys, default="").split(".")
+    for n in range(1, len(parts)):
+        prefix = ".".join(parts[:n]) + "."
+        if not all(k.startswith(prefix) for k in keys):
+            return None
+        if {k[len(prefix):] for k in keys} & expected:
+            return prefix
+    return None
+
+
+def _size_mismatches(error: RuntimeError) -> str:
+    """torch's multi-line load_state_dict error as one line: `size mismatch: key (checkpoint [..], backbone [..])`."""
+    found = re.findall(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from "
+                       r"checkpoint, the shape in current model is torch\.Size\(\[(.*?)\]\)", str(error))
+    if not found:
+        return " ".join(line.strip() for line in str(error).splitlines())
+    return f"{len(found)} size mismatch(es): " + _listing([f"{k} (checkpoint [{a}], backbone [{b}])" for k, a, b in found])
 
 
 class VisionBackbone(nn.Module):
@@ -128,8 +168,8 @@ class VisionBackbone(nn.Module):
         try:
             state = self.adapt_state_dict({k: v for k, v in state.items() if not self.non_backbone_key(k)})
         except (RuntimeError, KeyError) as error:  # e.g. a position table that cannot be resampled to this model
-            raise ValueError(f"{type(self).__name__}: the checkpoint does not match the backbone "
-                             f"(container: {container}): {type(error).__name__}: {error}") from None
+            raise CheckpointMismatch(f"{type(self).__name__}: the checkpoint does not match the backbone "
+                                     f"(container: {container}): {type(error).__name__}: {error}") from None
         target = self.official_module()
         expected = {k for k in target.state_dict() if not self.non_backbone_key(k)}
         missing = sorted(expected - state.keys())
@@ -140,13 +180,18 @@ class VisionBackbone(nn.Module):
                 problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
             if unexpected:
                 problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-            raise ValueError(f"{type(self).__name__}: the checkpoint does not match the backbone "
-                             f"(container: {container}); " + "; ".join(problems))
+            prefix = _shared_prefix(list(state), expected)
+            if prefix:
+                ddp = " (as DistributedDataParallel and DataParallel save them)" if prefix == "module." else ""
+                problems.insert(0, f"every key starts with {prefix!r}{ddp}: strip that prefix from the keys "
+                                   "and save the file again")
+            raise CheckpointMismatch(f"{type(self).__name__}: the checkpoint does not match the backbone "
+                                     f"(container: {container}); " + "; ".join(problems))
         try:
             target.load_state_dict(state, strict=False)
         except RuntimeError as error:  # shape mismatches
-            raise ValueError(f"{type(self).__name__}: the checkpoint does not match the backbone "
-                             f"(container: {container}): {error}") from None
+            raise CheckpointMismatch(f"{type(self).__name__}: the checkpoint does not match the backbone "
+                                     f"(container: {container}): {_size_mismatches(error)}") from None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry, PixelTransform
-from vlmswap.vision.base import VisionBackbone
+from vlmswap.vision.base import CheckpointMismatch, VisionBackbone
 
 __all__ = ["TAPS", "FusedBackbone", "build"]
 
@@ -73,7 +73,7 @@ class FusedBackbone(VisionBackbone):
             try:
                 tower.load_official(checkpoint)
             except ValueError as error:
-                raise ValueError(f"fused tower {i} ({type(tower).__name__}): {error}") from None
+                raise CheckpointMismatch(f"fused tower {i} ({type(tower).__name__}): {error}", index=i) from None
 
     def load_official(self, checkpoint: Mapping[str, Any]) -> None:
         raise ValueError("a fused backbone loads one checkpoint per tower: use load_checkpoints([...])")
