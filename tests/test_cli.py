@@ -212,3 +212,68 @@ def test_a_backbone_checkpoint_that_does_not_fit_names_the_file(layout, named, t
                     capsys)
     assert code == 1 and err.startswith(f"vlmswap: {path}: "), err
     assert all(n in err for n in named) and "is it the checkpoint of vit-mini@cls" in err, err
+
+
+@pytest.fixture(scope="module")
+def mini_llm(tmp_path_factory) -> Path:
+    from vlmswap.language import build_mini_llm
+
+    folder = tmp_path_factory.mktemp("llm")
+    (folder / "corpus.txt").write_text("USER: what color is it ASSISTANT: red blue green yes no\n" * 5)
+    build_mini_llm(folder / "corpus.txt", folder / "llm", {"vocab_size": 96, "hidden_size": 32,
+                   "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2})
+    return folder / "llm"
+
+
+def _evaluate(tmp_path, capsys, cell, llm, model=None):
+    checkpoint = tmp_path / "vit-mini@cls.ckpt"
+    torch.save(_vit_mini_weights(), checkpoint)
+    return run(["evaluate", "--config", MINI, "--cell", cell, "--checkpoint", checkpoint, "--llm", llm,
+                "--model", model or tmp_path / "model", "--index", tmp_path / "index.json", "--out", tmp_path / "r.json"],
+               capsys)
+
+
+@pytest.fixture
+def no_progress_bars():
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # transformers' "Loading weights" bar on stderr is not ours to test
+    yield
+    logging.enable_progress_bar()
+
+
+def test_a_model_trained_for_another_connector_is_named_with_its_cell(mini_llm, tmp_path, capsys, no_progress_bars):
+    from safetensors.torch import save_file
+
+    from vlmswap.language import load_llm, load_tokenizer
+    from vlmswap.vlm import VLMHead
+
+    model = tmp_path / "models" / CELL
+    model.mkdir(parents=True)
+    head = VLMHead("mlp2", 96, load_llm(mini_llm, load_tokenizer(mini_llm)))
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(model / "model.safetensors"))
+    (model / "train.json").write_text(json.dumps({"cell": CELL}))
+    mlp3 = CELL.replace("@mlp2", "@mlp3")
+    code, err = _evaluate(tmp_path, capsys, mlp3, mini_llm, model)
+    assert code == 1 and err.startswith(f"vlmswap: {model / 'model.safetensors'}: "), err
+    assert f"trained for cell {CELL}, not for cell {mlp3}" in err and "size mismatch for projector." in err, err
+    assert f"pass the model of {mlp3} or retrain it" in err
+
+
+@pytest.mark.parametrize("folder,named", [
+    ("missing", "no such folder"),
+    ("empty", "no tokenizer file (one of tokenizer.json"),
+    ("no-config", "no config.json"),
+    ("no-weights", "no weights (*.safetensors or *.bin)"),
+])
+def test_an_llm_folder_without_what_transformers_needs_is_named(folder, named, mini_llm, tmp_path, capsys):
+    llm = tmp_path / folder
+    if folder != "missing":
+        llm.mkdir()
+    if folder in ("no-config", "no-weights"):
+        for f in mini_llm.iterdir():
+            if not (f.name == "config.json" and folder == "no-config") and f.suffix != ".safetensors" * (folder == "no-weights"):
+                (llm / f.name).write_bytes(f.read_bytes())
+    code, err = _evaluate(tmp_path, capsys, CELL, llm)
+    assert code == 1 and err.startswith(f"vlmswap: {llm}: {named}"), err
+    assert "sentencepiece" not in err and "Repo id" not in err

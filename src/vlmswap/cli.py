@@ -437,9 +437,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from vlmswap.checkpoint import CheckpointError
     from vlmswap.evaluate.records import AnnotationFileError
     from vlmswap.hub import FetchError
+    from vlmswap.language import LLMFolderError
     from vlmswap.train.loop import ResumeWorldMismatch
 
-    return (FetchError, CheckpointError, AnnotationFileError, InstructError, ResumeWorldMismatch)
+    return (FetchError, CheckpointError, AnnotationFileError, InstructError, LLMFolderError, ResumeWorldMismatch)
 
 
 def _launch_args(argv: list[str]) -> list[str]:

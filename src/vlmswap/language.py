@@ -24,6 +24,31 @@ from vlmswap.evaluate.prompts import SYSTEM_PROMPT  # the evaluation prompts' sy
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
 PAD_TOKEN = "<PAD>"
+# what a Hugging Face model folder holds its tokenizer in (fast, SentencePiece, BPE/WordPiece vocabularies)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer.tiktoken")
+
+
+class LLMFolderError(ValueError):
+    """An LLM folder (--llm) that cannot be loaded; the message names the folder, what is missing and the fix."""
+
+
+def _refetch(llm_dir: Path) -> str:
+    return f"fetch the LLM again (delete {llm_dir} and rerun the fetch step, or `vlmswap fetch-llm`)"
+
+
+def check_llm_folder(llm_dir: Path, part: str) -> None:
+    """That `llm_dir` is a local folder with the `part` ("tokenizer": a tokenizer file; "model":
+    config.json and weights) before transformers reads it: it would take a missing folder for a hub id,
+    and ask for sentencepiece or tiktoken to be installed when a folder has no tokenizer file."""
+    if not llm_dir.is_dir():
+        raise LLMFolderError(f"{llm_dir}: {'not a folder' if llm_dir.exists() else 'no such folder'}; pass the "
+                             "LLM folder the fetch step wrote (resources/<study>/llm)")
+    if part == "tokenizer" and not any((llm_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise LLMFolderError(f"{llm_dir}: no tokenizer file (one of {', '.join(TOKENIZER_FILES)}); {_refetch(llm_dir)}")
+    if part == "model" and not (llm_dir / "config.json").is_file():
+        raise LLMFolderError(f"{llm_dir}: no config.json, so not a model folder; {_refetch(llm_dir)}")
+    if part == "model" and not any(llm_dir.glob("*.safetensors")) and not any(llm_dir.glob("*.bin")):
+        raise LLMFolderError(f"{llm_dir}: no weights (*.safetensors or *.bin); {_refetch(llm_dir)}")
 
 
 def turn_text(message: str) -> str:
@@ -77,6 +102,7 @@ def load_tokenizer(llm_dir: str | Path):
     from transformers import AutoTokenizer
 
     llm_dir = Path(llm_dir)
+    check_llm_folder(llm_dir, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
     if (llm_dir / "tokenizer.model").is_file():
         _sentencepiece_whitespace(tokenizer)
@@ -85,7 +111,7 @@ def load_tokenizer(llm_dir: str | Path):
     with_bos = tokenizer("Test 123", add_special_tokens=True).input_ids
     without = tokenizer("Test 123", add_special_tokens=False).input_ids
     if tokenizer.bos_token_id is None or with_bos[0] != tokenizer.bos_token_id or without[0] == tokenizer.bos_token_id:
-        raise ValueError(f"{llm_dir}: the tokenizer does not prepend BOS exactly when add_special_tokens=True "
+        raise LLMFolderError(f"{llm_dir}: the tokenizer does not prepend BOS exactly when add_special_tokens=True "
                          f"(got {with_bos[:3]} / {without[:3]}); the visual tokens are inserted after BOS, so "
                          "use a Llama-family tokenizer (check add_bos_token in tokenizer_config.json)")
     return tokenizer
@@ -149,6 +175,7 @@ def load_llm(llm_dir: str | Path, tokenizer, dtype: torch.dtype = torch.float32,
     None for `attention_implementation(dtype)`."""
     from transformers import AutoModelForCausalLM
 
+    check_llm_folder(Path(llm_dir), "model")
     keep = None
     if zero3_config is not None:
         from transformers.integrations import HfDeepSpeedConfig

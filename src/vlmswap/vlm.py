@@ -10,12 +10,14 @@ only it; the frozen vision tower runs outside the engine under no_grad (DESIGN.m
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from vlmswap.allocator import keep_freed_memory
+from vlmswap.checkpoint import CheckpointError
 from vlmswap.connector import build_connector
 from vlmswap.language import IGNORE_INDEX
 
@@ -253,6 +255,14 @@ def inference_placement(local_rank: int = 0) -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+def _trained_cell(model_dir) -> str | None:
+    """The cell a trained model's train.json names (None: no readable record)."""
+    try:
+        return str(json.loads((model_dir / "train.json").read_text())["cell"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_trained(study, cell, checkpoint_files, llm_dir, model_dir, device="cpu", dtype=torch.float32) -> VLM:
     """The trained VLM of a cell: backbone from its checkpoint, connector + LLM from training."""
     from safetensors.torch import load_file
@@ -265,10 +275,18 @@ def load_trained(study, cell, checkpoint_files, llm_dir, model_dir, device="cpu"
     # buffer) stay float32; casting a float32 model with `.to(bf16)` would round them as well
     llm = load_llm(llm_dir, tokenizer, dtype=dtype)
     head = VLMHead(cell.connector, vision.embed_dim, llm)
-    state = load_file(str(model_dir / "model.safetensors"))
-    missing, unexpected = head.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{model_dir / 'model.safetensors'}: does not match cell {cell.id} "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}); retrain the cell")
+    weights = model_dir / "model.safetensors"
+    state = load_file(str(weights))
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+        problem = f"missing {missing[:3]}, unexpected {unexpected[:3]}" if missing or unexpected else ""
+    except RuntimeError as error:  # strict=False passes over missing keys, never over other shapes
+        lines = str(error).strip().splitlines()  # "Error(s) in loading state_dict ...:", then one line per key
+        problem = lines[min(1, len(lines) - 1)].strip()
+    if problem:
+        trained_for = _trained_cell(model_dir)
+        other = f"cell {trained_for}" if trained_for else "another cell or connector"
+        raise CheckpointError(f"{weights}: this model was trained for {other}, not for cell {cell.id} ({problem}); "
+                              f"pass the model of {cell.id} or retrain it")
     tokenizer.padding_side = "left"
     return VLM(vision.to(device, dtype), head.to(device).eval(), tokenizer)
