@@ -225,12 +225,12 @@ def mini_llm(tmp_path_factory) -> Path:
     return folder / "llm"
 
 
-def _evaluate(tmp_path, capsys, cell, llm, model=None):
+def _evaluate(tmp_path, capsys, cell, llm, model=None, index=None, out=None):
     checkpoint = tmp_path / "vit-mini@cls.ckpt"
     torch.save(_vit_mini_weights(), checkpoint)
     return run(["evaluate", "--config", MINI, "--cell", cell, "--checkpoint", checkpoint, "--llm", llm,
-                "--model", model or tmp_path / "model", "--index", tmp_path / "index.json", "--out", tmp_path / "r.json"],
-               capsys)
+                "--model", model or tmp_path / "model", "--index", index or tmp_path / "index.json",
+                "--out", out or tmp_path / "r.json"], capsys)
 
 
 @pytest.fixture
@@ -277,3 +277,64 @@ def test_an_llm_folder_without_what_transformers_needs_is_named(folder, named, m
     code, err = _evaluate(tmp_path, capsys, CELL, llm)
     assert code == 1 and err.startswith(f"vlmswap: {llm}: {named}"), err
     assert "sentencepiece" not in err and "Repo id" not in err
+
+
+def _prepared_index(tmp_path, benchmark="vqa-v2") -> Path:
+    index = tmp_path / "benchmarks" / f"{benchmark}.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps({"benchmark": benchmark, "subset": "full", "root": ".", "skipped": [], "examples": [
+        {"id": "q1", "image": "a.png", "question": "What color?", "answers": ["red"] * 10,
+         "meta": {"answer_type": "other"}}]}))
+    return index
+
+
+def test_a_truncated_benchmark_index_is_named_by_baselines_and_evaluate(mini_llm, tmp_path, capsys, no_progress_bars):
+    from safetensors.torch import save_file
+
+    from vlmswap.language import load_llm, load_tokenizer
+    from vlmswap.vlm import VLMHead
+
+    index = _prepared_index(tmp_path)
+    index.write_text(index.read_text()[:40])
+    code, err = run(["baselines", "--config", MINI, "--benchmark", "vqa-v2", "--index", index,
+                     "--out", tmp_path / "baseline.json"], capsys)
+    assert code == 1 and err.startswith(f"vlmswap: {index}: not a benchmark index") and "rerun prepare-benchmark" in err
+
+    model = tmp_path / "models" / CELL
+    model.mkdir(parents=True)
+    head = VLMHead("mlp2", 96, load_llm(mini_llm, load_tokenizer(mini_llm)))
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(model / "model.safetensors"))
+    (model / "train.json").write_text(json.dumps({"cell": CELL, "provenance": {"fingerprint": "f"}}))
+    finished = tmp_path / "results" / "refcoco.json"
+    finished.parent.mkdir()
+    finished.write_text('{"finished": true}')
+    code, err = _evaluate(tmp_path, capsys, CELL, mini_llm, model, index=index, out=tmp_path / "results" / "vqa-v2.json")
+    assert code == 1 and err.startswith(f"vlmswap: {index}: not a benchmark index"), err
+    assert finished.read_text() == '{"finished": true}' and not (tmp_path / "results" / "vqa-v2.json").exists()
+
+
+@pytest.mark.parametrize("verb", ["table", "findings", "figures"])
+def test_a_truncated_result_or_training_record_is_named_by_the_reports(verb, tmp_path, capsys):
+    results = tmp_path / "results"
+    result = results / "evals" / CELL / "vqa-v2.json"
+    result.parent.mkdir(parents=True)
+    result.write_text('{"columns": {"vqa-v2": 5')
+    outs = {"table": ["--table", "mini", "--out-csv", tmp_path / "t.csv", "--out-md", tmp_path / "t.md"],
+            "findings": ["--out-md", tmp_path / "f.md", "--out-json", tmp_path / "f.json"],
+            "figures": ["--out-dir", tmp_path / "figures"]}[verb]
+    code, err = run([verb, "--config", MINI, "--results", results, *outs], capsys)
+    assert code == 1 and err.startswith(f"vlmswap: {result}: not valid JSON") and "rerun the cell's evaluation" in err
+
+    result.write_text(json.dumps({"columns": {"vqa-v2": 50.0}, "n_samples": 10, "n_skipped": 0}))
+    record = results / "models" / CELL / "train.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"cell": "vit-')
+    code, err = run([verb, "--config", MINI, "--results", results, *outs], capsys)
+    assert code == 1 and err.startswith(f"vlmswap: {record}: not a training record") and "retrain the cell" in err
+
+
+def test_a_correlation_over_too_few_finished_cells_says_how_many(tmp_path, capsys):
+    code, err = run(["correlation", "--config", MINI, "--results", tmp_path / "results", "--out-csv", tmp_path / "c.csv",
+                     "--out-png", tmp_path / "c.png"], capsys)
+    assert code == 1 and err.startswith(f"vlmswap: {tmp_path / 'results'}: a correlation over"), err
+    assert "needs at least 3 runs" in err and "only 0 of 9 do" in err and not (tmp_path / "c.csv").exists()

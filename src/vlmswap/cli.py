@@ -433,14 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors that name a bad input (file, id or key, and the fix) and so need no traceback."""
+    from vlmswap.analysis.correlation import TooFewRuns
+    from vlmswap.analysis.tables import ResultFileError
     from vlmswap.data.instruct import InstructError
     from vlmswap.checkpoint import CheckpointError
-    from vlmswap.evaluate.records import AnnotationFileError
+    from vlmswap.evaluate.records import AnnotationFileError, IndexFileError
     from vlmswap.hub import FetchError
     from vlmswap.language import LLMFolderError
     from vlmswap.train.loop import ResumeWorldMismatch
 
-    return (FetchError, CheckpointError, AnnotationFileError, InstructError, LLMFolderError, ResumeWorldMismatch)
+    return (FetchError, CheckpointError, AnnotationFileError, IndexFileError, InstructError, LLMFolderError,
+            ResultFileError, ResumeWorldMismatch, TooFewRuns)
 
 
 def _launch_args(argv: list[str]) -> list[str]:

@@ -17,10 +17,14 @@ from vlmswap.atomic import atomic_path
 __all__ = ["correlation_matrix", "write_correlation"]
 
 
+class TooFewRuns(ValueError):
+    """Fewer finished runs than a correlation needs; the message says how many and which are missing."""
+
+
 def correlation_matrix(scores: pd.DataFrame, columns: list[str], min_runs: int = 3) -> pd.DataFrame:
     """Pearson r between `columns`, over the rows (cells) of `scores` that have all of them.
 
-    Fewer than `min_runs` such rows raise ValueError. A column that is constant over those rows
+    Fewer than `min_runs` such rows raise TooFewRuns. A column that is constant over those rows
     has no defined correlation: its row and column are NaN (its diagonal too) and a line about it
     is listed in `attrs["warnings"]`. `attrs["n_runs"]` and `attrs["cells"]` say which rows entered.
     """
@@ -41,7 +45,7 @@ def correlation_matrix(scores: pd.DataFrame, columns: list[str], min_runs: int =
     if n < min_runs:
         incomplete = [str(i) for i in scores.index if i not in complete.index]
         shown = ", ".join(incomplete[:5]) + (f", ... ({len(incomplete)} in all)" if len(incomplete) > 5 else "")
-        raise ValueError(
+        raise TooFewRuns(
             f"a correlation over {columns} needs at least {min_runs} runs that have all of them; "
             f"only {n} of {len(scores)} do" + (f" (missing some: {shown})" if incomplete else "")
         )

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from vlmswap.analysis.correlation import correlation_matrix, write_correlation
+from vlmswap.analysis.correlation import TooFewRuns, correlation_matrix, write_correlation
 from vlmswap.analysis.table_text import write_table
-from vlmswap.analysis.tables import Row, build_table, collect
+from vlmswap.analysis.tables import ResultFileError, Row, build_table, collect
 from vlmswap.atomic import write_text
 from vlmswap.study import Cell, Study, UnknownIdError
 
@@ -52,7 +52,11 @@ def staleness_against(results_dir: Path):
     def check(cell_id: str, result: dict) -> str | None:
         if cell_id not in summaries:
             path = results_dir / "models" / cell_id / "train.json"
-            summaries[cell_id] = json.loads(path.read_text()) if path.is_file() else None
+            try:
+                summaries[cell_id] = json.loads(path.read_text()) if path.is_file() else None
+            except ValueError as error:  # cut short or not UTF-8
+                raise ResultFileError(f"{path}: not a training record ({error}); retrain the cell (delete "
+                                      f"{path.parent} and rerun snakemake)") from None
         return result_staleness(result, summaries[cell_id])
 
     return check
@@ -92,7 +96,10 @@ def write_study_correlation(study: Study, results_dir: Path, out_csv: Path, out_
                             log: Callable[[str], None] = print) -> None:
     scores = collect(results_dir, study.cell_ids, study.benchmarks, staleness_against(results_dir))
     columns = study.columns
-    matrix = correlation_matrix(scores, columns)
+    try:
+        matrix = correlation_matrix(scores, columns)
+    except TooFewRuns as error:
+        raise TooFewRuns(f"{results_dir}: {error}; finish more cells' evaluations first") from None
     n_runs = matrix.attrs["n_runs"]
     write_correlation(matrix, out_csv, out_png, f"Pearson r between benchmarks ({study.name} study)", n_runs)
     log(f"correlation over {n_runs} cells x {len(columns)} benchmarks -> {out_csv}")

@@ -118,7 +118,7 @@ def _read_result(path: Path, cell_id: str, benchmark: str) -> dict[str, Any]:
     """Load and check one result JSON; every problem raises ResultFileError naming `path`."""
 
     def bad(problem: str) -> ResultFileError:
-        return ResultFileError(f"{path}: {problem}")
+        return ResultFileError(f"{path}: {problem}; delete it and rerun the cell's evaluation (snakemake)")
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

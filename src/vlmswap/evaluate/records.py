@@ -63,6 +63,11 @@ class PredictionsFileError(ValueError):
     """A predictions file that cannot be trusted; the message names the file, the line and the fix."""
 
 
+class IndexFileError(ValueError):
+    """A prepared benchmark index that cannot be read, or not of the benchmark asked for; the message
+    names the file and the fix."""
+
+
 # -- building records ----------------------------------------------------------------------------
 
 

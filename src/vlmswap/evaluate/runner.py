@@ -24,7 +24,7 @@ from PIL import Image
 
 from vlmswap.atomic import write_json, write_text
 from vlmswap.evaluate.intervals import bootstrap_intervals
-from vlmswap.evaluate.records import Example, PredictionsFileError, Skipped
+from vlmswap.evaluate.records import Example, IndexFileError, PredictionsFileError, Skipped
 from vlmswap.evaluate.registry import get_benchmark
 from vlmswap.language import eval_prompt
 from vlmswap.provenance import differences, move_aside, result_record, scorer_version
@@ -106,7 +106,7 @@ def read_index(path: Path) -> tuple[str, str, list[Example], list[Skipped]]:
     except FileNotFoundError:
         raise FileNotFoundError(f"benchmark index {path} does not exist (run the prepare-benchmark step)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a benchmark index ({type(e).__name__}: {e}); delete it and rerun "
+        raise IndexFileError(f"{path}: not a benchmark index ({type(e).__name__}: {e}); delete it and rerun "
                          "prepare-benchmark") from None
     return data["benchmark"], data["subset"], examples, skipped
 
