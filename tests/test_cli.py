@@ -283,8 +283,8 @@ def _prepared_index(tmp_path, benchmark="vqa-v2") -> Path:
     index = tmp_path / "benchmarks" / f"{benchmark}.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps({"benchmark": benchmark, "subset": "full", "root": ".", "skipped": [], "examples": [
-        {"id": "q1", "image": "a.png", "question": "What color?", "answers": ["red"] * 10,
-         "meta": {"answer_type": "other"}}]}))
+        {"id": "q1", "image": "a.png", "prompt": "What color?", "target": ["red"] * 10,
+         "meta": {"answer_type": "other", "question_type": "what color"}}]}))
     return index
 
 
@@ -338,3 +338,13 @@ def test_a_correlation_over_too_few_finished_cells_says_how_many(tmp_path, capsy
                      "--out-png", tmp_path / "c.png"], capsys)
     assert code == 1 and err.startswith(f"vlmswap: {tmp_path / 'results'}: a correlation over"), err
     assert "needs at least 3 runs" in err and "only 0 of 9 do" in err and not (tmp_path / "c.csv").exists()
+
+
+def test_the_baseline_of_one_benchmark_refuses_the_index_of_another(tmp_path, capsys):
+    index = _prepared_index(tmp_path, "vqa-v2")
+    out = tmp_path / "baselines" / "refcoco.json"
+    code, err = run(["baselines", "--config", MINI, "--benchmark", "refcoco", "--index", index, "--out", out], capsys)
+    assert code == 1 and err.startswith(f"vlmswap: {index}: the prepared index of 'vqa-v2', not of 'refcoco'"), err
+    assert not out.exists()
+    main(["baselines", "--config", str(MINI), "--benchmark", "vqa-v2", "--index", str(index), "--out", str(out)])
+    assert json.loads(out.read_text())["columns"] == {"vqa-v2": 100.0}

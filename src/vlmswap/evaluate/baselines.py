@@ -54,11 +54,15 @@ def baseline_predictions(name: str, examples: list[Example]) -> tuple[str, dict[
 
 
 def score_baselines(indexes: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    from vlmswap.evaluate.records import IndexFileError
     from vlmswap.evaluate.runner import read_index
 
     out = {}
     for name, path in indexes.items():
-        _, subset, examples, _ = read_index(path)
+        recorded, subset, examples, _ = read_index(path)
+        if recorded != name:  # another benchmark's answers would score 0, silently
+            raise IndexFileError(f"{path}: the prepared index of {recorded!r}, not of {name!r}; pass the {name} "
+                                 f"index (written by `vlmswap prepare-benchmark --benchmark {name}`)")
         description, predictions = baseline_predictions(name, examples)
         score = get_benchmark(name).score(examples, predictions)
         out[name] = {"baseline": description, "columns": score.columns, "n_samples": score.n_samples,
