@@ -13,7 +13,9 @@ min_version("9.0")
 
 # The embedded default is the mini study. A --configfile replaces it (it is not merged into it).
 # (resolved against this file's folder, so `-s /path/to/Snakefile` works from any directory)
-if not config:
+# Loaded whenever no --configfile is given, --config alone included: common.smk then names the file
+# the rules read and why an override does not reach them.
+if not workflow.configfiles:
 
     configfile: os.path.join(workflow.basedir, "config", "mini.yaml")
 

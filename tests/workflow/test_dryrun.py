@@ -214,6 +214,15 @@ def test_a_wrong_config_value_stops_the_dry_run_with_the_key_path(tmp_path):
     assert "cells[3].connector" in out.stdout + out.stderr and "mlp2, mlp3" in out.stdout + out.stderr
 
 
+def test_a_config_override_without_a_configfile_says_where_the_study_is_read_from(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--cores", "1",
+                          "--config", "study=foo"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "IndexError" not in text, text
+    assert f"the rules read the study from {ROOT / 'config' / 'mini.yaml'}; --config overrides do not reach them" in text
+    assert "pass it with --configfile" in text
+
+
 def _sbatch(job) -> str:
     """The sbatch line the SLURM executor plugin would submit for `job`, from the plugin itself."""
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
