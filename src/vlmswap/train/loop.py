@@ -225,7 +225,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                 raise TimeLimitReached(
                     f"cell {cell.id}: {_duration(max(left, 0))} left of the job's {_duration(time_limit.limit_s)} "
                     f"time limit; resume state saved at step {step + 1}/{schedule.steps} "
-                    f"({time_limit.longest_save:.0f}s), so the job stops here and its retry continues from it "
+                    f"(longest save {time_limit.longest_save:.0f}s), so the job stops here and its retry continues from it "
                     f"(the SLURM profile's `retries`; or run snakemake again)")
     wall = time.time() - t0
 
