@@ -38,7 +38,10 @@ def test_a_trimmed_mini_study_runs_through_slurm(cluster, tmp_path):
     study = yaml.safe_load((ROOT / "config" / "mini.yaml").read_text())
     study["study"] = "cluster"  # (not "slurm": the executor writes its logs to logs/slurm)
     study["mini"].update(n_train=60, n_eval=8, n_classify=48, image_size=64, pretrain_epochs=1)
-    study["recipe"].update(epochs=1, checkpoint_every=50)
+    # a training longer than its one-minute SLURM limit: each attempt saves and stops before the
+    # limit (exit 75) and the next continues, until it is done (480 steps, 2-4 attempts)
+    study["recipe"].update(epochs=60, checkpoint_every=100_000)
+    study["train_resources"]["runtime_min"] = 1
     cell = {"backbone": "vit-mini", "objective": "cls", "geometry": "64", "tap": "block-2", "connector": "mlp2"}
     cell_id = "vit-mini@cls@64@block-2@mlp2"
     study.pop("diagnostics")  # it names cells of the full grid
@@ -51,7 +54,7 @@ def test_a_trimmed_mini_study_runs_through_slurm(cluster, tmp_path):
     work = tmp_path / "work"
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
-         "--profile", str(ROOT / "slurm" / "local"), "--configfile", str(config)],
+         "--profile", str(ROOT / "slurm" / "local"), "--configfile", str(config), "--retries", "5"],
         capture_output=True, text=True, timeout=1800)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-6000:]
@@ -65,7 +68,14 @@ def test_a_trimmed_mini_study_runs_through_slurm(cluster, tmp_path):
     result = json.loads((out / "evals" / cell_id / "vqa-v2.json").read_text())
     assert result["n_samples"] > 0 and result["provenance"]["model"]
     assert "VQA-v2" in (out / "tables" / "cluster.md").read_text()
-    # the training read its job's end time from squeue inside the job (the jobstep keeps only
-    # SLURM_JOB_ID), so it would save and stop before the time limit (mini.yaml: 30 min)
-    train_log = (work / "logs" / "cluster" / "train" / f"{cell_id}.log").read_text()
-    assert re.search(r"SLURM job \d+ ends at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(30 min limit\)", train_log), train_log[-3000:]
+    # each attempt read its job's end time from squeue inside the job (the jobstep keeps only
+    # SLURM_JOB_ID); the stopped ones saved resume state before the limit and the next resumed it
+    attempts = sorted((work / "logs" / "slurm" / "rule_train").rglob("*.log"), key=lambda a: int(a.stem))
+    texts = [a.read_text() for a in attempts]
+    assert len(texts) >= 2, [a.name for a in attempts]
+    for text in texts:
+        assert re.search(r"SLURM job \d+ ends at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(1 min limit\)", text), text[-3000:]
+    stopped = [re.search(r"time limit; resume state saved at step (\d+)/480", t) for t in texts]
+    assert all(stopped[:-1]) and not stopped[-1], [t[-1500:] for t in texts]
+    summary = json.loads((out / "models" / cell_id / "train.json").read_text())
+    assert summary["steps"] == 480 and summary["resumed_from_step"] == int(stopped[-2].group(1))
