@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from vlmswap.image import Geometry
-from vlmswap.study import ConfigError, Cell, load_study, study_from_dict
+from vlmswap.study import ConfigError, Cell, load_study, read_yaml, study_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "config" / "mini.yaml"
@@ -241,3 +241,32 @@ def test_validate_checks_the_stage_token_counts(mini_raw):
     raw["diagnostics"]["stage_ablation"]["tokens"]["stage2"] = 784
     with pytest.raises(ConfigError, match="tokens.stage2: vmamba-mini@cls@64@stage2@mlp2 gives 64 visual tokens"):
         check_stage_tokens(study_from_dict(raw, "mini.yaml"))
+
+
+def test_a_key_written_twice_fails_on_load_naming_its_path_and_lines(tmp_path):
+    # YAML keeps the last of two equal keys without a word: a second `lr:` or a pasted backbone block
+    # with the same id would silently replace the first
+    text = MINI.read_text()
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(text.replace("  lr: 1.0e-3", "  lr: 1.0e-3\n  lr: 2.0e-3", 1))
+    with pytest.raises(ConfigError) as info:
+        load_study(twice)
+    lr_line = text.splitlines().index(next(line for line in text.splitlines() if line.startswith("  lr:"))) + 1
+    assert info.value.key_path == "recipe.lr"
+    assert str(info.value).startswith(f"{twice}: recipe.lr: duplicate key 'lr' at lines {lr_line} and {lr_line + 1}")
+    twice.write_text(text.replace("  vmamba-mini:\n", "  vit-mini:\n", 1))
+    with pytest.raises(ConfigError, match=r"backbones.vit-mini: duplicate key 'vit-mini' at lines \d+ and \d+"):
+        load_study(twice)
+    twice.write_text(text.replace("- {backbone: vit-mini, objective: cls,", "- {backbone: vit-mini, backbone: vit-mini, "
+                                  "objective: cls,", 1))
+    assert _load_error(twice).key_path == "cells[0].backbone"
+    # a YAML merge key may repeat what its mapping overrides
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(text.replace("recipe:\n", "base: &base {lr: 5.0e-4}\nrecipe:\n  <<: *base\n", 1))
+    assert read_yaml(merged)["recipe"]["lr"] == 1e-3
+
+
+def _load_error(path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    return info.value

@@ -173,11 +173,48 @@ class Study:
 # Loading and validation
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML file that has one key twice (YAML itself keeps the last one silently)."""
+
+    def __init__(self, key_path: str, key: str, line: int, first_line: int):
+        self.key_path, self.key, self.line, self.first_line = key_path, key, line, first_line
+        super().__init__(f"{key_path}: duplicate key {key!r} at line {line} (first at line {first_line})")
+
+
 def read_yaml(path: str | Path) -> Any:
     """yaml.safe_load of a file through libyaml's C parser where PyYAML has it (about 10x faster: the
-    paper config is parsed at every Snakemake start), the pure-Python one otherwise."""
+    paper config is parsed at every Snakemake start), the pure-Python one otherwise. A key written
+    twice in one mapping (a second `lr:`, a pasted backbone block) raises DuplicateKeyError instead
+    of the last one winning."""
     with open(path) as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(f)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _reject_duplicate_keys(node, [], set())
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+
+
+def _reject_duplicate_keys(node: yaml.Node, parts: list, visited: set[int]) -> None:
+    if id(node) in visited:  # an alias: its node was checked where the anchor is
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                continue  # `<<: *anchor` may repeat what the mapping overrides
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first:
+                raise DuplicateKeyError(_key_path([*parts, key.value]), key.value, line, first[key.tag, key.value])
+            first[key.tag, key.value] = line
+            _reject_duplicate_keys(value, [*parts, key.value], visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, [*parts, i], visited)
 
 
 @cache
@@ -227,6 +264,9 @@ def load_study(path: str | Path) -> Study:
         data = read_yaml(path)
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found; pass config/mini.yaml or config/experiments.yaml") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(path, e.key_path, f"duplicate key {e.key!r} at lines {e.first_line} and {e.line} (YAML "
+                          "would silently keep the last); delete one, or rename one if both are meant") from None
     except yaml.YAMLError as e:
         raise ConfigError(path, "", f"not valid YAML: {e}") from None
     return study_from_dict(data, path)
