@@ -54,6 +54,32 @@ def test_per_cell_recipe_override(mini_raw):
     assert study.recipe(study.cells[1]).lr == 1e-3
 
 
+def test_a_global_batch_that_is_not_whole_micro_batches_on_every_gpu_fails_on_load(mini_raw):
+    # train.schedule.accumulation_steps needs global_batch = per_device_batch x GPUs x steps: checked
+    # on load, not inside the train job
+    raw = copy.deepcopy(mini_raw)
+    raw["recipe"].update(global_batch=8, per_device_batch=3)
+    err = _error(raw)
+    assert err.key_path == "recipe.per_device_batch"
+    assert "per_device_batch 3 x 1 process (train_resources has no GPU) = 3 does not divide global_batch 8" in str(err)
+    assert "multiple of 3 (e.g. 9)" in str(err)
+    raw["recipe"].update(global_batch=8, per_device_batch=16)
+    assert "16 is more than global_batch 8" in str(_error(raw))
+    raw["recipe"].update(global_batch=16, per_device_batch=4)
+    raw["train_resources"].update(nodes=2, gpus_per_node=4)
+    err = _error(raw)
+    assert "per_device_batch 4 x 8 GPUs (train_resources: 2 nodes x 4) = 32 is more than global_batch 16" in str(err)
+    raw["train_resources"].update(nodes=1)
+    study = study_from_dict(raw)  # 4 per device x 4 GPUs x 1 step
+    assert study.recipe(study.cells[0]).global_batch == 16
+    # a cell's own recipe is checked as well, and named
+    raw["cells"][2]["recipe"] = {"per_device_batch": 3}
+    err = _error(raw)
+    assert err.key_path == "cells[2].recipe.per_device_batch" and "3 x 4 GPUs" in str(err)
+    raw["cells"][2]["recipe"] = {"global_batch": 20}
+    assert _error(raw).key_path == "cells[2].recipe.global_batch"
+
+
 def test_a_recipe_without_a_needed_key_fails_on_load_naming_it(mini_raw):
     raw = copy.deepcopy(mini_raw)
     del raw["recipe"]["lr"]

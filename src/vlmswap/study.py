@@ -430,18 +430,46 @@ def _build(data: dict[str, Any], path: Path) -> Study:
                           "cifar10, cifar100, dtd, flowers102, oxford-pets, food101, eurosat")
     recipes = {}
     keys = {cell_id: f"cells[{i}].recipe" for cell_id, i in seen.items() if cells[i].recipe}
+    train_resources = JobResources.parse(data.get("train_resources"))
     for cell in cells:
         recipes[cell.id] = Recipe.parse({**data["recipe"], **cell.recipe}, path, keys.get(cell.id, "recipe"))
+        _check_batch(recipes[cell.id], train_resources, path, keys.get(cell.id, "recipe"), cell.recipe)
     return Study(data["study"], path, data, backbones, cells, tables,
                  objectives=parse_objectives(data),
                  llm=LLM(data["llm"]["id"], data["llm"]["source"]),
                  instruct=InstructionSet(data["instruct"]["id"], data["instruct"]["source"],
                                          tuple(data["instruct"].get("files", ()))),
                  benchmark_inputs=parse_benchmarks(data), mini=parse_mini(data), eval=parse_eval(data),
-                 train_resources=JobResources.parse(data.get("train_resources")),
+                 train_resources=train_resources,
                  eval_resources=JobResources.parse(data.get("eval_resources")),
                  seed=int(data.get("seed", 0)), mirror=data.get("mirror"), trackers=tuple(data.get("trackers", ())),
                  recipes=recipes)
+
+
+def _check_batch(recipe: Recipe, resources: JobResources, path: Path, key: str, override: Mapping[str, Any]) -> None:
+    """The global batch must be whole micro-batches on every rank of the train job (what
+    train.schedule.accumulation_steps needs): checked on load, not in the job hours later."""
+    gpus = resources.nodes * resources.gpus_per_node
+    ranks = max(gpus, 1)  # no GPU: one process on the CPU
+    per_step = recipe.per_device_batch * ranks
+    if recipe.global_batch % per_step == 0:
+        return
+    if "per_device_batch" in override:
+        key = f"{key}.per_device_batch"
+    elif "global_batch" in override:
+        key = f"{key}.global_batch"
+    else:
+        key = "recipe.per_device_batch"
+    if gpus > 1:
+        world = f"{gpus} GPUs (train_resources: {resources.nodes} nodes x {resources.gpus_per_node})"
+    else:
+        world = "1 GPU" if gpus else "1 process (train_resources has no GPU)"
+    problem = "is more than" if per_step > recipe.global_batch else "does not divide"
+    multiple = -(-recipe.global_batch // per_step) * per_step
+    raise ConfigError(path, key, f"per_device_batch {recipe.per_device_batch} x {world} = {per_step} {problem} "
+                      f"global_batch {recipe.global_batch}, so no whole number of accumulation steps makes the "
+                      f"global batch; make global_batch a multiple of {per_step} (e.g. {multiple}), or change "
+                      "per_device_batch or train_resources")
 
 
 STAGE_TABLE = "stage-ablation"

@@ -34,7 +34,8 @@ def study_config() -> dict:
     study = yaml.safe_load((ROOT / "config" / "mini.yaml").read_text())
     study["study"] = "rerun"
     study["mini"].update(n_train=160, n_eval=12, n_classify=160, image_size=64, pretrain_epochs=1)
-    study["recipe"].update(epochs=1, checkpoint_every=4)
+    # per-device batch 2: the global batch 8 still divides once the "number of GPUs" edit gives 4
+    study["recipe"].update(epochs=1, checkpoint_every=4, per_device_batch=2)
     study["backbones"] = {k: v for k, v in study["backbones"].items() if k in ("vit-mini", "vmamba-mini")}
     study["objectives"] = {k: v for k, v in study["objectives"].items() if k in ("cls", "seg")}
     study.pop("diagnostics")  # it names cells of the full grid
