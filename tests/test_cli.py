@@ -348,3 +348,47 @@ def test_the_baseline_of_one_benchmark_refuses_the_index_of_another(tmp_path, ca
     assert not out.exists()
     main(["baselines", "--config", str(MINI), "--benchmark", "vqa-v2", "--index", str(index), "--out", str(out)])
     assert json.loads(out.read_text())["columns"] == {"vqa-v2": 100.0}
+
+
+def _validate(raw: dict, tmp_path, capsys) -> tuple[int, str]:
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return run(["validate", "--config", config], capsys)
+
+
+@pytest.mark.parametrize("backbone,arch,named", [
+    ("vmamba-mini", "vmamba-small", "unknown VMamba architecture 'vmamba-small'; named ones: vmamba-t"),
+    ("mambavision-mini", {"dim": 32, "in_dim": 32, "depth": [1, 1, 2, 1], "num_heads": [1, 2, 4, 4],
+                          "window_size": [3, 3, 3, 3]}, "bad MambaVision arch"),
+    ("vit-mini", {"patch_size": 16, "embed_dm": 96, "depth": 4, "num_heads": 4}, "unexpected keyword argument 'embed_dm'"),
+    # a fused pair's member that no cell names itself: found through the pair's cell
+    ("dino-mini", {"patch_size": 16, "embed_dim": 64, "depth": 4, "num_heads": 4, "reg_tokns": 4},
+     "unexpected keyword argument 'reg_tokns'"),
+    ("vitdet-mini", "vitdet-base", "unknown ViTDet architecture 'vitdet-base'"),
+])
+def test_validate_names_the_backbone_arch_its_family_cannot_build(backbone, arch, named, tmp_path, capsys):
+    # caught by `vlmswap validate`, not by a bare ValueError in the pretraining or training job
+    raw = yaml.safe_load(MINI.read_text())
+    raw["backbones"][backbone]["arch"] = arch
+    code, err = _validate(raw, tmp_path, capsys)
+    assert code == 2 and f"study.yaml: backbones.{backbone}.arch: " in err and named in err
+
+
+def test_validate_refuses_a_geometry_that_gives_no_visual_token(tmp_path, capsys):
+    # an 8-pixel image has no 16-pixel patch: without this check the cell trains on nothing and its
+    # load later fails as a checkpoint that "does not match"
+    raw = yaml.safe_load(MINI.read_text())
+    raw["cells"].append({"backbone": "vit-mini", "objective": "cls", "geometry": "8", "tap": "block-2",
+                         "connector": "mlp2"})
+    code, err = _validate(raw, tmp_path, capsys)
+    assert code == 2
+    assert "study.yaml: cells[7].geometry: vit-mini@cls@8@block-2@mlp2: backbone 'vit-mini' gives 0 visual tokens " \
+           "at geometry 8" in err
+    assert "use a larger geometry (the smallest square one that gives tokens: 16)" in err
+    raw["cells"][-1]["geometry"] = "16x8"
+    code, err = _validate(raw, tmp_path, capsys)
+    assert code == 2 and "cells[7].geometry: vit-mini@cls@16x8@block-2@mlp2" in err
+    raw["cells"][-1]["geometry"] = "16"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    main(["validate", "--config", str(tmp_path / "study.yaml")])
+    assert "vit-mini@cls@16@block-2@mlp2: 1 visual tokens" in capsys.readouterr().out

@@ -47,7 +47,7 @@ def _benchmark_inputs(study, name: str):
 
 def cmd_validate(args) -> None:
     study = _study(args)
-    for line in _check_generic_taps(study):
+    for line in _check_cells(study):
         print(line)
     from vlmswap.diagnostics.stages import check_stage_tokens
 
@@ -57,31 +57,81 @@ def cmd_validate(args) -> None:
           f"{len(study.benchmarks)} benchmarks, {len(study.tables)} tables")
 
 
-def _check_generic_taps(study) -> list[str]:
-    """Cells of the generic families (timm, hf) name a layer of the model by index; whether the model
-    has it, and the tokens it gives at the cell's geometry, needs the model: built on the meta device
-    here (no weights, no download for timm names and config mappings)."""
+def _check_cells(study) -> list[str]:
+    """Every cell's backbone built as its jobs will build it, at its tap and geometry, on the meta
+    device (no weights; no download for timm names and config mappings). An `arch:` its family
+    cannot build, a layer the model lacks (the taps of timm and hf index the model's own layers) or
+    a geometry that leaves no visual token fails here, not in a pretraining or training job."""
+    from vlmswap.image import Geometry
     from vlmswap.vision.base import ArchError
-    from vlmswap.vision.registry import FAMILIES
+    from vlmswap.vlm import backbone_arch
 
+    written = len(study.raw["cells"])  # the cells after these are made by diagnostics.stage_ablation
+    counts: dict[tuple, int] = {}  # cells that differ by connector only build the same backbone
     lines = []
     for i, cell in enumerate(study.cells):
-        family = FAMILIES[study.backbones[cell.backbone].family]
-        if family.tap_pattern is None:
-            continue
-        from vlmswap.vlm import backbone_arch
-
+        key = f"cells[{i}]" if i < written else "diagnostics.stage_ablation"
+        family, arch = study.backbones[cell.backbone].family, backbone_arch(study, cell)
+        build = (family, repr(arch), cell.tap, cell.geometry)
         try:
-            tokens = family.check(backbone_arch(study, cell), cell.tap, cell.geometry)
+            if build not in counts:
+                counts[build] = _visual_tokens(family, arch, cell.tap, cell.geometry)
         except ArchError as error:  # the backbone's arch or its weight tag is at fault, not the cell
             spec = study.backbones[cell.backbone]
             tagged = error.field == "weights" and "timm" in spec.checkpoints.get(cell.objective, {})
-            key = f"checkpoints.{cell.objective}.timm" if tagged else "arch"
-            raise ConfigError(study.path, f"backbones.{spec.id}.{key}", str(error)) from None
+            field = f"checkpoints.{cell.objective}.timm" if tagged else "arch"
+            raise ConfigError(study.path, f"backbones.{_failing_arch(study, cell)}.{field}",
+                              f"{error} (building cell {cell.id})") from None
         except ValueError as error:  # a tap the model lacks
-            raise ConfigError(study.path, f"cells[{i}]", f"{cell.id}: {error}") from None
+            raise ConfigError(study.path, key, f"{cell.id}: {error}") from None
+        tokens = counts[build]
+        if tokens < 1:
+            sides = [s for s in (16, 32, 64, 128, 256, 512, 1024) if s > min(cell.geometry.width, cell.geometry.height)]
+            smallest = next((s for s in sides if _tokens_or_zero(family, arch, cell.tap, Geometry(s, s))), None)
+            hint = f" (the smallest square one that gives tokens: {smallest})" if smallest else ""
+            raise ConfigError(study.path, f"{key}.geometry",
+                              f"{cell.id}: backbone {cell.backbone!r} gives 0 visual tokens at geometry {cell.geometry} "
+                              f"(tap {cell.tap!r}): the image is smaller than one patch or stride of the tapped layer; "
+                              f"use a larger geometry{hint}")
         lines.append(f"{cell.id}: {tokens} visual tokens")
     return lines
+
+
+def _visual_tokens(family: str, arch, tap: str, geometry) -> int:
+    """The visual-token count of a backbone at `tap` and `geometry`, built on the meta device."""
+    import torch
+
+    from vlmswap.vision.registry import FAMILIES, build_backbone
+
+    if FAMILIES[family].tap_pattern is not None:  # the generic families survey the model's own layers
+        return FAMILIES[family].check(arch, tap, geometry)
+    with torch.device("meta"):
+        built = build_backbone(family, arch, tap, geometry)
+    return built.num_tokens(geometry.width, geometry.height)
+
+
+def _tokens_or_zero(family: str, arch, tap: str, geometry) -> int:
+    try:
+        return _visual_tokens(family, arch, tap, geometry)
+    except ValueError:
+        return 0
+
+
+def _failing_arch(study, cell) -> str:
+    """The backbone whose `arch:` its family cannot build: the cell's own, or for a fused backbone the
+    first member whose tower fails alone."""
+    from vlmswap.vision.base import ArchError
+    from vlmswap.vlm import backbone_arch
+
+    members = study.backbones[cell.backbone].members
+    for member, tower in zip(members, backbone_arch(study, cell) if members else []):
+        try:
+            _visual_tokens(tower["family"], tower["arch"], tower.get("tap", cell.tap), cell.geometry)
+        except ArchError:
+            return member
+        except ValueError:
+            continue
+    return cell.backbone
 
 
 def cmd_cells(args) -> None:

@@ -238,13 +238,13 @@ def resolve_arch(arch: str | Mapping[str, Any], archs: Mapping[str, Mapping[str,
     every `required` key and only `allowed` ones; `defaults` fill what either leaves out."""
     if isinstance(arch, str):
         if arch not in archs:
-            raise ValueError(f"unknown {what} architecture {arch!r}; named ones: {', '.join(archs)} "
-                             f"(or a mapping with {', '.join(sorted(required))})")
+            raise ArchError(f"unknown {what} architecture {arch!r}; named ones: {', '.join(archs)} "
+                            f"(or a mapping with {', '.join(sorted(required))})")
         return {**defaults, **archs[arch]}
     unknown = set(arch) - allowed
     if unknown or not required <= set(arch):
-        raise ValueError(f"bad {what} arch {dict(arch)}: needs {', '.join(sorted(required))}; allowed keys: "
-                         f"{', '.join(sorted(allowed))}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
+        raise ArchError(f"bad {what} arch {dict(arch)}: needs {', '.join(sorted(required))}; allowed keys: "
+                        f"{', '.join(sorted(allowed))}" + (f"; unknown: {sorted(unknown)}" if unknown else ""))
     return {**defaults, **arch}
 
 

@@ -42,7 +42,7 @@ from timm.layers import Mlp  # fc1 -> GELU (exact) -> fc2, the official key name
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
+from vlmswap.vision.base import ArchError, VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
 from vlmswap.vision.scan import selective_scan
 
 __all__ = ["ARCHS", "TAPS", "MambaVision", "MambaVisionMixer", "build", "classifier", "window_partition",
@@ -178,7 +178,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"attention width {dim} is not divisible by {num_heads} heads")
+            raise ArchError(f"attention width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
@@ -280,7 +280,7 @@ class MambaVision(VisionBackbone):
         heads = [int(h) for h in spec["num_heads"]]
         windows = [int(w) for w in spec["window_size"]]
         if not len(depths) == len(heads) == len(windows) == 4:
-            raise ValueError(f"MambaVision has 4 levels: depths, num_heads, window_size need 4 values each: {spec}")
+            raise ArchError(f"MambaVision has 4 levels: depths, num_heads, window_size need 4 values each: {spec}")
         mlp_ratio = float(spec.get("mlp_ratio", 4.0))
         layer_scale = spec.get("layer_scale")
         layer_scale = None if layer_scale is None else float(layer_scale)

@@ -36,7 +36,7 @@ from timm.models.maxxvit import MaxxVit, MaxxVitCfg, MaxxVitConvCfg, MaxxVitTran
 from torch import Tensor
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
+from vlmswap.vision.base import ArchError, VisionBackbone, as_triple
 
 __all__ = ["TAPS", "MaxVitBackbone", "build", "build_classifier", "classifier", "tf_port_cfg"]
 
@@ -52,13 +52,13 @@ def tf_port_cfg(arch: Mapping[str, Any]) -> MaxxVitCfg:
     unknown = set(arch) - _MAPPING_KEYS
     missing = {"embed_dim", "depths", "stem_width"} - set(arch)
     if unknown or missing:
-        raise ValueError(f"bad MaxViT arch {dict(arch)}: needs embed_dim, depths, stem_width; allowed keys: "
-                         f"{', '.join(sorted(_MAPPING_KEYS))}"
-                         + (f"; unknown: {sorted(unknown)}" if unknown else ""))
+        raise ArchError(f"bad MaxViT arch {dict(arch)}: needs embed_dim, depths, stem_width; allowed keys: "
+                        f"{', '.join(sorted(_MAPPING_KEYS))}"
+                        + (f"; unknown: {sorted(unknown)}" if unknown else ""))
     embed_dim = tuple(int(d) for d in arch["embed_dim"])
     depths = tuple(int(d) for d in arch["depths"])
     if len(embed_dim) != 4 or len(depths) != 4:
-        raise ValueError(f"MaxViT needs 4 stages (embed_dim and depths of length 4): {dict(arch)}")
+        raise ArchError(f"MaxViT needs 4 stages (embed_dim and depths of length 4): {dict(arch)}")
     return MaxxVitCfg(
         embed_dim=embed_dim,
         depths=depths,
@@ -85,9 +85,9 @@ def build_classifier(arch: str | Mapping[str, Any], geometry: Geometry, num_clas
     if isinstance(arch, str):
         name = arch.split(".")[0]
         if not timm.is_model(name):
-            raise ValueError(f"unknown timm MaxViT architecture {arch!r} (a timm model name, e.g. maxvit_tiny_tf_224)")
+            raise ArchError(f"unknown timm MaxViT architecture {arch!r} (a timm model name, e.g. maxvit_tiny_tf_224)")
         if name not in timm.list_models(module="maxxvit"):
-            raise ValueError(f"{arch!r} is a timm model but not a MaxxVit (timm/models/maxxvit.py)")
+            raise ArchError(f"{arch!r} is a timm model but not a MaxxVit (timm/models/maxxvit.py)")
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, img_size=size)
     return MaxxVit(tf_port_cfg(arch), img_size=size, num_classes=num_classes)
 

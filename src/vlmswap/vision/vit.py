@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple
+from vlmswap.vision.base import ArchError, VisionBackbone, as_triple
 
 __all__ = ["TAPS", "VitBackbone", "build", "build_classifier", "classifier"]
 
@@ -34,7 +34,7 @@ def build_classifier(arch: str | Mapping[str, Any], geometry: Geometry, num_clas
     size = (geometry.height, geometry.width)
     if isinstance(arch, str):
         if not timm.is_model(arch.split(".")[0]):
-            raise ValueError(f"unknown timm ViT architecture {arch!r} (a timm model name, e.g. vit_small_patch16_224)")
+            raise ArchError(f"unknown timm ViT architecture {arch!r} (a timm model name, e.g. vit_small_patch16_224)")
         kwargs: dict[str, Any] = {}
         if "clip" in arch and arch.endswith(".openai"):
             # Prismatic builds OpenAI CLIP with quick_gelu; plain GELU gives worse features
@@ -42,13 +42,13 @@ def build_classifier(arch: str | Mapping[str, Any], geometry: Geometry, num_clas
             kwargs["act_layer"] = "quick_gelu"
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, img_size=size, **kwargs)
         if not isinstance(model, VisionTransformer):
-            raise ValueError(f"{arch!r} is a timm {type(model).__name__}, not a VisionTransformer")
+            raise ArchError(f"{arch!r} is a timm {type(model).__name__}, not a VisionTransformer")
         return model
     kwargs = {k: v for k, v in arch.items() if k not in ("mean", "std")}
     try:
         return VisionTransformer(img_size=size, num_classes=num_classes, **kwargs)
     except TypeError as error:
-        raise ValueError(f"bad ViT arch {dict(arch)}: {error}") from None
+        raise ArchError(f"bad ViT arch {dict(arch)}: {error}") from None
 
 
 class VitBackbone(VisionBackbone):

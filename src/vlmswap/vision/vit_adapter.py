@@ -86,7 +86,7 @@ from vlmswap.vision.adapter import (HALF, IMAGENET_MEAN, IMAGENET_STD, PATCH, TA
                                     Attention, ConvFFN, Extractor, Injector, InteractionBlock, MSDeformAttn,
                                     SpatialPriorModule, deformable_sample, level_shapes, pad_to_multiple,
                                     reference_points, resize_pos_grid)
-from vlmswap.vision.base import init_linear_and_norms, resolve_arch
+from vlmswap.vision.base import ArchError, init_linear_and_norms, resolve_arch
 from vlmswap.vision.uniperceiver_adapter import UniPerceiverAdapterNet
 
 # the adapter's shared modules (vision/adapter.py) stay importable from here, the family's module
@@ -184,7 +184,7 @@ class ViTAdapter(AdapterBackbone):
         spec = resolve_arch(arch, ARCHS, _DEFAULTS, _REQUIRED, _ARCH_KEYS, "ViT-Adapter")
         bases = {"vit": ViTAdapterNet, "uniperceiver": UniPerceiverAdapterNet}
         if spec["base"] not in bases:
-            raise ValueError(f"unknown ViT-Adapter base {spec['base']!r}; allowed: {', '.join(bases)}")
+            raise ArchError(f"unknown ViT-Adapter base {spec['base']!r}; allowed: {', '.join(bases)}")
         if tap not in TAPS:
             raise ValueError(f"unknown tap {tap!r} for family 'vit-adapter'; allowed: {', '.join(TAPS)}")
         super().__init__(bases[spec["base"]](spec), spec, tap, arch if isinstance(arch, str) else None)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmswap.image import Geometry
-from vlmswap.vision.base import VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
+from vlmswap.vision.base import ArchError, VisionBackbone, as_triple, init_linear_and_norms, resolve_arch
 from vlmswap.vision.scan import cross_merge, cross_scan, selective_scan
 
 __all__ = ["ARCHS", "TAPS", "VMamba", "build", "classifier"]
@@ -164,7 +164,7 @@ class VMamba(VisionBackbone):
         dims = spec["dims"]
         dims = [int(dims) * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else [int(d) for d in dims]
         if len(dims) != len(depths) or len(depths) < 3:
-            raise ValueError(f"VMamba needs >= 3 stages (the tap is stage 3) and one dim per stage: {spec}")
+            raise ArchError(f"VMamba needs >= 3 stages (the tap is stage 3) and one dim per stage: {spec}")
         ssm_ratio, mlp_ratio = float(spec["ssm_ratio"]), float(spec.get("mlp_ratio", 4.0))
         d_state = int(spec.get("d_state", 1))
         num_classes = int(spec.get("num_classes", 1000) if num_classes is None else num_classes)
