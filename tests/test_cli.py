@@ -374,6 +374,16 @@ def test_validate_names_the_backbone_arch_its_family_cannot_build(backbone, arch
     assert code == 2 and f"study.yaml: backbones.{backbone}.arch: " in err and named in err
 
 
+def test_validate_names_a_timm_arch_with_mean_but_no_std(tmp_path, capsys):
+    raw = yaml.safe_load(MINI.read_text())
+    raw["backbones"]["convnext-mini"] = {"family": "timm", "checkpoints": {"cls": {"mini": {}}},
+                                         "arch": {"model": "convnext_atto", "mean": [0.5, 0.5, 0.5]}}
+    raw["cells"].append({"backbone": "convnext-mini", "objective": "cls", "geometry": "64", "tap": "index2",
+                         "connector": "mlp2"})
+    code, err = _validate(raw, tmp_path, capsys)
+    assert code == 2 and "backbones.convnext-mini.arch: " in err and "give both `mean` and `std`, or neither" in err
+
+
 def test_validate_refuses_a_geometry_that_gives_no_visual_token(tmp_path, capsys):
     # an 8-pixel image has no 16-pixel patch: without this check the cell trains on nothing and its
     # load later fails as a checkpoint that "does not match"

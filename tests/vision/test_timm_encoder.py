@@ -127,6 +127,9 @@ def test_bad_archs_are_named():
         build_backbone("timm", {"model": "convnext_atto", "widths": [8]}, "index2", g)
     with pytest.raises(ValueError, match="img_size follows the cell's geometry"):
         build_backbone("timm", {"model": "vit_tiny_patch16_224", "img_size": 64}, "index2", g)
+    # what `vlmswap validate` runs (check, on the meta device) says it too, not only the build
+    with pytest.raises(ArchError, match="give both `mean` and `std`, or neither"):
+        check({**TINY["convnext"], "std": [0.25, 0.25, 0.25]}, "index2", g)
 
 
 def test_a_misspelled_model_name_suggests_the_closest_names_first():

@@ -62,6 +62,8 @@ def _name_and_kwargs(arch: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]
         if "model" not in arch or not isinstance(arch["model"], str):
             raise ArchError(f"bad timm arch {dict(arch)}: needs `model` (a timm model name, e.g. convnext_tiny); "
                             "other keys go to timm.create_model (e.g. depths, dims), plus optional mean/std")
+        if ("mean" in arch) != ("std" in arch):  # the weights' own statistics, or both of the config's
+            raise ArchError(f"timm arch {dict(arch)}: give both `mean` and `std`, or neither")
         name, kwargs = arch["model"], {k: v for k, v in arch.items() if k not in _OWN_KEYS}
     else:
         raise ArchError(f"a timm arch is a model name or a mapping with `model`, got {arch!r}")
@@ -210,8 +212,6 @@ class TimmBackbone(VisionBackbone):
         self._surveys = {(geometry.width, geometry.height): facts}
         cfg = self.model.pretrained_cfg
         given = arch if isinstance(arch, Mapping) else {}
-        if ("mean" in given) != ("std" in given):
-            raise ArchError(f"timm arch {dict(given)}: give both `mean` and `std`, or neither")
         self.mean = as_triple(given.get("mean", cfg.get("mean", (0.5, 0.5, 0.5))), "mean")
         self.std = as_triple(given.get("std", cfg.get("std", (0.5, 0.5, 0.5))), "std")
         self.classifier_keys = _classifier_keys(self.model)
