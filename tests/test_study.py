@@ -296,3 +296,47 @@ def _load_error(path) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         load_study(path)
     return info.value
+
+
+def test_a_mini_llm_field_it_would_ignore_fails_on_load_with_the_close_name(mini_raw):
+    raw = copy.deepcopy(mini_raw)
+    raw["llm"]["source"]["mini"]["hiden_size"] = 64  # build_mini_llm would build hidden_size 128 without a word
+    err = _error(raw)
+    assert err.key_path == "llm.source.mini.hiden_size"
+    assert "unknown field 'hiden_size'; did you mean 'hidden_size'?" in str(err) and "num_hidden_layers" in str(err)
+    raw["llm"]["source"]["mini"].pop("hiden_size")
+    raw["llm"]["source"]["mini"]["hidden_size"] = "128"
+    assert "llm.source.mini.hidden_size: '128' is not a positive integer" in str(_error(raw))
+
+
+def test_the_collapse_and_figure2_benchmark_must_be_one_the_study_evaluates(mini_raw):
+    # the rules read that benchmark's prepared index and evaluation: a dry run would stop at a
+    # MissingInputException
+    for name in ("collapse", "figure2"):
+        raw = copy.deepcopy(mini_raw)
+        raw["diagnostics"][name]["benchmark"] = "refcocog"
+        err = _error(raw)
+        assert err.key_path == f"diagnostics.{name}.benchmark"
+        assert "'refcocog' is not a benchmark of this study" in str(err) and "add refcocog under `benchmarks:`" in str(err)
+        assert "(allowed: refcoco)" in str(err)
+    raw = copy.deepcopy(mini_raw)  # without `benchmark:` it is refcoco, which this study would not evaluate
+    del raw["benchmarks"]["refcoco"], raw["diagnostics"]["collapse"]["benchmark"]
+    err = _error(raw)
+    assert err.key_path == "diagnostics.collapse.benchmark"
+    assert "'refcoco' (the default) is not a benchmark" in str(err) and "or remove diagnostics.collapse" in str(err)
+
+
+def test_probed_llm_layers_must_exist_in_a_mini_llm(mini_raw):
+    assert study_from_dict(mini_raw).llm.layers == 4
+    assert load_study(ROOT / "config" / "experiments.yaml").llm.layers is None  # downloaded: its job checks
+    raw = copy.deepcopy(mini_raw)
+    raw["diagnostics"]["collapse"]["llm_layers"] = [0, 2, 5]
+    err = _error(raw)
+    assert err.key_path == "diagnostics.collapse.llm_layers[2]"
+    assert "the mini LLM has no layer 5: it has 4 decoder layers (llm.source.mini.num_hidden_layers), so 0..4" in str(err)
+    raw = copy.deepcopy(mini_raw)
+    raw["diagnostics"]["figure2"]["layer"] = 3
+    raw["diagnostics"]["collapse"]["llm_layers"] = [1, 2]
+    del raw["llm"]["source"]["mini"]["num_hidden_layers"]  # build_mini_llm's default: 2
+    err = _error(raw)
+    assert err.key_path == "diagnostics.figure2.layer" and "has 2 decoder layers" in str(err) and "1..2" in str(err)

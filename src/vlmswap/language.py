@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from vlmswap.evaluate.prompts import SYSTEM_PROMPT  # the evaluation prompts' system prompt, one definition
+from vlmswap.sections import MINI_LLM_DEFAULTS
 
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
@@ -223,19 +224,21 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
 
 def build_mini_llm(corpus_file: Path, out_dir: Path, arch: Mapping[str, Any], seed: int = 0) -> dict[str, Any]:
     """Write an HF model folder (config, tokenizer, randomly initialised weights) for the mini study,
-    laid out like a hub snapshot of Vicuna so that the fetch step treats both the same way."""
+    laid out like a hub snapshot of Vicuna so that the fetch step treats both the same way. `arch`:
+    the `llm.source.mini` fields (vlmswap.sections.MINI_LLM_DEFAULTS, checked when the study loads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    arch = {**MINI_LLM_DEFAULTS, **arch}
     lines = [line for line in corpus_file.read_text().splitlines() if line.strip()]
-    tokenizer = train_tokenizer(lines, int(arch.get("vocab_size", 1024)))
+    tokenizer = train_tokenizer(lines, int(arch["vocab_size"]))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=int(arch.get("hidden_size", 128)),
-        intermediate_size=int(arch.get("intermediate_size", 344)),
-        num_hidden_layers=int(arch.get("num_hidden_layers", 2)),
-        num_attention_heads=int(arch.get("num_attention_heads", 4)),
-        num_key_value_heads=int(arch.get("num_attention_heads", 4)),
-        max_position_embeddings=int(arch.get("max_position_embeddings", 512)),
+        hidden_size=int(arch["hidden_size"]),
+        intermediate_size=int(arch["intermediate_size"]),
+        num_hidden_layers=int(arch["num_hidden_layers"]),
+        num_attention_heads=int(arch["num_attention_heads"]),
+        num_key_value_heads=int(arch["num_attention_heads"]),
+        max_position_embeddings=int(arch["max_position_embeddings"]),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,

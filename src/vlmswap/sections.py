@@ -94,10 +94,23 @@ class Objective:
         return {"display": self.display, "kind": self.kind}
 
 
+# The fields of an `llm.source.mini` mapping, with their defaults: the LlamaConfig that
+# vlmswap.language.build_mini_llm builds for the mini world (any other field would be ignored there)
+MINI_LLM_DEFAULTS: dict[str, int] = {"vocab_size": 1024, "hidden_size": 128, "intermediate_size": 344,
+                                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 512}
+
+
 @dataclass(frozen=True)
 class LLM:
     id: str
     source: Mapping[str, Any]  # as written: url / hub / path / mini
+
+    @property
+    def layers(self) -> int | None:
+        """The decoder layers of an LLM the workflow builds (`mini:`); None for one it downloads."""
+        if "mini" not in self.source:
+            return None
+        return int({**MINI_LLM_DEFAULTS, **self.source["mini"]}["num_hidden_layers"])
 
 
 @dataclass(frozen=True)

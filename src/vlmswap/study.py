@@ -24,8 +24,9 @@ from typing import Any, Mapping
 import yaml
 
 from vlmswap.image import Geometry
-from vlmswap.sections import (LLM, BenchmarkInputs, ConfigError, EvalSettings, InstructionSet, JobResources, MiniWorld,
-                              Objective, Recipe, parse_benchmarks, parse_eval, parse_mini, parse_objectives)
+from vlmswap.sections import (LLM, MINI_LLM_DEFAULTS, BenchmarkInputs, ConfigError, EvalSettings, InstructionSet,
+                              JobResources, MiniWorld, Objective, Recipe, parse_benchmarks, parse_eval, parse_mini,
+                              parse_objectives)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "experiments.schema.yaml"
@@ -423,6 +424,9 @@ def _build(data: dict[str, Any], path: Path) -> Study:
             if cid not in seen:
                 raise ConfigError(path, f"diagnostics.{name}.cells[{j}]",
                                   f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
+    llm = LLM(data["llm"]["id"], data["llm"]["source"])
+    _check_mini_llm(llm, path)
+    _check_probed_llm(data, path, llm)
     datasets = data.get("diagnostics", {}).get("linear_probe", {}).get("datasets", [])
     if "mini" not in data and "mini-classify" in datasets:
         raise ConfigError(path, "diagnostics.linear_probe.datasets", "mini-classify exists only in the mini world; "
@@ -436,7 +440,7 @@ def _build(data: dict[str, Any], path: Path) -> Study:
         _check_batch(recipes[cell.id], train_resources, path, keys.get(cell.id, "recipe"), cell.recipe)
     return Study(data["study"], path, data, backbones, cells, tables,
                  objectives=parse_objectives(data),
-                 llm=LLM(data["llm"]["id"], data["llm"]["source"]),
+                 llm=llm,
                  instruct=InstructionSet(data["instruct"]["id"], data["instruct"]["source"],
                                          tuple(data["instruct"].get("files", ()))),
                  benchmark_inputs=parse_benchmarks(data), mini=parse_mini(data), eval=parse_eval(data),
@@ -444,6 +448,45 @@ def _build(data: dict[str, Any], path: Path) -> Study:
                  eval_resources=JobResources.parse(data.get("eval_resources")),
                  seed=int(data.get("seed", 0)), mirror=data.get("mirror"), trackers=tuple(data.get("trackers", ())),
                  recipes=recipes)
+
+
+def _check_mini_llm(llm: LLM, path: Path) -> None:
+    """A mini LLM's fields are a LlamaConfig's that build_mini_llm reads; it would ignore any other."""
+    for name, value in llm.source.get("mini", {}).items():
+        key = f"llm.source.mini.{name}"
+        if name not in MINI_LLM_DEFAULTS:
+            raise ConfigError(path, key, f"unknown field {name!r}{_suggest(name, MINI_LLM_DEFAULTS)} (the mini LLM "
+                              "would be built without it)", sorted(MINI_LLM_DEFAULTS))
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(path, key, f"{value!r} is not a positive integer")
+
+
+def _check_probed_llm(data: dict[str, Any], path: Path, llm: LLM) -> None:
+    """The collapse probes and Figure 2 read the boxes of one RefCOCO benchmark the study evaluates,
+    and hidden states of LLM layers that exist (checked where the config builds the LLM; a
+    downloaded LLM's layer count is known only to its job)."""
+    diagnostics = data.get("diagnostics", {})
+    for name in ("collapse", "figure2"):
+        if name not in diagnostics:
+            continue
+        spec, key = diagnostics[name], f"diagnostics.{name}"
+        benchmark = spec.get("benchmark", "refcoco")  # as diagnostics.settings defaults it
+        if benchmark not in data["benchmarks"]:
+            evaluated = [b for b in ("refcoco", "refcoco+", "refcocog") if b in data["benchmarks"]]
+            given = "" if "benchmark" in spec else " (the default)"
+            fix = (f"name one the study evaluates, or add {benchmark} under `benchmarks:`" if evaluated else
+                   f"add {benchmark} under `benchmarks:`, or remove {key}")
+            raise ConfigError(path, f"{key}.benchmark", f"{benchmark!r}{given} is not a benchmark of this study, "
+                              f"and {name} reads that benchmark's prepared index and evaluation; {fix}", evaluated or None)
+        if llm.layers is None:
+            continue
+        layers = spec["llm_layers"] if name == "collapse" else [spec["layer"]]
+        first = 0 if name == "collapse" else 1  # hidden state 0 is the embeddings, which Figure 2 does not show
+        for j, layer in enumerate(layers):
+            if not first <= layer <= llm.layers:
+                where = f"{key}.llm_layers[{j}]" if name == "collapse" else f"{key}.layer"
+                raise ConfigError(path, where, f"the mini LLM has no layer {layer}: it has {llm.layers} decoder layers "
+                                  f"(llm.source.mini.num_hidden_layers), so {first}..{llm.layers}")
 
 
 def _check_batch(recipe: Recipe, resources: JobResources, path: Path, key: str, override: Mapping[str, Any]) -> None:
