@@ -340,3 +340,35 @@ def test_probed_llm_layers_must_exist_in_a_mini_llm(mini_raw):
     del raw["llm"]["source"]["mini"]["num_hidden_layers"]  # build_mini_llm's default: 2
     err = _error(raw)
     assert err.key_path == "diagnostics.figure2.layer" and "has 2 decoder layers" in str(err) and "1..2" in str(err)
+
+
+def test_a_number_yaml_reads_as_a_string_gets_the_way_to_write_it(tmp_path):
+    # PyYAML (YAML 1.1) reads a float only with a dot and a signed exponent: `1e-3` is the string '1e-3'
+    config = tmp_path / "lr.yaml"
+    config.write_text(MINI.read_text().replace("  lr: 1.0e-3", "  lr: 1e-3", 1))
+    err = _load_error(config)
+    assert err.key_path == "recipe.lr"
+    assert str(err).endswith("'1e-3' is not of type 'number': YAML reads 1e-3 as a string; write 1.0e-3")
+    config.write_text(MINI.read_text().replace("  max_grad_norm: 1.0", "  max_grad_norm: 2E5", 1))
+    assert str(_load_error(config)).endswith("YAML reads 2E5 as a string; write 2.0e+5")
+    config.write_text(MINI.read_text().replace("  max_grad_norm: 1.0", "  max_grad_norm: 2.0e+5", 1))
+    study = load_study(config)
+    assert study.recipe(study.cells[0]).max_grad_norm == 2e5
+
+
+def test_a_listed_cell_the_grid_lacks_says_to_add_it_under_cells(mini_raw):
+    # well formed (the backbone has the objective, the family the tap): a cell to add, and the close one
+    raw = copy.deepcopy(mini_raw)
+    raw["tables"]["mini"]["cells"][0] = "vit-mini@cls@96@block-2@mlp2"
+    err = _error(raw)
+    assert err.key_path == "tables.mini.cells[0]"
+    assert str(err).endswith("'vit-mini@cls@96@block-2@mlp2' is not a cell of this study; add it under `cells:` as "
+                             "`- {backbone: vit-mini, objective: cls, geometry: \"96\", tap: block-2, connector: mlp2}`; "
+                             "did you mean 'vit-mini@cls@64@block-2@mlp2'?")
+    raw = copy.deepcopy(mini_raw)
+    raw["diagnostics"]["profile"]["cells"][0] = "vitdet-mini@det@64@last-block@mlp3"
+    assert "add it under `cells:`" in str(_error(raw))
+    # a typo (no tap block-3 in family vit) keeps the close match only
+    raw = copy.deepcopy(mini_raw)
+    raw["tables"]["mini"]["cells"][0] = "vit-mini@cls@64@block-3@mlp2"
+    assert str(_error(raw)).endswith("is not a cell of this study; did you mean 'vit-mini@cls@64@block-2@mlp2'?")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -255,7 +256,22 @@ def _schema_error(path: Path, error) -> ConfigError:
         return ConfigError(path, key, f"a source needs exactly one of its kinds, got {given or 'none'}", kinds)
     if validator == "pattern":
         return ConfigError(path, key, f"{error.instance!r} does not match the pattern {spec!r}")
+    if validator == "type" and "number" in ([spec] if isinstance(spec, str) else spec) \
+            and isinstance(error.instance, str) and _as_number(error.instance) is not None:
+        # YAML 1.1 (PyYAML) reads a float only with a dot: `1e-3` is a string, `1.0e-3` a number
+        return ConfigError(path, key, f"{error.message}: YAML reads {error.instance} as a string; write "
+                           f"{_as_number(error.instance)}")
     return ConfigError(path, key, error.message)
+
+
+def _as_number(text: str) -> str | None:
+    """How to write `text` so that YAML reads a float (`1e-3` -> `1.0e-3`, `2e5` -> `2.0e+5`), for a
+    number in exponent form that YAML 1.1 (PyYAML) took for a string: it wants a dot and a signed exponent."""
+    match = re.fullmatch(r"([-+]?[0-9]+)(\.[0-9]*)?[eE]([-+]?)([0-9]+)", text.strip())
+    if match is None:
+        return None
+    whole, fraction, sign, exponent = match.groups()
+    return f"{whole}{fraction or '.0'}e{sign or '+'}{exponent}"
 
 
 def load_study(path: str | Path) -> Study:
@@ -410,8 +426,7 @@ def _build(data: dict[str, Any], path: Path) -> Study:
     for tid, spec in data["tables"].items():
         for j, cid in enumerate(spec["cells"]):
             if cid not in seen:
-                raise ConfigError(path, f"tables.{tid}.cells[{j}]",
-                                  f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
+                raise ConfigError(path, f"tables.{tid}.cells[{j}]", _not_a_cell(cid, seen, backbones))
         tables[tid] = Table(tid, spec["title"], spec["columns"], tuple(spec["cells"]), spec.get("paper", ""),
                             bool(spec.get("in1k_column", False)))
     if stage_table is not None:
@@ -422,8 +437,7 @@ def _build(data: dict[str, Any], path: Path) -> Study:
     for name in ("profile", "collapse", "linear_probe", "figure2"):
         for j, cid in enumerate(data.get("diagnostics", {}).get(name, {}).get("cells", [])):
             if cid not in seen:
-                raise ConfigError(path, f"diagnostics.{name}.cells[{j}]",
-                                  f"{cid!r} is not a cell of this study{_suggest(cid, seen)}")
+                raise ConfigError(path, f"diagnostics.{name}.cells[{j}]", _not_a_cell(cid, seen, backbones))
     llm = LLM(data["llm"]["id"], data["llm"]["source"])
     _check_mini_llm(llm, path)
     _check_probed_llm(data, path, llm)
@@ -448,6 +462,26 @@ def _build(data: dict[str, Any], path: Path) -> Study:
                  eval_resources=JobResources.parse(data.get("eval_resources")),
                  seed=int(data.get("seed", 0)), mirror=data.get("mirror"), trackers=tuple(data.get("trackers", ())),
                  recipes=recipes)
+
+
+def _not_a_cell(cell_id: str, seen: Mapping[str, int], backbones: Mapping[str, Backbone]) -> str:
+    """Why a listed id names no cell: a well-formed id (a backbone with a checkpoint for the objective,
+    a geometry, a tap of its family, a connector) is a cell the grid lacks; any other, a typo."""
+    from vlmswap.vision.registry import FAMILIES
+
+    problem = f"{cell_id!r} is not a cell of this study"
+    parts = str(cell_id).split("@")
+    if len(parts) == 5 and parts[0] in backbones and parts[1] in backbones[parts[0]].checkpoints \
+            and FAMILIES[backbones[parts[0]].family].accepts(parts[3]) and parts[4] in CONNECTORS:
+        try:
+            well_formed = str(Geometry.parse(parts[2])) == parts[2]
+        except ValueError:
+            well_formed = False
+        if well_formed:
+            cell = ", ".join(f"{k}: {v}" for k, v in zip(("backbone", "objective", "geometry", "tap", "connector"),
+                                                        (parts[0], parts[1], f'"{parts[2]}"', parts[3], parts[4])))
+            problem += f"; add it under `cells:` as `- {{{cell}}}`"
+    return problem + _suggest(cell_id, seen)
 
 
 def _check_mini_llm(llm: LLM, path: Path) -> None:
