@@ -402,3 +402,17 @@ def test_validate_refuses_a_geometry_that_gives_no_visual_token(tmp_path, capsys
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     main(["validate", "--config", str(tmp_path / "study.yaml")])
     assert "vit-mini@cls@16@block-2@mlp2: 1 visual tokens" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family,arch,tag", [("vit", "vit_tiny_patch16_224", "vit_tiny_patch16_224.augreg_in21kk"),
+                                             ("maxvit", "maxvit_tiny_tf_224", "maxvit_tiny_tf_224.in9k")])
+def test_validate_refuses_a_timm_tag_timm_does_not_know_in_any_family(family, arch, tag, tmp_path, capsys):
+    """vit and maxvit load timm tags too; a bad one ended validate in timm's RuntimeError traceback."""
+    raw = yaml.safe_load(MINI.read_text())
+    raw["objectives"]["in21k"] = {"display": "IN21K", "kind": "classification"}
+    raw["backbones"]["paper-tower"] = {"family": family, "arch": arch, "checkpoints": {"in21k": {"timm": tag}}}
+    raw["cells"].append({"backbone": "paper-tower", "objective": "in21k", "geometry": "224",
+                         "tap": "block-2" if family == "vit" else "stage3", "connector": "mlp2"})
+    code, err = _validate(raw, tmp_path, capsys)
+    assert code == 2 and "backbones.paper-tower.checkpoints.in21k.timm: " in err, err
+    assert f"has no weight tag '{tag.partition('.')[2]}'" in err and "Traceback" not in err

@@ -66,6 +66,7 @@ def _check_cells(study) -> list[str]:
     from vlmswap.vision.base import ArchError
     from vlmswap.vlm import backbone_arch
 
+    _check_timm_tags(study)
     written = len(study.raw["cells"])  # the cells after these are made by diagnostics.stage_ablation
     counts: dict[tuple, int] = {}  # cells that differ by connector only build the same backbone
     lines = []
@@ -95,6 +96,24 @@ def _check_cells(study) -> list[str]:
                               f"use a larger geometry{hint}")
         lines.append(f"{cell.id}: {tokens} visual tokens")
     return lines
+
+
+def _check_timm_tags(study) -> None:
+    """Every `timm:` weight tag of the study's backbones, whatever their family (vit and maxvit load
+    timm tags too), is one timm knows; the build would otherwise stop on timm's RuntimeError."""
+    from vlmswap.vision.base import ArchError
+    from vlmswap.vision.timm_encoder import check_tag
+
+    for spec in study.backbones.values():
+        for objective, source in spec.checkpoints.items():
+            if "timm" in source:
+                model, _, tag = str(source["timm"]).partition(".")
+                if not tag:
+                    continue  # timm's default tag for the model; the build checks the model's name
+                try:
+                    check_tag(model, tag)
+                except ArchError as error:
+                    raise ConfigError(study.path, f"backbones.{spec.id}.checkpoints.{objective}.timm", str(error)) from None
 
 
 def _visual_tokens(family: str, arch, tap: str, geometry) -> int:
@@ -527,7 +546,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"vlmswap: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except _TimeLimitReached as e:  # resume state is saved: EX_TEMPFAIL, the job's retry continues
-        print(f"vlmswap: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stops at the same step; one says why
+            print(f"vlmswap: {e}", file=sys.stderr)
         raise SystemExit(75) from None
     except PredictionsFileError as e:
         print(f"vlmswap: {e}", file=sys.stderr)

@@ -176,6 +176,12 @@ class JobResources:
     def parse(cls, spec: Mapping[str, Any] | None) -> "JobResources":
         return cls(**dict(spec or {}))
 
+    @property
+    def threads_per_rank(self) -> int:
+        """A training rank's CPUs (its torch threads): `cpus_per_gpu`, else 8 per GPU, 2 on a laptop.
+        The train job asks SLURM for this many per GPU, and a multi-node step for its node's share."""
+        return self.cpus_per_gpu or (8 if self.gpus_per_node else 2)
+
     def slurm(self, runtime_min: int, mem_mb: int, gpus_key: str) -> dict[str, Any]:
         """Snakemake resources of a one-node job (evaluation, a diagnostic), mapped by the SLURM plugin
         to sbatch flags; `gpus_key` (`eval_gpus`, `diag_gpus`) is ours, for the shell and the message."""

@@ -78,6 +78,7 @@ def test_the_job_end_is_read_from_squeue_and_handed_to_every_rank():
 
     def squeue(cmd, **kwargs):
         calls.append(cmd)
+        assert kwargs["env"]["SLURM_TIME_FORMAT"] == "standard"  # whatever the site sets
         return _Answer("2026-12-03T08:00:00|2026-12-04T08:00:00\n")
 
     assert slurm_job_end("42", run=squeue) == (time.mktime(time.strptime("2026-12-04T08:00:00", "%Y-%m-%dT%H:%M:%S")),
@@ -124,3 +125,14 @@ def test_the_loop_stops_a_margin_before_the_deadline_that_grows_with_its_saves_a
     assert day.margin() == 2 * 420.0 + 2 * 12.0
     short = TimeLimit(deadline=1_000.0, limit_s=1_800.0)
     assert short.margin() == 180.0  # a tenth of a short limit, not ten minutes of its thirty
+
+
+def test_a_rank_threads_are_the_cpus_its_job_asks_for_per_gpu():
+    """The rule's OMP_NUM_THREADS (and so a multi-node step's --cpus-per-task) and the sbatch request
+    agree when cpus_per_gpu is not set (2 threads of 8 CPUs before)."""
+    from vlmswap.sections import JobResources
+    from vlmswap.train.launch import train_resources
+
+    for spec in (JobResources(nodes=2, gpus_per_node=4), JobResources(gpus_per_node=4, cpus_per_gpu=6), JobResources()):
+        assert train_resources(spec)["cpus_per_task"] == spec.threads_per_rank * max(spec.gpus_per_node, 1)
+    assert JobResources(nodes=2, gpus_per_node=4).threads_per_rank == 8 and JobResources().threads_per_rank == 2

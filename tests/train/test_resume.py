@@ -141,6 +141,29 @@ def test_diverging_loss_stops_with_a_clear_message(setup):
 
 
 @pytest.mark.slow
+def test_two_ranks_stop_at_the_same_step_and_rank_0_finishes_the_save_before_any_exits(setup):
+    """torchrun ends the other ranks as soon as one exits: every rank waits until rank 0 has
+    written `latest`, so the stop of a multi-rank job never leaves its save unnamed."""
+    base = setup
+    near = {**ENV, "VLMSWAP_TIME_LIMIT": f"{time.time() + 60:.0f},3600"}
+    cmd = train_cmd(base, "two")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "vlmswap.cli", *cmd[3:]]
+    run = subprocess.run(torchrun, env=near, capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stderr.count("resume state saved at step 1/12") == 1, run.stderr[-3000:]  # said once, by rank 0
+    state = base / "two-state"
+    assert (state / "latest").read_text().strip() == "step-0000001"
+    assert sorted(p.name for p in (state / "step-0000001").glob("zero_pp_rank_*_model_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
+    assert json.loads((state / "provenance.json").read_text())["world_size"] == 2
+    # and one rank cannot continue it: DeepSpeed cannot load two ranks' ZeRO-3 state into one
+    alone = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 1 and "was saved by 2 ranks and this job has 1" in alone.stderr, alone.stderr[-3000:]
+    assert (state / "latest").is_file()
+
+
+@pytest.mark.slow
 def test_a_max_length_that_cuts_off_every_answer_stops_before_training(setup):
     """Before: every step's loss was 0 (no supervised token) and a model trained on nothing was saved."""
     base = setup

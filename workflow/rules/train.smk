@@ -20,7 +20,7 @@ rule train:
         json=instruct_paths()[0],
         image_root=instruct_paths()[1],
     # torch threads per rank: the CPUs SLURM gives each GPU (or the laptop's cores in the mini study)
-    threads: STUDY.train_resources.cpus_per_gpu or 2
+    threads: STUDY.train_resources.threads_per_rank
     resources:
         **train_resources(STUDY.train_resources),
     log:

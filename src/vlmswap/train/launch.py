@@ -37,7 +37,7 @@ def train_resources(spec: JobResources) -> dict[str, Any]:
     resources: dict[str, Any] = {
         "runtime": spec.runtime_min or 60,
         "mem_mb": (spec.mem_mb_per_gpu or 8000) * max(gpus, 1),
-        "cpus_per_task": (spec.cpus_per_gpu or 8) * max(gpus, 1),
+        "cpus_per_task": spec.threads_per_rank * max(gpus, 1),
         "nodes": nodes,
     }
     if spec.partition:
@@ -114,8 +114,9 @@ def relaunch_if_distributed(argv: list[str], nodes: int, gpus_per_node: int) -> 
 def slurm_job_end(job_id: str, run: Callable[..., Any] = subprocess.run) -> tuple[float, float] | str:
     """(end, limit) in epoch seconds / seconds of running SLURM job `job_id`, read with `squeue`
     (the jobstep keeps SLURM_JOB_ID but drops the other SLURM_* variables); otherwise why not."""
-    try:
-        out = run(["squeue", "-h", "-j", job_id, "-o", "%S|%e"], capture_output=True, text=True, timeout=60)
+    try:  # the site's SLURM_TIME_FORMAT (relative, strftime) would change the times' format
+        out = run(["squeue", "-h", "-j", job_id, "-o", "%S|%e"], capture_output=True, text=True, timeout=60,
+                  env={**os.environ, "SLURM_TIME_FORMAT": "standard"})
     except (OSError, subprocess.SubprocessError) as e:
         return f"squeue failed: {e}"
     lines = out.stdout.strip().splitlines() if out.returncode == 0 else []

@@ -103,6 +103,10 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     if on_gpu():
         vision = vision.to(torch.bfloat16)
     tokenizer = load_tokenizer(paths.llm_dir)
+    n_visual = vision.num_tokens(cell.geometry.width, cell.geometry.height)
+    dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.transform,
+                              recipe.max_length, n_visual)
+    _check_answers_survive_truncation(dataset, recipe, study, cell, say)  # before minutes of LLM loading
     # on a GPU the LLM loads partitioned (ZeRO-3 zero.Init through transformers) in the training dtype;
     # the CPU path (mini study, tests) keeps the full float32 load
     llm = load_llm(paths.llm_dir, tokenizer, **llm_load_options(recipe, world))
@@ -110,11 +114,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     if recipe.grad_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     head = VLMHead(cell.connector, vision.embed_dim, llm)
-    n_visual = vision.num_tokens(cell.geometry.width, cell.geometry.height)
 
-    dataset = InstructDataset(paths.instruct_json, paths.image_root, tokenizer, cell.geometry, vision.transform,
-                              recipe.max_length, n_visual)
-    _check_answers_survive_truncation(dataset, recipe, study.path, say)
     gb, pdb = recipe.global_batch, recipe.per_device_batch
     schedule = schedule_for(len(dataset), gb, recipe.epochs, recipe.warmup_ratio, recipe.max_steps)
     accumulation = accumulation_steps(gb, pdb, world)
@@ -130,13 +130,14 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
     )
 
     history: list[dict] = []
-    start = 0
+    start, unsupervised_before = 0, 0
     if (paths.state_dir / "latest").is_file():
         loaded, client = engine.load_checkpoint(str(paths.state_dir))
         if loaded is None:
             raise RuntimeError(f"{paths.state_dir}: resume state is named in 'latest' but could not be "
                                f"loaded; delete the folder to restart cell {cell.id} from scratch")
         start, history = int(client["step"]), list(client["history"])
+        unsupervised_before = int(client.get("micro_batches_without_answer", 0))
         say(f"resumed from {loaded} at step {start}/{schedule.steps}")
         _check_resumed_optimizer(client, optimizer_kind(engine), say)
     # loss.jsonl grows step by step so that a running job can be watched (the final write below
@@ -165,7 +166,8 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
         say(f"feature cache rebuilt: {features_of.misses} examples' features from the micro-batches "
             f"trained before step {start}")
     every = recipe.checkpoint_every
-    t0, tokens, unsupervised = time.time(), 0, 0
+    t0, tokens = time.time(), 0
+    unsupervised = torch.zeros(1, device=device)  # this rank's micro-batches without an answer token
     for step in range(start, schedule.steps):
         t_step, losses = time.time(), []
         for _ in range(accumulation):
@@ -214,13 +216,17 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                 f"ETA {_duration(eta)})")
         saved = (step + 1) % every == 0 and step + 1 < schedule.steps
         if saved:
-            _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit)
+            _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit,
+                        unsupervised_before + _summed(unsupervised))
         if time_limit is not None and step + 1 < schedule.steps:
             time_limit.longest_step = max(time_limit.longest_step, record["seconds"])
             if _time_is_up(time_limit, device):
                 if not saved:
-                    _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit)
+                    _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit,
+                                unsupervised_before + _summed(unsupervised))
                 trackers.close()
+                # no rank exits before rank 0 is done: torchrun and srun end the others at the first exit
+                torch.distributed.barrier()
                 left = time_limit.deadline - time.time()
                 raise TimeLimitReached(
                     f"cell {cell.id}: {_duration(max(left, 0))} left of the job's {_duration(time_limit.limit_s)} "
@@ -228,6 +234,7 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
                     f"(longest save {time_limit.longest_save:.0f}s), so the job stops here and its retry continues from it "
                     f"(the SLURM profile's `retries`; or run snakemake again)")
     wall = time.time() - t0
+    unsupervised_total = unsupervised_before + _summed(unsupervised)
 
     state = engine._zero3_consolidated_16bit_state_dict()
     if rank == 0:
@@ -247,8 +254,8 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             "loss_min": min(losses) if losses else None,
             "loss_last10_mean": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
             "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / max(wall, 1e-9), 1),
-            # micro-batches of rank 0 in this attempt whose every answer token was truncated away
-            "micro_batches_without_answer": unsupervised,
+            # micro-batches (every rank, every attempt) whose every answer token was truncated away
+            "micro_batches_without_answer": unsupervised_total,
         }
         if features_of is not None:
             summary["feature_cache"] = {"computed": features_of.misses, "reused": features_of.hits}
@@ -303,7 +310,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _check_answers_survive_truncation(dataset: InstructDataset, recipe: Recipe, config: Path,
+def _check_answers_survive_truncation(dataset: InstructDataset, recipe: Recipe, study: Study, cell: Cell,
                                       say: Callable[[str], None]) -> None:
     """Stop before training when `recipe.max_length` cuts the answers off most records (the run
     would save a model trained on nothing); say how many lose them when it is a few."""
@@ -316,8 +323,16 @@ def _check_answers_survive_truncation(dataset: InstructDataset, recipe: Recipe, 
     message = (f"{recipe.max_length} truncates away every answer token of {lost} of the {len(starts)} "
                f"training records checked{where}")
     if 2 * lost > len(starts):
-        raise ConfigError(config, "recipe.max_length", f"{message}; raise it (Prismatic's is 2048)")
+        key = f"cells[{study.cells.index(cell)}].recipe.max_length" if "max_length" in cell.recipe else "recipe.max_length"
+        raise ConfigError(study.path, key, f"{message}; raise it (Prismatic's is 2048)")
     say(f"warning: recipe.max_length {message}; they train nothing (train.json counts the micro-batches)")
+
+
+def _summed(count: torch.Tensor) -> int:
+    """A per-rank count summed over the ranks (every rank calls it at the same step)."""
+    total = count.clone()
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 def _time_is_up(time_limit: TimeLimit, device: torch.device) -> bool:
@@ -365,7 +380,7 @@ def _check_resumed_optimizer(client: dict, kind: str, say: Callable[[str], None]
 
 
 def _save_state(engine, state_dir: Path, step: int, history: list[dict], provenance: dict, world: int,
-                time_limit: TimeLimit | None = None) -> None:
+                time_limit: TimeLimit | None = None, unsupervised: int = 0) -> None:
     """Save resume state; once every rank has written its part, point `latest` at it (atomically)
     and drop the older tags. DeepSpeed's own `latest` is written by rank 0 before the other ranks
     are done, so a kill in between would name a torn save and lose the complete one before it."""
@@ -376,12 +391,15 @@ def _save_state(engine, state_dir: Path, step: int, history: list[dict], provena
         write_json(state_dir / "provenance.json", {**provenance, "world_size": world})
     tag = f"step-{step:07d}"
     engine.save_checkpoint(str(state_dir), tag=tag, save_latest=False,
-                           client_state={"step": step, "history": history, "optimizer": optimizer_kind(engine)})
+                           client_state={"step": step, "history": history, "optimizer": optimizer_kind(engine),
+                                         "micro_batches_without_answer": unsupervised})
     # save_checkpoint ends in a barrier: every rank's files of `tag` are written
     if engine.global_rank == 0:
         write_text(state_dir / "latest", tag)
         for old in state_dir.glob("step-*"):
             if old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # the save is whole (`latest` and the old tags) before any rank goes on
     if time_limit is not None:
         time_limit.longest_save = max(time_limit.longest_save, time.time() - t0)

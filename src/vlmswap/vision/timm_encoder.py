@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from vlmswap.image import Geometry
 from vlmswap.vision.base import ArchError, LayerTap, VisionBackbone, as_triple
 
-__all__ = ["TimmBackbone", "build", "build_model", "check", "classifier", "parse_tap", "survey"]
+__all__ = ["TimmBackbone", "build", "build_model", "check", "check_tag", "classifier", "parse_tap", "survey"]
 
 _OWN_KEYS = {"model", "mean", "std"}  # mapping keys read here; every other one goes to create_model
 
@@ -73,7 +73,7 @@ def _name_and_kwargs(arch: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]
         raise ArchError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else "")
                         + " (timm.list_models() lists them all)")
     if tag:
-        _check_tag(model, tag)
+        check_tag(model, tag)
     if "img_size" in kwargs:
         raise ArchError(f"timm arch {dict(arch)}: img_size follows the cell's geometry; remove it")
     return name, kwargs
@@ -87,7 +87,7 @@ def _similar(model: str) -> list[str]:
     return (close + family)[:8]
 
 
-def _check_tag(model: str, tag: str) -> None:
+def check_tag(model: str, tag: str) -> None:
     """A weight tag timm knows for `model` (its pretrained_cfg names the weights and their normalization),
     else an error listing the tags it has; timm lists them from its registry, without the network."""
     tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{model}.*")]
