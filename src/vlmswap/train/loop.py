@@ -214,16 +214,18 @@ def train_cell(study: Study, cell: Cell, paths: TrainPaths, log: Callable[[str],
             say(f"step {step + 1}/{schedule.steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
                 f"({record['seconds']:.2f}s/step, {tokens / max(elapsed, 1e-9):.0f} tokens/s, "
                 f"ETA {_duration(eta)})")
-        saved = (step + 1) % every == 0 and step + 1 < schedule.steps
-        if saved:
+        def save() -> None:
             _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit,
                         unsupervised_before + _summed(unsupervised))
+
+        saved = (step + 1) % every == 0 and step + 1 < schedule.steps
+        if saved:
+            save()
         if time_limit is not None and step + 1 < schedule.steps:
             time_limit.longest_step = max(time_limit.longest_step, record["seconds"])
             if _time_is_up(time_limit, device):
                 if not saved:
-                    _save_state(engine, paths.state_dir, step + 1, history, provenance, world, time_limit,
-                                unsupervised_before + _summed(unsupervised))
+                    save()
                 trackers.close()
                 # no rank exits before rank 0 is done: torchrun and srun end the others at the first exit
                 torch.distributed.barrier()
@@ -352,15 +354,16 @@ def _set_aside_foreign_state(state_dir: Path, provenance: dict, world: int, rank
         record_file = state_dir / "provenance.json"
         recorded = json.loads(record_file.read_text()) if record_file.is_file() else None
         saved_world = recorded.pop("world_size", None) if recorded is not None else None
+        other_world = saved_world not in (None, world)  # None: a record from before world sizes were kept
         why = differences(recorded, provenance)
         latest = state_dir / "latest"
-        if saved_world not in (None, world) and not why and latest.is_file():
+        if other_world and not why and latest.is_file():
             raise ResumeWorldMismatch(
                 f"{state_dir}: resume state of this run (at {latest.read_text().strip()}) was saved by "
                 f"{saved_world} ranks and this job has {world}; DeepSpeed cannot load ZeRO-3 state into "
                 f"another number of ranks. Give the job {saved_world} GPUs again (train_resources) to "
                 f"continue it, or move the folder away to restart the cell from step 0 with {world}")
-        if saved_world not in (None, world):
+        if other_world:
             why.append("world_size")  # a record without any state yet: it must not keep the old size
         if why and rank == 0:
             move_aside(state_dir, why, say)
